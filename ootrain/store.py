@@ -1,0 +1,362 @@
+"""The sample store: one zarr v3 group per training run, local path or any fsspec URL.
+
+Layout (every array is a plain zarr v3 array; attributes are JSON)::
+
+    <root>/                      attrs["ootrain"] = {"format": 1, "fingerprint": sha256, "config": {...}}
+    <root>/ootrain.lock          a plain key (not a zarr node): {"host", "pid", "token", "since"}
+    <root>/real/embeddings       [n, d]   embeddings of the real data, computed once
+    <root>/steps/<k>/            one group per optimisation step k (attrs: solver results, e.g. "loss")
+        latents                  [b, z]   only with ``store_latents``; otherwise regenerated from
+                                          the counter-based key (seed, step, micro-batch index)
+        embeddings               [b, d]   e_i = E(G(z_i)), written by Run
+        directions, projections, targets [k, b] or cotangents [b, d] ...   written by the solver
+    <root>/manifest/<path>       [n_chunks] uint8, 1 where the chunk of array <path> is complete
+
+Chunks are written whole by one writer and only then flagged in the manifest, so a run killed at
+any point resumes at chunk granularity and never trusts a half-written chunk.  Zarr writes each
+chunk object atomically (a local store writes a temporary file and renames it; object stores put
+whole objects), so a flagged chunk is always a complete one.  The manifest has one object per
+flag, so distributed ranks that write disjoint chunks never race on it.
+
+A store is bound to the configuration that created it through a fingerprint (sha256 of the
+canonical JSON of the config): opening it with another config is refused with the differing keys.
+A lock key refuses a second writer; a lock left by a dead process on the same host is taken over.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+FORMAT_VERSION = 1
+LOCK_KEY = "ootrain.lock"
+
+
+class StoreError(RuntimeError):
+    """Base class of store errors."""
+
+
+class StoreLockedError(StoreError):
+    """Another live process holds the store's writer lock."""
+
+
+class StoreConfigError(StoreError, ValueError):
+    """The store was created by a different configuration."""
+
+
+class DiskFullError(StoreError, OSError):
+    """The store's file system ran out of space."""
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON form of ``config`` (sorted keys, no whitespace)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: store has {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}"
+            for k in keys if json.dumps(a.get(k), sort_keys=True, default=str)
+            != json.dumps(b.get(k), sort_keys=True, default=str)]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+@dataclass
+class Lock:
+    """The writer lock's content."""
+
+    host: str
+    pid: int
+    token: str
+    since: float
+
+    def describe(self) -> str:
+        return (f"pid {self.pid} on host {self.host!r} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.since))}")
+
+
+class Store:
+    """A run's zarr v3 group with its manifest, fingerprint and writer lock.
+
+    Parameters
+    ----------
+    url:
+        Local path or fsspec URL of the group.
+    config:
+        JSON-serialisable dict of everything that determines the stored data (population size,
+        micro-batch, seeds, model specs, solver settings...). ``None`` opens an existing store
+        read-only without checking the fingerprint (inspection).
+    mode:
+        ``"a"`` create or resume (default), ``"w"`` overwrite, ``"r"`` read-only.
+    lock:
+        Take the writer lock (refuses a second writer). Ignored in read-only mode.
+    """
+
+    def __init__(self, url: str | os.PathLike[str], config: dict[str, Any] | None = None,
+                 mode: str = "a", lock: bool = True) -> None:
+        self.url = os.fspath(url)
+        self.mode = mode
+        self.config = config
+        self._lock: Lock | None = None
+        if mode not in ("a", "w", "r"):
+            raise ValueError(f"mode must be 'a', 'w' or 'r', got {mode!r}")
+        if mode == "r":
+            self.group = zarr.open_group(self.url, mode="r")
+            self._check_format(None)
+            return
+        if config is None:
+            raise ValueError("a writable store needs the run's config (for its fingerprint)")
+        self._zstore = _open_zstore(self.url)
+        if lock:
+            self._acquire_lock()
+        try:
+            exists = self._exists()
+            if mode == "w" or not exists:
+                self.group = zarr.open_group(self._zstore, mode="w" if mode == "w" else "a")
+                self.group.attrs["ootrain"] = {"format": FORMAT_VERSION,
+                                               "fingerprint": fingerprint(config),
+                                               "config": config}
+            else:
+                self.group = zarr.open_group(self._zstore, mode="a")
+                self._check_format(config)
+        except BaseException:
+            self.release()
+            raise
+
+    # ----------------------------------------------------------------- identity and locking
+    def _exists(self) -> bool:
+        try:
+            zarr.open_group(self._zstore, mode="r")
+            return True
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            return False
+
+    def _check_format(self, config: dict[str, Any] | None) -> None:
+        meta = self.group.attrs.get("ootrain")
+        if meta is None:
+            raise StoreConfigError(f"{self.url} is a zarr group but not an ootrain store "
+                                   "(no 'ootrain' attribute)")
+        if meta.get("format") != FORMAT_VERSION:
+            raise StoreConfigError(f"{self.url} has store format {meta.get('format')}, "
+                                   f"this ootrain reads format {FORMAT_VERSION}")
+        if config is not None and meta["fingerprint"] != fingerprint(config):
+            diff = "\n  ".join(_config_diff(meta["config"], config))
+            raise StoreConfigError(
+                f"store {self.url} was written by another configuration; refusing to mix runs.\n"
+                f"  {diff}\nUse a new store path, or mode='w' (--overwrite) to discard it.")
+
+    def _read_lock(self) -> Lock | None:
+        buf = sync(self._zstore.get(LOCK_KEY, prototype=default_buffer_prototype()))
+        if buf is None:
+            return None
+        return Lock(**json.loads(buf.to_bytes()))
+
+    def _write_lock(self, lock: Lock, exclusive: bool) -> bool:
+        buf = default_buffer_prototype().buffer.from_bytes(json.dumps(lock.__dict__).encode())
+        if exclusive:
+            sync(self._zstore.set_if_not_exists(LOCK_KEY, buf))
+        else:
+            sync(self._zstore.set(LOCK_KEY, buf))
+        current = self._read_lock()
+        return current is not None and current.token == lock.token
+
+    def _acquire_lock(self) -> None:
+        if _is_local(self.url):
+            os.makedirs(self.url.removeprefix("file://"), exist_ok=True)
+        mine = Lock(socket.gethostname(), os.getpid(), uuid.uuid4().hex, time.time())
+        if self._write_lock(mine, exclusive=True):
+            self._lock = mine
+            return
+        held = self._read_lock()
+        if held is not None and held.host == mine.host and not _pid_alive(held.pid):
+            warnings.warn(f"taking over the lock of {self.url} left by a dead writer "
+                          f"({held.describe()})", stacklevel=3)
+            if self._write_lock(mine, exclusive=False):
+                self._lock = mine
+                return
+            held = self._read_lock()
+        where = held.describe() if held else "an unknown writer"
+        raise StoreLockedError(
+            f"store {self.url} is being written by {where}; a second writer would corrupt it. "
+            f"Wait for it, or if that process is gone for good run "
+            f"`ootrain store unlock {self.url}`.")
+
+    def release(self) -> None:
+        """Release the writer lock if this object holds it (idempotent)."""
+        if self._lock is None:
+            return
+        held = self._read_lock()
+        if held is not None and held.token == self._lock.token:
+            sync(self._zstore.delete(LOCK_KEY))
+        self._lock = None
+
+    @staticmethod
+    def break_lock(url: str) -> Lock | None:
+        """Remove a stale writer lock; returns what it held. Only for a writer known to be gone."""
+        zs = _open_zstore(os.fspath(url))
+        buf = sync(zs.get(LOCK_KEY, prototype=default_buffer_prototype()))
+        if buf is not None:
+            sync(zs.delete(LOCK_KEY))
+        return None if buf is None else Lock(**json.loads(buf.to_bytes()))
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # best effort; context managers are the supported way
+        try:
+            self.release()
+        except Exception:
+            pass
+
+    # ----------------------------------------------------------------- arrays and manifest
+    @property
+    def fingerprint(self) -> str:
+        return self.group.attrs["ootrain"]["fingerprint"]
+
+    @property
+    def stored_config(self) -> dict[str, Any]:
+        return self.group.attrs["ootrain"]["config"]
+
+    def require_array(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                      dtype: Any) -> zarr.Array:
+        """Create ``path`` (or reopen it, checking shape/chunks/dtype) with its manifest."""
+        dtype = np.dtype(dtype)
+        try:
+            arr = self.group[path]
+        except KeyError:
+            arr = None
+        if arr is not None:
+            if (tuple(arr.shape) != tuple(shape) or tuple(arr.chunks) != tuple(chunks)
+                    or arr.dtype != dtype):
+                raise StoreConfigError(
+                    f"array {path!r} in {self.url} has shape {arr.shape}, chunks {arr.chunks}, "
+                    f"dtype {arr.dtype}; expected {tuple(shape)}, {tuple(chunks)}, {dtype}")
+            return arr
+        arr = self.group.create_array(path, shape=shape, chunks=chunks, dtype=dtype,
+                                      fill_value=0, compressors=None, overwrite=True)
+        n_chunks = int(np.prod(arr.cdata_shape))
+        self.group.create_array(f"manifest/{path}", shape=(n_chunks,), chunks=(1,),
+                                dtype="uint8", fill_value=0, compressors=None, overwrite=True)
+        return arr
+
+    def array(self, path: str) -> zarr.Array:
+        return self.group[path]
+
+    def has(self, path: str) -> bool:
+        try:
+            self.group[path]
+            return True
+        except KeyError:
+            return False
+
+    def _manifest(self, path: str) -> zarr.Array:
+        return self.group[f"manifest/{path}"]
+
+    def done(self, path: str) -> np.ndarray:
+        """Boolean flags [n_chunks] (C order over the chunk grid) of completed chunks."""
+        if not self.has(path):
+            return np.zeros(0, dtype=bool)
+        return self._manifest(path)[:].astype(bool)
+
+    def is_complete(self, path: str) -> bool:
+        flags = self.done(path)
+        return flags.size > 0 and bool(flags.all())
+
+    def write_chunk(self, path: str, chunk_index: tuple[int, ...] | int, value: np.ndarray) -> None:
+        """Write one whole chunk of ``path`` then flag it complete in the manifest.
+
+        ``chunk_index`` is the chunk's position in the chunk grid.  Raises :class:`DiskFullError`
+        (chunk not flagged) when the file system is full.
+        """
+        arr = self.group[path]
+        idx = (chunk_index,) if isinstance(chunk_index, int) else tuple(chunk_index)
+        sel = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, arr.chunks, arr.shape))
+        expected = tuple(s.stop - s.start for s in sel)
+        if tuple(value.shape) != expected:
+            raise ValueError(f"chunk {idx} of {path!r} must have shape {expected}, "
+                             f"got {tuple(value.shape)}")
+        flat = int(np.ravel_multi_index(idx, arr.cdata_shape))
+        try:
+            arr[sel] = value
+            self._manifest(path)[flat] = 1
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(errno.ENOSPC, f"disk full while writing {path!r} chunk {idx} "
+                                    f"to {self.url}; completed chunks are kept, free space and "
+                                    "resume") from e
+            raise
+
+    def mark_done(self, path: str, chunk_index: int) -> None:
+        """Flag a chunk written by other means (e.g. a Dask region write) as complete."""
+        self._manifest(path)[chunk_index] = 1
+
+    def reset(self, path: str) -> None:
+        """Forget the completion flags of ``path`` (its chunks will be recomputed)."""
+        self._manifest(path)[:] = 0
+
+    def walk_arrays(self) -> Iterator[tuple[str, zarr.Array]]:
+        """All data arrays (not manifests), depth first, with their paths."""
+        def rec(g: zarr.Group, prefix: str) -> Iterator[tuple[str, zarr.Array]]:
+            with warnings.catch_warnings():  # the lock key is not a zarr node
+                warnings.simplefilter("ignore")
+                members = sorted(g.members(), key=lambda kv: kv[0])
+            for name, node in members:
+                path = f"{prefix}{name}"
+                if path == "manifest":
+                    continue
+                if isinstance(node, zarr.Group):
+                    yield from rec(node, path + "/")
+                else:
+                    yield path, node
+        yield from rec(self.group, "")
+
+    def free_bytes(self) -> int | None:
+        """Free space of the store's file system (None for remote stores)."""
+        if not _is_local(self.url):
+            return None
+        import shutil
+        return shutil.disk_usage(self.url.removeprefix("file://")).free
+
+    def check_space(self, needed: int, what: str) -> None:
+        """Refuse to start work that cannot fit on disk (local stores)."""
+        free = self.free_bytes()
+        if free is not None and needed > free:
+            raise DiskFullError(errno.ENOSPC, f"{what} needs {needed / 2**30:.2f} GiB in "
+                                f"{self.url} but only {free / 2**30:.2f} GiB are free")
+
+
+def _open_zstore(url: str) -> zarr.abc.store.Store:
+    if _is_local(url):
+        return zarr.storage.LocalStore(url.removeprefix("file://"))
+    return zarr.storage.FsspecStore.from_url(url)
