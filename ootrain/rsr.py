@@ -177,7 +177,7 @@ def _project(store: Store, emb: Any, omega: np.ndarray, path: str, ctx: SolveCon
         lo, hi = c * rows, min(N, (c + 1) * rows)
         p = (np.asarray(emb[lo:hi], dtype=np.float64) @ omega.astype(np.float64)).T
         for j in range(k):
-            store.write_chunk(path, (j, c), p[j].astype(emb.dtype))
+            store.write_chunk(path, (j, c), p[j:j + 1].astype(emb.dtype))
     return out
 
 

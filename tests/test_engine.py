@@ -45,7 +45,7 @@ def _full_batch_grad(eng: Engine, step: int) -> tuple[list[torch.Tensor], float]
     eng.G.zero_grad()
     loss = sliced_wasserstein(eng.E(eng.G(z)), y, omega, p=2)
     loss.backward()
-    return [p.grad.clone() for p in eng.G.parameters()], float(loss)
+    return [p.grad.clone() for p in eng.G.parameters()], float(loss.detach())
 
 
 def _ooc_grad(eng: Engine, step: int) -> tuple[list[torch.Tensor], float]:

@@ -1,0 +1,129 @@
+"""The sample store: manifest, fingerprint, writer lock, disk-full handling."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ootrain.store import DiskFullError, Store, StoreConfigError, StoreLockedError
+
+
+def test_manifest_flags_only_written_chunks(tmp_path):
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        s.require_array("x", (10, 3), (4, 3), "f4")
+        s.write_chunk("x", (1, 0), np.ones((4, 3), "f4"))
+        s.write_chunk("x", (2, 0), np.full((2, 3), 2, "f4"))
+        assert s.done("x").tolist() == [False, True, True]
+        assert not s.is_complete("x")
+        s.write_chunk("x", (0, 0), np.zeros((4, 3), "f4"))
+        assert s.is_complete("x")
+        np.testing.assert_array_equal(s.array("x")[8:], 2)
+
+
+def test_write_chunk_rejects_partial_chunk(tmp_path):
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        s.require_array("x", (10, 3), (4, 3), "f4")
+        with pytest.raises(ValueError, match=r"must have shape \(4, 3\)"):
+            s.write_chunk("x", (0, 0), np.ones((3, 3), "f4"))
+
+
+def test_reopen_checks_array_layout(tmp_path):
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        s.require_array("x", (10, 3), (4, 3), "f4")
+        with pytest.raises(StoreConfigError, match="expected"):
+            s.require_array("x", (10, 3), (5, 3), "f4")
+
+
+def test_fingerprint_refuses_other_config_and_names_the_key(tmp_path):
+    Store(tmp_path / "s", {"b": 1024, "m": 4}).release()
+    with pytest.raises(StoreConfigError, match=r"b: store has 1024, requested 2048"):
+        Store(tmp_path / "s", {"b": 2048, "m": 4})
+    # same config resumes; overwrite discards
+    Store(tmp_path / "s", {"b": 1024, "m": 4}).release()
+    with Store(tmp_path / "s", {"b": 2048, "m": 4}, mode="w") as s:
+        assert s.stored_config == {"b": 2048, "m": 4}
+
+
+def test_non_ootrain_group_is_refused(tmp_path):
+    import zarr
+    zarr.open_group(tmp_path / "g", mode="w")
+    with pytest.raises(StoreConfigError, match="not an ootrain store"):
+        Store(tmp_path / "g", mode="r")
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from ootrain.store import Store
+    s = Store(sys.argv[1], {"a": 1})
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_second_writer_is_refused_and_dead_writer_lock_is_taken_over(tmp_path):
+    path = str(tmp_path / "s")
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, path], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreLockedError, match=f"pid {proc.pid}"):
+            Store(path, {"a": 1})
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.warns(UserWarning, match="dead writer"):
+        s = Store(path, {"a": 1})
+    s.release()
+
+
+def test_read_only_open_ignores_lock(tmp_path):
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        s.require_array("x", (2,), (2,), "f8")
+        r = Store(tmp_path / "s", mode="r")
+        assert r.stored_config == {"a": 1}
+
+
+def test_break_lock(tmp_path):
+    s = Store(tmp_path / "s", {"a": 1})
+    held = Store.break_lock(str(tmp_path / "s"))
+    assert held is not None and held.pid == os.getpid()
+    assert Store.break_lock(str(tmp_path / "s")) is None
+    s.release()
+
+
+def test_disk_full_is_reported_and_chunk_not_flagged(tmp_path, monkeypatch):
+    import zarr
+
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        s.require_array("x", (8,), (4,), "f4")
+
+        def full(self, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(zarr.Array, "__setitem__", full)
+        with pytest.raises(DiskFullError, match="disk full"):
+            s.write_chunk("x", (0,), np.ones(4, "f4"))
+        monkeypatch.undo()
+        assert not s.done("x").any()
+
+
+def test_check_space_refuses_before_work(tmp_path):
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        with pytest.raises(DiskFullError, match="GiB are free"):
+            s.check_space(1 << 62, "a huge step")
+
+
+def test_fsspec_memory_url(tmp_path):
+    url = "memory://ootrain-test-store"
+    with Store(url, {"a": 1}) as s:
+        s.require_array("x", (6,), (3,), "f8")
+        s.write_chunk("x", (1,), np.arange(3.0))
+        assert s.done("x").tolist() == [False, True]
+        with pytest.raises(StoreLockedError):
+            Store(url, {"a": 1})
