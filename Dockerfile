@@ -34,7 +34,7 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
     && pip install --upgrade pip \
     && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
-# Dependencies first (cached layer), then the package itself.
+# The project: metadata, the package and the pipelines (`ootrain demo` runs one).
 WORKDIR /opt/ootrain
 COPY pyproject.toml README.md ./
 COPY ootrain ./ootrain

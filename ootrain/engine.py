@@ -157,14 +157,15 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) under ``torch.distributed``, (0, 1) without it."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _barrier() -> None:
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         dist.barrier()
 
 
@@ -198,7 +199,7 @@ class Engine:
         self.dtype = getattr(torch, config.dtype)
         self.sampler = latent_sampler or standard_normal(config.latent_dim, np.dtype(config.dtype))
         self.progress = progress
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self._check_real(real)
         self.d = self._probe()
         rows = config.chunk_rows or self._default_chunk_rows()

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ootrain.engine import Engine, EngineConfig, StepResult
+import torch.distributed as dist
+
+from ootrain.engine import Engine, EngineConfig, StepResult, rank_world
 from ootrain.rsr import SlicedSolver
 from ootrain.store import Store
 
@@ -48,10 +50,20 @@ def train_rsr(generator: nn.Module, embedding: nn.Module, real: Any, store_path:
     opt = make_optimizer(generator.parameters(), optimizer, lr)
     store_cfg = Engine.store_config(config, solver, generator_spec, embedding_spec, real)
     store_cfg["optimizer"] = {"name": optimizer, "lr": lr}
-    with Store(store_path, store_cfg, mode="w" if overwrite else "a") as store:
+    with open_shared_store(store_path, store_cfg, overwrite) as store:
         eng = Engine(generator, embedding, solver, real, store, opt, config, progress=progress)
         results = eng.train(steps, callback=callback)
     return RSRRun(generator, results)
+
+
+def open_shared_store(path: str, config: dict[str, Any], overwrite: bool = False) -> Store:
+    """Open the run's store on every ``torch.distributed`` rank: rank 0 creates it and holds the
+    writer lock (ranks write disjoint chunks under it), the others open it once it exists."""
+    rank, world = rank_world()
+    store = Store(path, config, mode="w" if overwrite else "a") if rank == 0 else None
+    if world > 1:
+        dist.barrier()
+    return store if store is not None else Store(path, config, mode="a", lock=False)
 
 
 def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345,
