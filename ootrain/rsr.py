@@ -211,31 +211,24 @@ def _align_row_dask(store: Store, proj: Any, rproj: Any, tpath: str, j: int,
     xs, perm = sort.argsort_dask(x, partition_size=part)
     y = da.from_zarr(rproj)[j].astype(np.float64)
     if sort.row_fits(n, 8, budget):
-        ys_np = np.sort(y.compute())
-        prefix = np.concatenate([[0.0], np.cumsum(ys_np)])
+        ys = np.sort(y.compute())
+        y_sq = float(np.mean(ys ** 2))
+        real_slice = ys.__getitem__
+    else:  # the sorted real row goes through Dask into the store, and is read back by slices
+        ys_d, _ = sort.argsort_dask(y, partition_size=part)
+        spath = tpath.rsplit("/", 1)[0] + "/real_sorted"
+        ys = store.require_array(spath, (rproj.shape[0], n), (1, rproj.chunks[1]), np.float64)
+        da.to_zarr(ys_d.rechunk(rproj.chunks[1])[None, :], ys,
+                   region=(slice(j, j + 1), slice(0, n)))
+        y_sq = float((da.from_zarr(ys)[j] ** 2).mean().compute())
 
-        def real_slice(lo: int, hi: int) -> tuple[np.ndarray, float]:
-            return ys_np[lo:hi], float(prefix[lo])
-        y_sq = float(np.mean(ys_np ** 2))
-    else:
-        ys, _ = sort.argsort_dask(y, partition_size=part)
-        ys = ys.persist()
-        sums = np.concatenate([[0.0], np.cumsum(ys.map_blocks(lambda a: np.array([a.sum()]),
-                                                              chunks=(1,)).compute())])
-        starts = np.concatenate([[0], np.cumsum(ys.chunks[0])])
-
-        def real_slice(lo: int, hi: int) -> tuple[np.ndarray, float]:
-            c = int(np.searchsorted(starts, lo, side="right") - 1)
-            head = ys[starts[c]:lo].compute()
-            return ys[lo:hi].compute(), float(sums[c] + head.sum())
-        y_sq = float((ys ** 2).mean().compute())
+        def real_slice(sl: slice) -> np.ndarray:
+            return ys[j, sl]
 
     def block_targets(block: np.ndarray, block_info: Any = None) -> np.ndarray:
         r0, r1 = block_info[0]["array-location"][0]
         lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-        ys_slice, s0 = real_slice(lo, hi)
-        return np.asarray(sliced.quantile_targets_range(ys_slice, lo, s0, n, b, r0, r1),
-                          dtype=np.float64)
+        return sliced.quantile_targets_range(real_slice(slice(lo, hi)), lo, n, b, r0, r1)
 
     t_sorted = xs.map_blocks(block_targets, dtype=np.float64)
     cross = da.dot(xs.astype(np.float64), t_sorted)
