@@ -337,6 +337,10 @@ class Engine:
             _check_finite(x, f"real data rows [{lo}, {hi})")
             with torch.no_grad():
                 e = self.E(torch.as_tensor(x, dtype=self.dtype)).numpy()
+            if e.shape != (hi - lo, self.d):
+                raise ValueError(f"E(real rows [{lo}, {hi})) has shape {e.shape} but generated "
+                                 f"embeddings are [m, {self.d}]: real data of width "
+                                 f"{x.shape[1]} does not fit the embedding of G's outputs")
             _check_finite(e, f"real embeddings rows [{lo}, {hi})")
             self.store.write_chunk("real/embeddings", (c, 0), e)
             self._advance(task)

@@ -190,8 +190,7 @@ def _align_row(store: Store, proj: Any, rproj: Any, tpath: str, j: int, budget: 
         y = np.sort(np.asarray(rproj[j], dtype=np.float64))
         t_sorted = sliced.quantile_targets(y, b)
         perm = sort.argsort(x)
-        x64 = x.astype(np.float64)
-        dist = float(np.mean(x64 ** 2) - 2 * np.dot(x64[perm], t_sorted) / b + np.mean(y ** 2))
+        dist = _w2(np.mean((x[perm] - t_sorted) ** 2), np.mean(y ** 2), np.mean(t_sorted ** 2))
         t = np.empty(b, dtype=np.float64)
         t[perm] = t_sorted
         cols = targets.chunks[1]
@@ -231,15 +230,19 @@ def _align_row_dask(store: Store, proj: Any, rproj: Any, tpath: str, j: int,
         return sliced.quantile_targets_range(real_slice(slice(lo, hi)), lo, n, b, r0, r1)
 
     t_sorted = xs.map_blocks(block_targets, dtype=np.float64)
-    cross = da.dot(xs.astype(np.float64), t_sorted)
-    x_sq = (xs.astype(np.float64) ** 2).sum()
     t = sort.scatter_dask(perm, t_sorted.astype(targets.dtype), chunks=targets.chunks[1])
-    t2 = t[None, :]
-    _, cross_v, x_sq_v = da.compute(da.to_zarr(t2, targets, region=(slice(j, j + 1), slice(0, b)),
-                                               compute=False), cross, x_sq)
+    write = da.to_zarr(t[None, :], targets, region=(slice(j, j + 1), slice(0, b)), compute=False)
+    _, sq_diff, t_sq = da.compute(write, ((xs - t_sorted) ** 2).mean(), (t_sorted ** 2).mean())
     for c in range(targets.cdata_shape[1]):
         store.mark_done(tpath, j * targets.cdata_shape[1] + c)
-    return float(x_sq_v / b - 2 * cross_v / b + y_sq)
+    return _w2(sq_diff, y_sq, t_sq)
+
+
+def _w2(sq_diff: float, y_sq: float, t_sq: float) -> float:
+    """W2² of one direction from its quantile targets (:func:`ootrain.sliced.w2_from_targets`):
+    ``mean((x_(r) − t_r)²) + mean(y²) − mean(t²)``, the within-interval variance of the real
+    quantile function added to the regression residual; clamped at 0 against rounding."""
+    return max(0.0, float(sq_diff) + float(y_sq) - float(t_sq))
 
 
 def _write_cotangents(store: Store, emb: Any, targets: Any, omega: np.ndarray, path: str,

@@ -170,14 +170,16 @@ def random_directions(
     return g / torch.linalg.vector_norm(g, dim=0, keepdim=True)
 
 
-def _wasserstein_1d(x: Tensor, y: Tensor, p: float) -> Tensor:
-    n, m = x.shape[0], y.shape[0]
+def _wasserstein_1d(xt: Tensor, yt: Tensor, p: float) -> Tensor:
+    """W_p^p per row of ``xt [k, n]`` and ``yt [k, m]`` (rows: sorting along the
+    contiguous dimension is several times faster than along dim 0 of ``[n, k]``)."""
+    n, m = xt.shape[1], yt.shape[1]
     lcm = _lcm_checked(n, m)
-    i, j, w = _merged_pieces(n, m, 0, m, x.device)
-    xs = torch.sort(x, dim=0).values
-    ys = torch.sort(y, dim=0).values
-    weight = (w.to(torch.float64) / lcm).to(x.dtype)
-    return (weight[:, None] * (xs[i] - ys[j]).abs().pow(p)).sum(dim=0)
+    i, j, w = _merged_pieces(n, m, 0, m, xt.device)
+    xs = torch.sort(xt.contiguous(), dim=1).values
+    ys = torch.sort(yt.contiguous(), dim=1).values
+    weight = (w.to(torch.float64) / lcm).to(xt.dtype)
+    return ((xs[:, i] - ys[:, j]).abs().pow(p) * weight).sum(dim=1)
 
 
 def wasserstein_1d(x: Tensor, y: Tensor, p: float = 2) -> Tensor:
@@ -204,7 +206,7 @@ def wasserstein_1d(x: Tensor, y: Tensor, p: float = 2) -> Tensor:
     """
     _check_pair(x, y, "[n, k]")
     _check_p(p)
-    return _wasserstein_1d(x, y, p)
+    return _wasserstein_1d(x.T, y.T, p)
 
 
 def sliced_wasserstein(
@@ -242,12 +244,17 @@ def sliced_wasserstein(
     if isinstance(directions, Tensor):
         _check_directions(directions, x.shape[1])
         directions = directions.to(x.dtype)
-    else:
-        _check_int("directions (number of directions k)", directions, 1)
+    elif isinstance(directions, (int, np.integer)) and not isinstance(directions, bool):
+        k = _check_int("directions (number of directions k)", directions, 1)
         directions = random_directions(
-            x.shape[1], int(directions), generator=generator, dtype=x.dtype, device=x.device
+            x.shape[1], k, generator=generator, dtype=x.dtype, device=x.device
         )
-    return _wasserstein_1d(x @ directions, y @ directions, p).mean()
+    else:
+        raise ValueError(
+            f"directions must be a [d, k] tensor or an int k, got {type(directions).__name__}"
+        )
+    dt = directions.T
+    return _wasserstein_1d(dt @ x.T, dt @ y.T, p).mean()
 
 
 # ----------------------------------------------------------------------------------
@@ -261,7 +268,7 @@ def _as_float64(name: str, y: Tensor | np.ndarray) -> Tensor:
         raise ValueError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(y).__name__}")
     if y.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape [n] or [n, k], got {tuple(y.shape)}")
-    if not (y.is_floating_point() or y.dtype == torch.bool) and y.dtype.is_complex:
+    if y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"{name} must be real-valued, got {y.dtype}")
     y = y.to(torch.float64)
     if not bool(torch.isfinite(y).all()):
@@ -269,6 +276,15 @@ def _as_float64(name: str, y: Tensor | np.ndarray) -> Tensor:
     if not bool((y[1:] >= y[:-1]).all()):
         raise ValueError(f"{name} must be sorted in ascending order along dim 0")
     return y
+
+
+def _targets(y: Tensor, slice_start: int, n: int, b: int, r0: int, r1: int) -> Tensor:
+    """Targets ``t_r``, ``r in [r0, r1)``, from float64 ``y`` = sorted ranks ``slice_start...``."""
+    lcm = _lcm_checked(n, b)
+    i, r, w = _merged_pieces(n, b, r0, r1, y.device)
+    contrib = y[i - slice_start] * w.to(torch.float64).reshape(-1, *([1] * (y.ndim - 1)))
+    out = torch.zeros((r1 - r0, *y.shape[1:]), dtype=torch.float64, device=y.device)
+    return out.index_add_(0, r - r0, contrib).div_(lcm // b)
 
 
 def real_slice_bounds(n: int, b: int, r0: int, r1: int) -> tuple[int, int]:
@@ -279,10 +295,10 @@ def real_slice_bounds(n: int, b: int, r0: int, r1: int) -> tuple[int, int]:
     meets ``(r0/b, r1/b)``: ``lo = floor(r0 n / b)``, ``hi = ceil(r1 n / b)``
     (``lo == hi`` when ``r0 == r1``).  Pure integer arithmetic, exact for any size.
     """
-    _check_int("n", n, 1)
-    _check_int("b", b, 1)
-    _check_int("r0", r0, 0, b)
-    _check_int("r1", r1, r0, b)
+    n = _check_int("n", n, 1)
+    b = _check_int("b", b, 1)
+    r0 = _check_int("r0", r0, 0, b)
+    r1 = _check_int("r1", r1, r0, b)
     lo = r0 * n // b
     return (lo, lo) if r0 == r1 else (lo, -(-r1 * n // b))
 
@@ -294,36 +310,31 @@ def quantile_targets_range(
 
     ``y_slice`` holds the sorted real values of ranks ``slice_start, slice_start + 1,
     ...`` (column-wise if 2-D) out of ``n`` in total; it must cover
-    ``real_slice_bounds(n, b, r0, r1)``.  Each target is an exact, positive-weight
-    combination of the values it integrates::
+    ``real_slice_bounds(n, b, r0, r1)`` (a longer slice is fine).  Each target is an
+    exact combination, with positive integer weights, of the values it integrates::
 
-        t_r = (1 / (lcm/b)) * sum_i w_{r,i} y_(i),   w_{r,i} = lcm * |(i/n, (i+1)/n) ∩ (r/b, (r+1)/b)|
+        t_r = (b / L) * sum_i w_{r,i} y_(i),
+        w_{r,i} = L * |(i/n, (i+1)/n) ∩ (r/b, (r+1)/b)|,   L = lcm(n, b),
 
-    (integer weights, ``lcm = lcm(n, b)``), accumulated in float64.  No global prefix
-    sum is needed: it would cancel exactly in ``t_r``, and subtracting prefix sums
-    would cost ~``b * eps`` relative accuracy instead of ~``(n/b) * eps``.  Results are
-    identical to the corresponding rows of the one-shot function (same pieces, same
-    accumulation order).
+    accumulated in float64.  No global prefix sum is needed: it cancels exactly in
+    ``t_r``, and differencing prefix sums would cost ~``b * eps`` relative accuracy
+    instead of ~``(n/b) * eps``.  Results equal the corresponding rows of the one-shot
+    function (same pieces, same accumulation order).
 
     Returns:
-        float64 ``[r1 - r0]`` (or ``[r1 - r0, k]``), a numpy array if ``y_slice`` is one,
-        else a tensor on ``y_slice``'s device.
+        float64 ``[r1 - r0]`` (or ``[r1 - r0, k]``); numpy in, numpy out, else a tensor
+        on ``y_slice``'s device.
     """
-    is_numpy = isinstance(y_slice, np.ndarray)
     y = _as_float64("y_slice", y_slice)
     lo, hi = real_slice_bounds(n, b, r0, r1)
-    _check_int("slice_start", slice_start, 0)
+    slice_start = _check_int("slice_start", slice_start, 0)
     if slice_start > lo or slice_start + y.shape[0] < hi:
         raise ValueError(
             f"y_slice covers sorted positions [{slice_start}, {slice_start + y.shape[0]}) "
             f"but targets [{r0}, {r1}) with n={n}, b={b} need [{lo}, {hi})"
         )
-    lcm = _lcm_checked(n, b)
-    i, r, w = _merged_pieces(n, b, r0, r1, y.device)
-    contrib = y[i - slice_start] * w.to(torch.float64).reshape(-1, *([1] * (y.ndim - 1)))
-    out = torch.zeros((r1 - r0, *y.shape[1:]), dtype=torch.float64, device=y.device)
-    out.index_add_(0, r - r0, contrib).div_(lcm // b)
-    return out.numpy() if is_numpy else out
+    out = _targets(y, slice_start, int(n), int(b), int(r0), int(r1))
+    return out.numpy() if isinstance(y_slice, np.ndarray) else out
 
 
 def quantile_targets(y_sorted: Tensor | np.ndarray, b: int) -> Tensor | np.ndarray:
@@ -346,15 +357,16 @@ def quantile_targets(y_sorted: Tensor | np.ndarray, b: int) -> Tensor | np.ndarr
 
     Args:
         y_sorted: ``[n]`` or ``[n, k]`` (column-wise) ascending real values.
-        b: number of generated samples.
+        b: number of generated samples, ``b >= 1``.
 
     Returns:
         float64 ``[b]`` or ``[b, k]``; numpy in, numpy out.
     """
-    n = y_sorted.shape[0] if hasattr(y_sorted, "shape") and len(y_sorted.shape) else 0
-    _check_int("n (len(y_sorted))", n, 1)
-    _check_int("b", b, 1)
-    return quantile_targets_range(y_sorted, 0, n, b, 0, b)
+    y = _as_float64("y_sorted", y_sorted)
+    _check_int("len(y_sorted)", y.shape[0], 1)
+    b = _check_int("b", b, 1)
+    out = _targets(y, 0, y.shape[0], b, 0, b)
+    return out.numpy() if isinstance(y_sorted, np.ndarray) else out
 
 
 def w2_from_targets(x_sorted: Tensor, t: Tensor, y_sq_mean: Tensor) -> Tensor:
@@ -425,14 +437,14 @@ def algorithm2_directions(
         ValueError: invalid shapes/values, or no nonzero difference found after
             repeated redraws (e.g. real and fake all equal to one point).
     """
-    _check_directions(prev_directions, prev_directions.shape[0] if prev_directions.ndim else 0)
+    _check_directions(prev_directions)
     d, k = prev_directions.shape
     if not isinstance(prev_distances, Tensor) or prev_distances.shape != (k,):
         shape = tuple(prev_distances.shape) if isinstance(prev_distances, Tensor) else None
         raise ValueError(f"prev_distances must be a tensor of shape [k] = [{k}], got {shape}")
     if not bool(torch.isfinite(prev_distances).all()):
         raise ValueError("prev_distances contains non-finite values (NaN or Inf)")
-    _check_int("r", r, 0, k)
+    r = _check_int("r", r, 0, k)
     _check_samples("real", real, "[s, d]")
     _check_samples("fake", fake, "[s2, d]")
     if real.shape[1] != d or fake.shape[1] != d:
@@ -456,12 +468,11 @@ def algorithm2_directions(
         ok = norm.squeeze(1) > 0
         new[todo[ok]] = diff[ok] / norm[ok]
         todo = todo[~ok]
-    else:
-        if todo.numel():
-            raise ValueError(
-                f"could not draw {k - r} nonzero real - fake differences in "
-                f"{_MAX_REDRAW_ROUNDS} rounds: real and fake samples (nearly) coincide"
-            )
+    if todo.numel():
+        raise ValueError(
+            f"could not draw {k - r} nonzero real - fake differences in "
+            f"{_MAX_REDRAW_ROUNDS} rounds: real and fake samples (nearly) coincide"
+        )
     out = prev_directions.clone()
     out[:, replace] = new.T
     return out

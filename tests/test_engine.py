@@ -145,3 +145,63 @@ def test_nan_embeddings_are_refused(tmp_path):
     eng, _ = _engine(tmp_path, 16, 4, 10, real=real)
     with pytest.raises(NonFiniteError, match="NaN"):
         eng.embed_real()
+
+
+def test_bad_real_data_shape_and_dtype(tmp_path):
+    with pytest.raises(ValueError, match=r"2-D array \[n, D\]"):
+        _engine(tmp_path / "a", 16, 4, 10, real=np.zeros(10))
+    with pytest.raises(ValueError, match="floating point"):
+        _engine(tmp_path / "b", 16, 4, 10, real=np.zeros((10, 6), dtype=np.int64))
+    eng, _ = _engine(tmp_path / "c", 16, 4, 10, real=np.zeros((10, 7)))
+    with pytest.raises(RuntimeError, match="7"):  # torch: E cannot take width 7 (expects 6)
+        eng.embed_real()
+
+
+def test_real_embedding_width_mismatch(tmp_path):
+    g, _ = _models()
+    real = np.zeros((10, 5))
+    cfg = EngineConfig(population=16, micro_batch=4, latent_dim=3, dtype="float64")
+    solver = SlicedSolver(n_directions=2)
+    store = Store(tmp_path / "s", Engine.store_config(cfg, solver, "g", "e", real))
+    eng = Engine(g, nn.Identity(), solver, real, store, torch.optim.SGD(g.parameters(), 0.1), cfg)
+    with pytest.raises(ValueError, match="does not fit the embedding"):
+        eng.embed_real()
+
+
+def test_nan_from_generator_is_refused_before_storing(tmp_path):
+    eng, _ = _engine(tmp_path, 64, 8, 64)
+    eng.embed_real()
+    with torch.no_grad():
+        eng.G[0].bias.fill_(float("nan"))
+    eng.store.group.require_group("steps/0")
+    with pytest.raises(NonFiniteError, match="embeddings of step 0"):
+        eng.run(0)
+    assert not eng.store.done("steps/0/embeddings").any()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="micro_batch m=8 exceeds population"):
+        EngineConfig(population=4, micro_batch=8, latent_dim=1)
+    with pytest.raises(ValueError, match="multiple of micro_batch"):
+        EngineConfig(population=64, micro_batch=8, latent_dim=1, chunk_rows=12)
+    with pytest.raises(ValueError, match="population must be positive"):
+        EngineConfig(population=0, micro_batch=1, latent_dim=1)
+    with pytest.raises(ValueError, match="directions must be"):
+        SlicedSolver(n_directions=4, directions="orthogonal")
+    with pytest.raises(ValueError, match=r"keep r=5 must be in \[0, k=4\]"):
+        SlicedSolver(n_directions=4, keep=5)
+
+
+def test_generator_output_shape_is_checked(tmp_path):
+    class Flat(nn.Module):
+        def forward(self, z):
+            return z.sum()
+
+    real = np.zeros((10, 6))
+    cfg = EngineConfig(population=16, micro_batch=4, latent_dim=3, dtype="float64")
+    solver = SlicedSolver(n_directions=2)
+    store = Store(tmp_path / "s", Engine.store_config(cfg, solver, "g", "e", real))
+    lin = nn.Linear(1, 1)
+    with pytest.raises(ValueError, match=r"must return \[m, d\]"):
+        Engine(Flat(), nn.Identity(), solver, real, store, torch.optim.SGD(lin.parameters(), 1),
+               cfg)
