@@ -70,6 +70,8 @@ def rsr_train(
     memory_budget: str = typer.Option("1GiB", help="Memory the Sort step may hold."),
     seed: int = typer.Option(0, help="Seed of latents, directions and model init."),
     verify: bool = typer.Option(False, help="Check ReRun reproduces Run's embeddings."),
+    store_latents: bool = typer.Option(False, help="Store latents (default: regenerate them "
+                                       "from their counter-based key)."),
     overwrite: bool = typer.Option(False, help="Discard an existing store at this path."),
     out: Optional[Path] = typer.Option(None, help="Write samples.npy and loss.png here."),
     progress: bool = typer.Option(True, help="Progress bars."),
@@ -84,13 +86,18 @@ def rsr_train(
     from ootrain.recipes import generate, train_rsr
     from ootrain.rsr import SlicedSolver
 
-    real = np.asarray(load_data(data, n=n_real, seed=seed + 1), dtype=np.float32)
+    from ootrain.data import DATASETS
+
+    builtin = data.split(":")[0] in DATASETS
+    # a user's zarr array stays on disk (read chunk by chunk when embedded); built-ins are sampled
+    real = load_data(data, n=n_real, seed=seed + 1) if builtin else load_data(data, lazy=True)
     torch.manual_seed(seed)
     gkw = {"in_dim": latent_dim, "out_dim": real.shape[1], **_kwargs(generator_args)}
     G = build_model(generator, **gkw)
     E = build_model(embedding, **_kwargs(embedding_args)).eval()
     cfg = EngineConfig(population=population, micro_batch=micro_batch, latent_dim=latent_dim,
-                       seed=seed, memory_budget=parse_bytes(memory_budget), verify=verify)
+                       seed=seed, memory_budget=parse_bytes(memory_budget), verify=verify,
+                       store_latents=store_latents)
     solver = SlicedSolver(n_directions=directions, directions=direction_mode, keep=keep,
                           mode=mode)
     losses: list[float] = []
@@ -109,7 +116,8 @@ def rsr_train(
     console.print(f"[green]done[/]: {len(run.results)} steps this call, store {store}")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "samples.npy", generate(run.generator, min(len(real), 100_000), latent_dim))
+        np.save(out / "samples.npy", generate(run.generator, min(real.shape[0], 100_000),
+                                              latent_dim))
         if losses:
             _plot_losses(losses, out / "loss.png")
         console.print(f"wrote {out / 'samples.npy'}")

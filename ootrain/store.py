@@ -233,7 +233,17 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:  # best effort; context managers are the supported way
+    def __del__(self) -> None:
+        """Best effort release (context managers are the supported way).  Skipped when garbage
+        collection runs on zarr's event-loop thread, where blocking I/O is impossible; a lock
+        left behind by a dead process is taken over by the next writer on the same host."""
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+            return
+        except RuntimeError:
+            pass
         try:
             self.release()
         except Exception:

@@ -77,3 +77,28 @@ def test_parse_bytes():
     import typer
     with pytest.raises(typer.BadParameter, match="not a size"):
         parse_bytes("lots")
+
+
+def test_rsr_train_from_user_zarr_and_factory(tmp_path):
+    x = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    arr = zarr.create_array(tmp_path / "real.zarr", shape=x.shape, chunks=(100, 4),
+                            dtype="float32")
+    arr[:] = x
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def make_g(in_dim, out_dim):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(in_dim, 16), torch.nn.Tanh(),\n"
+        "                               torch.nn.Linear(16, out_dim))\n")
+    res = runner.invoke(app, ["rsr", "train", "--store", str(tmp_path / "run.zarr"),
+                              "--data", str(tmp_path / "real.zarr"),
+                              "--generator", f"{tmp_path / 'mymodels.py'}:make_g",
+                              "--embedding", "random-features",
+                              "--embedding-args", '{"in_dim": 4, "out_dim": 6, "seed": 1}',
+                              "-b", "128", "-m", "16", "-p", "4", "--steps", "1",
+                              "--direction-mode", "algorithm2", "-r", "2", "--store-latents",
+                              "--mode", "cotangent", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    s = Store(tmp_path / "run.zarr", mode="r")
+    assert s.array("steps/0/latents").shape == (128, 8)
+    assert s.array("steps/0/cotangents").shape == (128, 6)
+    assert s.array("real/embeddings").shape == (500, 6)
