@@ -51,7 +51,8 @@ def rsr_train(
     store: Path = typer.Option(..., help="Store path (zarr v3 group; local path or fsspec URL)."),
     data: str = typer.Option("mog1d", help="Real data: built-in (mog1d, ring8, gaussian:D, "
                              "mog:D:K, digits) or a .npy/.npz/zarr path or URL."),
-    n_real: int = typer.Option(4096, help="Samples drawn from a built-in sampled data set."),
+    n_real: Optional[int] = typer.Option(None, help="Rows of a built-in data set (default: "
+                                         "4096 samples of a sampled set, all of digits)."),
     generator: str = typer.Option("mlp", help="Generator: zoo name or module:factory."),
     generator_args: str = typer.Option("", help="JSON kwargs for the generator factory "
                                        "(in_dim/out_dim default to latent-dim/data width)."),
@@ -90,7 +91,11 @@ def rsr_train(
 
     builtin = data.split(":")[0] in DATASETS
     # a user's zarr array stays on disk (read chunk by chunk when embedded); built-ins are sampled
-    real = load_data(data, n=n_real, seed=seed + 1) if builtin else load_data(data, lazy=True)
+    if builtin:
+        n = n_real if n_real is not None else (None if data.startswith("digits") else 4096)
+        real = load_data(data, n=n, seed=seed + 1)
+    else:
+        real = load_data(data, lazy=True)
     torch.manual_seed(seed)
     gkw = {"in_dim": latent_dim, "out_dim": real.shape[1], **_kwargs(generator_args)}
     G = build_model(generator, **gkw)

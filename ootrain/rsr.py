@@ -111,16 +111,25 @@ class SlicedSolver:
         store.require_array(tpath, (k, b), (1, cols), dtype)
         dpath = f"{ctx.prefix}/distances"
         store.require_array(dpath, (k,), (1,), np.float64)
-        done_t = store.done(f"{ctx.prefix}/targets").reshape(k, -1)
-        done_d = store.done(dpath)
+        done = store.done(tpath).reshape(k, -1).all(axis=1) & store.done(dpath)
+        todo = np.flatnonzero(~done)
+        group = _rows_per_pass(b, n, emb.dtype.itemsize, ctx.memory_budget)
         task = ctx.progress.add_task(f"step {ctx.step}: Sort", total=k) if ctx.progress else None
-        for j in range(k):
-            if not (done_t[j].all() and done_d[j]):
-                dist_j = _align_row(store, proj, rproj, tpath, j, ctx.memory_budget)
-                store.array(dpath)[j] = dist_j
-                store.mark_done(dpath, j)
-            if task is not None:
-                ctx.progress.advance(task)
+        if task is not None:
+            ctx.progress.advance(task, k - todo.size)
+        # runs of consecutive unfinished directions, ``group`` at a time (one read, one write)
+        runs = np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if todo.size else []
+        for run in runs:
+            for j0 in range(int(run[0]), int(run[-1]) + 1, max(group, 1)):
+                j1 = min(int(run[-1]) + 1, j0 + max(group, 1))
+                if group:
+                    dist = _align_rows(store, proj, rproj, tpath, j0, j1)
+                else:
+                    dist = np.array([_align_row_dask(store, proj, rproj, tpath, j0,
+                                                     ctx.memory_budget)])
+                store.write_region(dpath, (slice(j0, j1),), dist)
+                if task is not None:
+                    ctx.progress.advance(task, j1 - j0)
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -176,28 +185,34 @@ def _project(store: Store, emb: Any, omega: np.ndarray, path: str, ctx: SolveCon
             continue
         lo, hi = c * rows, min(N, (c + 1) * rows)
         p = (np.asarray(emb[lo:hi], dtype=np.float64) @ omega.astype(np.float64)).T
-        for j in range(k):
-            store.write_chunk(path, (j, c), p[j:j + 1].astype(emb.dtype))
+        store.write_region(path, (slice(0, k), slice(lo, hi)), p.astype(emb.dtype))
     return out
 
 
-def _align_row(store: Store, proj: Any, rproj: Any, tpath: str, j: int, budget: int) -> float:
-    """Targets of direction ``j`` written to ``tpath[j]``; returns W2² of that direction."""
-    targets = store.array(tpath)
-    b, n = proj.shape[1], rproj.shape[1]
-    if sort.row_fits(b, proj.dtype.itemsize, budget) and sort.row_fits(n, 8, budget):
-        x = np.asarray(proj[j])
-        y = np.sort(np.asarray(rproj[j], dtype=np.float64))
-        t_sorted = sliced.quantile_targets(y, b)
-        perm = sort.argsort(x)
-        dist = _w2(np.mean((x[perm] - t_sorted) ** 2), np.mean(y ** 2), np.mean(t_sorted ** 2))
-        t = np.empty(b, dtype=np.float64)
-        t[perm] = t_sorted
-        cols = targets.chunks[1]
-        for c in range(targets.cdata_shape[1]):
-            store.write_chunk(tpath, (j, c), t[c * cols:(c + 1) * cols][None].astype(targets.dtype))
-        return dist
-    return _align_row_dask(store, proj, rproj, tpath, j, budget)
+def _rows_per_pass(b: int, n: int, itemsize: int, budget: int) -> int:
+    """Directions aligned together in memory (0: a row does not fit, use Dask)."""
+    if not (sort.row_fits(b, itemsize, budget) and sort.row_fits(n, 8, budget)):
+        return 0
+    g = 1
+    while sort.row_fits(2 * g * b, itemsize, budget) and sort.row_fits(2 * g * n, 8, budget):
+        g *= 2
+    return g
+
+
+def _align_rows(store: Store, proj: Any, rproj: Any, tpath: str, j0: int, j1: int) -> np.ndarray:
+    """In memory: targets of directions ``[j0, j1)`` written to ``tpath``; their W2² [j1−j0]."""
+    b = proj.shape[1]
+    x, y = np.asarray(proj[j0:j1]), np.sort(np.asarray(rproj[j0:j1], dtype=np.float64), axis=1)
+    t = np.empty(x.shape, dtype=store.array(tpath).dtype)
+    dist = np.empty(j1 - j0)
+    for i in range(j1 - j0):
+        t_sorted = sliced.quantile_targets(y[i], b)
+        perm = sort.argsort(x[i])
+        dist[i] = _w2(np.mean((x[i, perm] - t_sorted) ** 2), np.mean(y[i] ** 2),
+                      np.mean(t_sorted ** 2))
+        t[i, perm] = t_sorted
+    store.write_region(tpath, (slice(j0, j1), slice(0, b)), t)
+    return dist
 
 
 def _align_row_dask(store: Store, proj: Any, rproj: Any, tpath: str, j: int,
@@ -233,8 +248,8 @@ def _align_row_dask(store: Store, proj: Any, rproj: Any, tpath: str, j: int,
     t = sort.scatter_dask(perm, t_sorted.astype(targets.dtype), chunks=targets.chunks[1])
     write = da.to_zarr(t[None, :], targets, region=(slice(j, j + 1), slice(0, b)), compute=False)
     _, sq_diff, t_sq = da.compute(write, ((xs - t_sorted) ** 2).mean(), (t_sorted ** 2).mean())
-    for c in range(targets.cdata_shape[1]):
-        store.mark_done(tpath, j * targets.cdata_shape[1] + c)
+    n_col = targets.cdata_shape[1]
+    store.mark_done(tpath, np.arange(j * n_col, (j + 1) * n_col))
     return _w2(sq_diff, y_sq, t_sq)
 
 

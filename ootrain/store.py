@@ -25,6 +25,7 @@ A lock key refuses a second writer; a lock left by a dead process on the same ho
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
@@ -237,8 +238,6 @@ class Store:
         """Best effort release (context managers are the supported way).  Skipped when garbage
         collection runs on zarr's event-loop thread, where blocking I/O is impossible; a lock
         left behind by a dead process is taken over by the next writer on the same host."""
-        import asyncio
-
         try:
             asyncio.get_running_loop()
             return
@@ -304,32 +303,44 @@ class Store:
         return flags.size > 0 and bool(flags.all())
 
     def write_chunk(self, path: str, chunk_index: tuple[int, ...] | int, value: np.ndarray) -> None:
-        """Write one whole chunk of ``path`` then flag it complete in the manifest.
-
-        ``chunk_index`` is the chunk's position in the chunk grid.  Raises :class:`DiskFullError`
-        (chunk not flagged) when the file system is full.
-        """
+        """Write one whole chunk of ``path`` (its position in the chunk grid), then flag it."""
         arr = self.group[path]
         idx = (chunk_index,) if isinstance(chunk_index, int) else tuple(chunk_index)
-        sel = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, arr.chunks, arr.shape))
-        expected = tuple(s.stop - s.start for s in sel)
+        self.write_region(path, tuple(slice(i * c, min((i + 1) * c, s))
+                                      for i, c, s in zip(idx, arr.chunks, arr.shape)), value)
+
+    def write_region(self, path: str, region: tuple[slice, ...], value: np.ndarray) -> None:
+        """Write a chunk-aligned region of ``path`` (whole chunks only), then flag its chunks.
+
+        The chunks are written concurrently, and flagged complete in the manifest only after all
+        of them are written.  Raises :class:`DiskFullError` (nothing flagged) when the file
+        system is full.
+        """
+        arr = self.group[path]
+        ranges = []
+        for sl, c, s in zip(region, arr.chunks, arr.shape):
+            if sl.start % c or (sl.stop % c and sl.stop != s) or not 0 <= sl.start < sl.stop <= s:
+                raise ValueError(f"region {region} of {path!r} is not made of whole chunks "
+                                 f"(chunks {arr.chunks}, shape {arr.shape})")
+            ranges.append(np.arange(sl.start // c, -(-sl.stop // c)))
+        expected = tuple(sl.stop - sl.start for sl in region)
         if tuple(value.shape) != expected:
-            raise ValueError(f"chunk {idx} of {path!r} must have shape {expected}, "
+            raise ValueError(f"region {region} of {path!r} must have shape {expected}, "
                              f"got {tuple(value.shape)}")
-        flat = int(np.ravel_multi_index(idx, arr.cdata_shape))
+        flat = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), arr.cdata_shape).ravel()
         try:
-            arr[sel] = value
-            self._manifest(path)[flat] = 1
+            arr[region] = value
+            self._manifest(path).set_orthogonal_selection((flat,), 1)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise DiskFullError(errno.ENOSPC, f"disk full while writing {path!r} chunk {idx} "
+                raise DiskFullError(errno.ENOSPC, f"disk full while writing {path!r} {region} "
                                     f"to {self.url}; completed chunks are kept, free space and "
                                     "resume") from e
             raise
 
-    def mark_done(self, path: str, chunk_index: int) -> None:
-        """Flag a chunk written by other means (e.g. a Dask region write) as complete."""
-        self._manifest(path)[chunk_index] = 1
+    def mark_done(self, path: str, chunk_indices: np.ndarray | list[int]) -> None:
+        """Flag chunks (flat indices) written by other means (e.g. a Dask region write)."""
+        self._manifest(path).set_orthogonal_selection((np.asarray(chunk_indices),), 1)
 
     def reset(self, path: str) -> None:
         """Forget the completion flags of ``path`` (its chunks will be recomputed)."""

@@ -101,8 +101,9 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
         torch.manual_seed(0)
         G = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 3)).double()
         real = np.random.default_rng(0).normal(size=(300, 3))
+        # the budget holds two directions at a time: Solve aligns them in 3 passes
         cfg = EngineConfig(population=256, micro_batch=16, latent_dim=2, chunk_rows=64,
-                           dtype="float64")
+                           dtype="float64", memory_budget=16000)
         solver = rsr.SlicedSolver(n_directions=6, mode="cotangent")
         store = Store(path, Engine.store_config(cfg, solver, "g", "e", real))
         return Engine(G, nn.Identity(), solver, real, store,
@@ -111,21 +112,21 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
     ref = make(tmp_path / "ref")
     ref.train(1)
     calls = {"n": 0}
-    original = rsr._align_row
+    original = rsr._align_rows
 
-    def dies_on_fourth(*args, **kwargs):
+    def dies_on_second_pass(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 2:
             raise KeyboardInterrupt("killed mid-Solve")
         return original(*args, **kwargs)
 
     cut = make(tmp_path / "cut")
-    monkeypatch.setattr(rsr, "_align_row", dies_on_fourth)
+    monkeypatch.setattr(rsr, "_align_rows", dies_on_second_pass)
     with pytest.raises(KeyboardInterrupt):
         cut.train(1)
     cut.store.release()
-    assert cut.store.done("steps/0/distances").sum() == 3
-    monkeypatch.setattr(rsr, "_align_row", original)
+    assert cut.store.done("steps/0/distances").tolist() == [True] * 2 + [False] * 4
+    monkeypatch.setattr(rsr, "_align_rows", original)
     resumed = make(tmp_path / "cut")
     resumed.train(1)
     for p, q in zip(ref.G.parameters(), resumed.G.parameters()):
