@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 
 import dask
@@ -166,8 +168,8 @@ class _SpillDir:
     """
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="ootrain-sort-")
-        self.path = self._tmp.name
+        self.path = tempfile.mkdtemp(prefix="ootrain-sort-")
+        weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
 
     def __dask_tokenize__(self) -> str:
         return self.path
