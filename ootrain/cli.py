@@ -218,13 +218,14 @@ def sort_cmd(src: str = typer.Argument(..., help="2-D zarr array (path or URL) t
 # --------------------------------------------------------------------------- demo
 @app.command("demo")
 def demo(out: Path = typer.Option(Path("ootrain-demo"), help="Output folder."),
-         steps: int = typer.Option(300, help="Optimisation steps."),
+         steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: the "
+                                             "pipeline's)."),
          progress: bool = typer.Option(True, help="Progress bars.")) -> None:
     """The main job on built-in data: RSR vs plain gradient accumulation on the RSR paper's
     Figure 1 problem (1-D mixture of 4 Gaussians, micro-batch 4, effective batch 1024)."""
-    from pipelines.rsr_fig1 import run_fig1
+    from pipelines.rsr_fig1 import DEFAULT_STEPS, run_fig1
 
-    summary = run_fig1(out, steps=steps, progress=progress)
+    summary = run_fig1(out, steps=steps or DEFAULT_STEPS, progress=progress)
     console.print_json(json.dumps(summary))
 
 

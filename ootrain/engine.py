@@ -326,7 +326,7 @@ class Engine:
     def embed_real(self) -> zarr.Array:
         """Embed the real data once (no grad) into ``real/embeddings`` [n, d], resumable."""
         n = int(self.real_data.shape[0])
-        rows = max(1, min(n, self.chunk_rows))
+        rows = max(1, min(n, self._default_chunk_rows()))  # independent of the population b
         arr = self.store.require_array("real/embeddings", (n, self.d), (rows, self.d),
                                        self.cfg.dtype)
         todo = ~self.store.done("real/embeddings")

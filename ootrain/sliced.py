@@ -130,7 +130,23 @@ def _merged_pieces(
     first = a // step_n + 1
     inner_n = torch.arange(first, max(first, (c - 1) // step_n + 1), device=device) * step_n
     grid_m = torch.arange(j_start, j_stop + 1, device=device) * step_m
-    bp = torch.unique(torch.cat([inner_n, grid_m]), sorted=True)
+    if step_m == 1:  # n divides m: {j/m} already holds every breakpoint
+        bp = grid_m
+    elif step_n == 1:  # m divides n: {i/n} is the finer grid
+        bp = torch.arange(a, c + 1, device=device)
+    else:
+        # Both grids are sorted arithmetic progressions: merge them in O(len) by computing each
+        # element's rank in the union analytically (no sort), then drop the common multiples.
+        # inner_n lies strictly inside (a, c); on a tie the grid_m element goes first.
+        n_inner = inner_n.shape[0]
+        below_m = (torch.div(grid_m + step_n - 1, step_n, rounding_mode="floor") - first
+                   ).clamp_(0, n_inner)  # inner_n elements < grid_m[q]
+        below_n = (torch.div(inner_n, step_m, rounding_mode="floor") - j_start + 1
+                   ).clamp_(0, grid_m.shape[0])  # grid_m elements <= inner_n[p]
+        merged = torch.empty(n_inner + grid_m.shape[0], dtype=grid_m.dtype, device=device)
+        merged[torch.arange(grid_m.shape[0], device=device) + below_m] = grid_m
+        merged[torch.arange(n_inner, device=device) + below_n] = inner_n
+        bp = torch.unique_consecutive(merged)
     starts = bp[:-1]
     return starts // step_n, starts // step_m, bp[1:] - starts
 
@@ -280,6 +296,8 @@ def _as_float64(name: str, y: Tensor | np.ndarray) -> Tensor:
 
 def _targets(y: Tensor, slice_start: int, n: int, b: int, r0: int, r1: int) -> Tensor:
     """Targets ``t_r``, ``r in [r0, r1)``, from float64 ``y`` = sorted ranks ``slice_start...``."""
+    if n == b:  # one piece of weight 1 per rank: t_r = y_(r), exactly what the general sum gives
+        return y[r0 - slice_start:r1 - slice_start].clone()
     lcm = _lcm_checked(n, b)
     i, r, w = _merged_pieces(n, b, r0, r1, y.device)
     contrib = y[i - slice_start] * w.to(torch.float64).reshape(-1, *([1] * (y.ndim - 1)))

@@ -1,0 +1,1 @@
+"""Pipelines that reproduce each seed paper's headline experiment at CPU scale."""

@@ -1,0 +1,80 @@
+"""Pipelines: smoke tests of their outputs (fast) and Figure 1's scientific claim (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines import rsr_fig1, rsr_table2
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_mode_metrics_rule() -> None:
+    # 40 % at -6 and 10 % at -2 (both within 3σ), 10 % at 3.3 (nearest mode 2 but 1.3 > 3σ = 1.2
+    # away), 40 % at 6.5 (nearest 6, within 3σ): modes -6 and 6 hold ≥ weight/2 = 0.125, -2 not.
+    x = np.repeat([-6.0, -2.0, 3.3, 6.5], [40, 10, 10, 40])
+    m = rsr_fig1.mode_metrics(x)
+    assert m["mode_fraction"] == pytest.approx([0.4, 0.1, 0.0, 0.4])
+    assert m["recovered"] == [True, False, False, True]
+    assert m["n_recovered"] == 2
+
+
+def test_fig1_smoke(tmp_path) -> None:
+    summary = rsr_fig1.run_fig1(tmp_path, steps=2, progress=False, seed=0)
+    with np.load(tmp_path / "samples.npz") as f:
+        assert sorted(f.files) == ["baseline", "rsr"]
+        samples = {k: f[k] for k in f.files}
+    for x in samples.values():
+        assert x.shape == (rsr_fig1.N_SAMPLES,) and x.dtype == np.float32
+        assert np.isfinite(x).all()
+    with np.load(tmp_path / "target.npz") as f:
+        assert sorted(f.files) == ["means", "stds", "weights"]
+        assert all(f[k].shape == (4,) for k in f.files)
+        assert f["weights"].sum() == pytest.approx(1.0)
+    assert _is_png(tmp_path / "fig1.png")
+    assert (tmp_path / "store").is_dir()
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert {"config", "rule", "w2_floor", "rsr", "baseline"} <= set(on_disk)
+    assert on_disk["config"]["steps"] == 2
+    for name, x in samples.items():
+        res = on_disk[name]
+        assert {"mode_fraction", "recovered", "n_recovered", "w2", "train_loss",
+                "wall_s"} <= set(res)
+        assert len(res["mode_fraction"]) == len(res["recovered"]) == 4
+        assert res == {**res, **rsr_fig1.mode_metrics(x)}  # metrics are those of saved samples
+        assert res["w2"] > 0 and np.isfinite(res["train_loss"])
+
+
+def test_table2_smoke(tmp_path) -> None:
+    budget = max(rsr_table2.POPULATIONS)
+    result = rsr_table2.run_table2(tmp_path, budget=budget, seeds=(0,), progress=False)
+    on_disk = json.loads((tmp_path / "table2.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert [row["b"] for row in on_disk["rows"]] == list(rsr_table2.POPULATIONS)
+    for row in on_disk["rows"]:
+        assert row["steps"] == budget // row["b"]
+        assert len(row["per_seed"]) == 1
+        for key in ("sliced_w2", "w2"):
+            assert row[key]["mean"] > 0 and row[key]["std"] == 0
+    assert {"sliced_w2", "w2"} <= set(on_disk["floor"])
+    md = (tmp_path / "table2.md").read_text()
+    assert "| b | steps |" in md and "python -m pipelines.rsr_table2" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(rsr_table2.POPULATIONS) + 1  # header, rule, rows, floor
+    assert _is_png(tmp_path / "table2.png")
+
+
+@pytest.mark.slow
+def test_fig1_rsr_recovers_all_modes_and_baseline_does_not(tmp_path) -> None:
+    """The paper's Figure 1 claim at the pipeline's default steps (≈ 1 min; run with -m slow)."""
+    summary = rsr_fig1.run_fig1(tmp_path, progress=False, seed=0)
+    assert summary["rsr"]["n_recovered"] == 4, summary["rsr"]
+    assert summary["baseline"]["n_recovered"] < 4, summary["baseline"]
