@@ -327,8 +327,11 @@ class Engine:
         """Embed the real data once (no grad) into ``real/embeddings`` [n, d], resumable."""
         n = int(self.real_data.shape[0])
         rows = max(1, min(n, self._default_chunk_rows()))  # independent of the population b
-        arr = self.store.require_array("real/embeddings", (n, self.d), (rows, self.d),
-                                       self.cfg.dtype)
+        if self.rank == 0:  # rank 0 creates arrays; the others open them after the barrier
+            self.store.require_array("real/embeddings", (n, self.d), (rows, self.d),
+                                     self.cfg.dtype)
+        _barrier()
+        arr = self.store.array("real/embeddings")
         todo = ~self.store.done("real/embeddings")
         task = self._bar("embed real", int(todo.sum()))
         for c in self._my_chunks(todo):
@@ -353,13 +356,15 @@ class Engine:
         b, d, prefix = self.cfg.population, self.d, self._prefix(step)
         itemsize = np.dtype(self.cfg.dtype).itemsize
         path = f"{prefix}/embeddings"
-        if not self.store.has(path):
-            self.store.check_space(b * (d + self.cfg.latent_dim * self.cfg.store_latents)
-                                   * itemsize * 3, f"step {step} (embeddings and solver arrays)")
-        self.store.require_array(path, (b, d), (self.chunk_rows, d), self.cfg.dtype)
-        if self.cfg.store_latents:
-            self.store.require_array(f"{prefix}/latents", (b, self.cfg.latent_dim),
-                                     (self.chunk_rows, self.cfg.latent_dim), self.cfg.dtype)
+        if self.rank == 0:
+            if not self.store.has(path):
+                self.store.check_space(b * (d + self.cfg.latent_dim * self.cfg.store_latents)
+                                       * itemsize * 3, f"step {step} (embeddings, solver arrays)")
+            self.store.require_array(path, (b, d), (self.chunk_rows, d), self.cfg.dtype)
+            if self.cfg.store_latents:
+                self.store.require_array(f"{prefix}/latents", (b, self.cfg.latent_dim),
+                                         (self.chunk_rows, self.cfg.latent_dim), self.cfg.dtype)
+        _barrier()
         todo = ~self.store.done(path)
         task = self._bar(f"step {step}: Run", int(todo.sum()) * self.chunk_rows)
         m = self.cfg.micro_batch
@@ -423,12 +428,14 @@ class Engine:
     # ------------------------------------------------------------------ a step, a run
     def step(self, step: int) -> StepResult:
         """One full step ``step`` (resumes a partially done one): Run, Solve, ReRun, update."""
-        group = self.store.group.require_group(self._prefix(step))
+        if self.rank == 0:
+            self.store.group.require_group(self._prefix(step))
+            if not self._load_checkpoint(step):
+                self._save_checkpoint(step)
+        _barrier()
+        group = self.store.group[self._prefix(step)]
         if group.attrs.get("phase") == "done":
             raise RuntimeError(f"step {step} is already complete in {self.store.url}")
-        if self.rank == 0 and not self._load_checkpoint(step):
-            self._save_checkpoint(step)
-        _barrier()
         if self.rank != 0:
             self._load_checkpoint(step)
         timings: dict[str, float] = {}
