@@ -21,16 +21,19 @@ flag, so distributed ranks that write disjoint chunks never race on it.
 A store is bound to the configuration that created it through a fingerprint (sha256 of the
 canonical JSON of the config): opening it with another config is refused with the differing keys.
 A lock key refuses a second writer; a lock left by a dead process on the same host is taken over.
+Release it by using the store as a context manager (or calling :meth:`Store.release`); there is
+deliberately no ``__del__``, since blocking I/O during garbage collection can deadlock zarr's
+event-loop thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 import warnings
@@ -233,20 +236,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-    def __del__(self) -> None:
-        """Best effort release (context managers are the supported way).  Skipped when garbage
-        collection runs on zarr's event-loop thread, where blocking I/O is impossible; a lock
-        left behind by a dead process is taken over by the next writer on the same host."""
-        try:
-            asyncio.get_running_loop()
-            return
-        except RuntimeError:
-            pass
-        try:
-            self.release()
-        except Exception:
-            pass
 
     # ----------------------------------------------------------------- arrays and manifest
     @property
