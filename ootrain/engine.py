@@ -463,8 +463,7 @@ class Engine:
         if start > 0 and not self._load_checkpoint(start):
             raise RuntimeError(f"{self.store.url} has {start} completed steps but no checkpoint "
                                f"for step {start}")
-        if self.store.has("real/embeddings") is False or \
-                not self.store.is_complete("real/embeddings"):
+        if not self.store.is_complete("real/embeddings"):  # False when absent too
             self.embed_real()
         results = []
         task = self._bar("training steps", steps)
