@@ -104,8 +104,8 @@ class SlicedSolver:
             raise ValueError(f"real embeddings have width {real.shape[1]}, generated {d}")
         k, dtype = self.n_directions, emb.dtype
         omega = self._directions(ctx)
-        proj = _project(store, emb, omega, f"{ctx.prefix}/projections", ctx)
-        rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections", ctx)
+        proj = _project(store, emb, omega, f"{ctx.prefix}/projections")
+        rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections")
         cols = proj.chunks[1]
         tpath = f"{ctx.prefix}/targets"
         store.require_array(tpath, (k, b), (1, cols), dtype)
@@ -134,7 +134,7 @@ class SlicedSolver:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
         if self.mode == "cotangent":
-            _write_cotangents(store, emb, store.array(tpath), omega, f"{ctx.prefix}/cotangents", ctx)
+            _write_cotangents(store, emb, store.array(tpath), omega, f"{ctx.prefix}/cotangents")
         return {"loss": float(distances.mean()), "max_distance": float(distances.max())}
 
     def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> "SlicedReRunLoss":
@@ -175,7 +175,7 @@ def _sample_rows(arr: Any, s: int, rng: np.random.Generator) -> np.ndarray:
     return arr.get_orthogonal_selection((idx, slice(None)))
 
 
-def _project(store: Store, emb: Any, omega: np.ndarray, path: str, ctx: SolveContext) -> Any:
+def _project(store: Store, emb: Any, omega: np.ndarray, path: str) -> Any:
     """``emb`` [N, d] @ ``omega`` [d, k] → ``path`` [k, N], chunks (1, rows), resumable."""
     N, rows, k = emb.shape[0], emb.chunks[0], omega.shape[1]
     out = store.require_array(path, (k, N), (1, rows), emb.dtype)
@@ -260,8 +260,8 @@ def _w2(sq_diff: float, y_sq: float, t_sq: float) -> float:
     return max(0.0, float(sq_diff) + float(y_sq) - float(t_sq))
 
 
-def _write_cotangents(store: Store, emb: Any, targets: Any, omega: np.ndarray, path: str,
-                      ctx: SolveContext) -> None:
+def _write_cotangents(store: Store, emb: Any, targets: Any, omega: np.ndarray,
+                      path: str) -> None:
     """g_i = (2/(b k)) Ω (Ωᵀ e_i − t_i) for every row, chunk by chunk."""
     b, d = emb.shape
     k = omega.shape[1]

@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 import warnings
