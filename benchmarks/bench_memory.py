@@ -3,14 +3,14 @@
 Each configuration runs in a fresh subprocess (``--child``), so its peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that configuration alone.  The child
 also samples its RSS every 50 ms in a thread to attribute the peak to a phase, and samples the
-free space of the store's file system to report the peak extra disk use (store + Dask spill;
+free space of the store's file system to report the peak extra disk use (store + sort spill files;
 other processes writing to the same disk blur this number).
 
 The step is ``Engine.step`` (checkpoint, Run, Solve, ReRun, optimiser step) with:
 a tiny generator (``Linear(latent 4 → d)``, so Run is cheap), identity embedding, sliced W2 with
 k = 2 Gaussian directions, targets mode, ``memory_budget`` = 256 MiB (the solver's sort
-budget: rows of more than budget/20 B ≈ 13.4 M float32 elements go through the Dask
-partitioned sort) and ``chunk_bytes`` = 16 MiB; m = 65536 (or b if smaller).  The real data is a
+budget: ``rsr.plan_pass`` decides whether whole rows fit, else the external sample sort)
+and ``chunk_bytes`` = 16 MiB; m = 65536 (or b if smaller).  The real data is a
 fixed set of n = 10^6 samples, itself a zarr array on disk (so it does not sit in RSS), embedded
 once before the step (that phase is reported as ``embed_real``).
 
@@ -18,7 +18,7 @@ once before the step (that phase is reported as ``embed_real``).
     /work/venv/bin/python benchmarks/bench_memory.py --b 100000 300000 --n 100000   # smoke
 
 The 10^8 configuration writes ~27 GB (b × d × 4 B of embeddings, more than this machine's RAM)
-and needs ``Engine.run``'s disk check (3 × b × d × 4 B free) to pass; it takes tens of minutes on
+and needs that much free disk (``Engine.run`` checks before writing); it takes minutes on
 two cores.  Stores are deleted after each configuration.
 """
 
@@ -50,9 +50,8 @@ def child(args: argparse.Namespace) -> dict:
     import zarr
     from torch import nn
 
-    from ootrain import sort
     from ootrain.engine import Engine, EngineConfig
-    from ootrain.rsr import SlicedSolver
+    from ootrain.rsr import SlicedSolver, plan_pass
     from ootrain.store import Store
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -97,8 +96,9 @@ def child(args: argparse.Namespace) -> dict:
                       Engine.store_config(cfg, solver, "linear", "identity", real))
         opt = torch.optim.Adam(G.parameters(), lr=1e-3)
         eng = Engine(G, nn.Identity(), solver, real, store, opt, cfg)
-        out["path"] = ("in-memory" if sort.row_fits(b, 4, args.budget) else "Dask") + \
-            " (gen) / " + ("in-memory" if sort.row_fits(n, 8, args.budget) else "Dask") + " (real)"
+        g = plan_pass(b, n, k, 4, store.config["engine"]["chunk_rows"] * d * 4
+                      if "engine" in store.config else args.chunk_bytes, args.budget)
+        out["path"] = f"in memory, {g} directions/pass" if g else "external sort"
         out["rss_before"] = proc.memory_info().rss
 
         def wrap(name: str, fn):

@@ -204,10 +204,10 @@ def store_unlock(path: str = typer.Argument(..., help="Store path or URL.")) -> 
 @app.command("sort")
 def sort_cmd(src: str = typer.Argument(..., help="2-D zarr array (path or URL) to sort by row."),
              dst: str = typer.Argument(..., help="Destination zarr array (created)."),
-             memory_budget: str = typer.Option("1GiB", help="Rows larger go through Dask."),
+             memory_budget: str = typer.Option("1GiB", help="Rows larger are sorted out of core (spill files in $TMPDIR)."),
              array: Optional[str] = typer.Option(None, help="Array name inside a zarr group."),
              progress: bool = typer.Option(True, help="Progress bar.")) -> None:
-    """Out-of-core sort of every row of a zarr array (in memory when a row fits, else Dask)."""
+    """Out-of-core sort of every row of a zarr array (in memory when a row fits, else an external sample sort)."""
     from ootrain.sort import sort_zarr
 
     t = time.perf_counter()

@@ -358,8 +358,10 @@ class Engine:
         path = f"{prefix}/embeddings"
         if self.rank == 0:
             if not self.store.has(path):
-                self.store.check_space(b * (d + self.cfg.latent_dim * self.cfg.store_latents)
-                                       * itemsize * 3, f"step {step} (embeddings, solver arrays)")
+                # Run's own arrays (+5% for zarr metadata and the manifest); the solver checks
+                # the space for what it writes before it writes it
+                self.store.check_space(int(b * (d + self.cfg.latent_dim * self.cfg.store_latents)
+                                           * itemsize * 1.05), f"step {step}: Run (embeddings)")
             self.store.require_array(path, (b, d), (self.chunk_rows, d), self.cfg.dtype)
             if self.cfg.store_latents:
                 self.store.require_array(f"{prefix}/latents", (b, self.cfg.latent_dim),

@@ -14,29 +14,37 @@ With monotone coupling, the generated sample of rank ``r`` in direction ``j`` ha
 Solve writes, under the step's group (all plain zarr arrays):
 
 - ``directions`` [d, k]; ``distances`` [k] (per-direction W2², for Algorithm 2 next step);
-- ``projections`` [k, b] and ``real_projections`` [k, n] (chunks of one direction row);
-- ``targets`` [k, b]  (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
-- ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``).
+- ``targets`` [k, b], chunks (g, rows) (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
+- ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``);
+- out of core only: ``projections`` [k, b] and ``real_projections`` [k, n] (chunks (1, rows)).
 
-Rows that fit the memory budget are sorted in memory (:func:`ootrain.sort.argsort`), larger rows
-through Dask's partitioned on-disk sort (:func:`ootrain.sort.argsort_dask`), so peak memory is set by
-the budget, not by ``b``.  Every array is written chunk by chunk through the store's manifest, so a
-killed Solve resumes per chunk (per direction for the Dask path).
+:func:`plan_pass` decides from the memory budget.  When whole rows fit, Solve aligns ``g``
+directions per pass in memory: it projects both populations chunk by chunk (nothing but the
+targets is written), sorts (:func:`ootrain.sort.argsort`), and overwrites each generated row in
+place with its targets.  Otherwise the projections are stored and each direction goes through
+the external sample sort (:func:`ootrain.sort.external_argsort`, spill files in ``$TMPDIR``):
+targets are computed bucket by bucket in rank order and put back in sample order by
+:class:`ootrain.sort.ExternalScatter`.  Peak memory is set by the budget, not by ``b`` or ``n``.
+The targets are written through the store's manifest, so a killed Solve resumes per pass (per
+direction out of core).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import torch
 from torch import Tensor
 
 from ootrain import sliced, sort
 from ootrain.engine import SolveContext
-from ootrain.store import Store
+from ootrain.store import DiskFullError, Store
 
 
 @dataclass
@@ -104,32 +112,43 @@ class SlicedSolver:
             raise ValueError(f"real embeddings have width {real.shape[1]}, generated {d}")
         k, dtype = self.n_directions, emb.dtype
         omega = self._directions(ctx)
-        proj = _project(store, emb, omega, f"{ctx.prefix}/projections")
-        rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections")
-        cols = proj.chunks[1]
-        tpath = f"{ctx.prefix}/targets"
-        store.require_array(tpath, (k, b), (1, cols), dtype)
-        dpath = f"{ctx.prefix}/distances"
+        tpath, dpath = f"{ctx.prefix}/targets", f"{ctx.prefix}/distances"
+        if store.has(tpath):  # resuming: the pass size is the one the targets were laid out for
+            group = store.array(tpath).chunks[0]
+        else:
+            group = plan_pass(b, n, k, dtype.itemsize, emb.chunks[0] * d * dtype.itemsize,
+                              ctx.memory_budget)
+        if not store.has(tpath):
+            outs = k * b + (b * d if self.mode == "cotangent" else 0) + (0 if group else k * (b + n))
+            store.check_space(int(outs * dtype.itemsize * 1.05), f"step {ctx.step}: Solve")
+            if not group:  # spill files: the sort's runs and the scatter's runs of one row
+                _check_scratch(2 * b * (8 + dtype.itemsize) + n * dtype.itemsize)
+        store.require_array(tpath, (k, b), (max(group, 1), emb.chunks[0]), dtype)
         store.require_array(dpath, (k,), (1,), np.float64)
-        done = store.done(tpath).reshape(k, -1).all(axis=1) & store.done(dpath)
-        todo = np.flatnonzero(~done)
-        group = _rows_per_pass(b, n, emb.dtype.itemsize, ctx.memory_budget)
+        done = np.repeat(store.done(tpath).reshape(-(-k // max(group, 1)), -1).all(axis=1),
+                         max(group, 1))[:k] & store.done(dpath)
         task = ctx.progress.add_task(f"step {ctx.step}: Sort", total=k) if ctx.progress else None
         if task is not None:
-            ctx.progress.advance(task, k - todo.size)
-        # runs of consecutive unfinished directions, ``group`` at a time (one read, one write)
-        runs = np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if todo.size else []
-        for run in runs:
-            for j0 in range(int(run[0]), int(run[-1]) + 1, max(group, 1)):
-                j1 = min(int(run[-1]) + 1, j0 + max(group, 1))
-                if group:
-                    dist = _align_rows(store, proj, rproj, tpath, j0, j1)
-                else:
-                    dist = np.array([_align_row_dask(store, proj, rproj, tpath, j0,
-                                                     ctx.memory_budget)])
+            ctx.progress.advance(task, int(done.sum()))
+        if group:  # whole rows in memory, ``group`` directions per pass
+            for j0 in range(0, k, group):
+                j1 = min(k, j0 + group)
+                if done[j0:j1].all():
+                    continue
+                dist = _align_in_memory(store, emb, real, omega[:, j0:j1], tpath, j0,
+                                        ctx.memory_budget)
                 store.write_region(dpath, (slice(j0, j1),), dist)
                 if task is not None:
                     ctx.progress.advance(task, j1 - j0)
+        else:  # rows out of core: stored projections, external sort per direction
+            proj = _project(store, emb, omega, f"{ctx.prefix}/projections")
+            rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections")
+            for j in np.flatnonzero(~done):
+                dist = _align_external(store, proj, rproj, tpath, int(j), ctx.memory_budget,
+                                       seed=ctx.seed + ctx.step)
+                store.write_region(dpath, (slice(int(j), int(j) + 1),), np.array([dist]))
+                if task is not None:
+                    ctx.progress.advance(task, 1)
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -145,22 +164,32 @@ class SlicedSolver:
                                dtype)
 
 
-@dataclass
 class SlicedReRunLoss:
     """ReRun loss of sliced W2: ``Σ_i ‖Ωᵀe_i − t_i‖² / (b k)`` (target mode) or ``Σ_i e_i·g_i``
-    (cotangent mode); both have gradient ``(2/(b k)) Ω(Ωᵀe_i − t_i)`` in ``e_i``."""
+    (cotangent mode); both have gradient ``(2/(b k)) Ω(Ωᵀe_i − t_i)`` in ``e_i``.
 
-    array: Any
-    omega: Tensor
-    b: int
-    mode: str
-    dtype: torch.dtype
+    ``load`` reads whole stored chunk columns once and serves the micro-batches inside them
+    from that block (a zarr chunk is decoded whole, so reading it per micro-batch would decode
+    it ``rows / m`` times)."""
+
+    def __init__(self, array: Any, omega: Tensor, b: int, mode: str, dtype: torch.dtype) -> None:
+        self.array, self.omega, self.b, self.mode, self.dtype = array, omega, b, mode, dtype
+        self._axis = 1 if mode == "target" else 0
+        self._cols = array.chunks[self._axis]
+        self._block: tuple[int, int, np.ndarray] | None = None
+
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        blk = self._block
+        if blk is None or not (blk[0] <= lo and hi <= blk[1]):
+            c0 = lo - lo % self._cols
+            c1 = min(self.array.shape[self._axis], -(-hi // self._cols) * self._cols)
+            data = self.array[:, c0:c1].T if self._axis == 1 else self.array[c0:c1]
+            blk = self._block = (c0, c1, np.ascontiguousarray(data))
+        return blk[2][lo - blk[0]:hi - blk[0]]
 
     def load(self, lo: int, hi: int) -> dict[str, Tensor]:
-        if self.mode == "target":
-            return {"t": torch.as_tensor(np.ascontiguousarray(self.array[:, lo:hi].T),
-                                         dtype=self.dtype)}
-        return {"g": torch.as_tensor(self.array[lo:hi], dtype=self.dtype)}
+        key = "t" if self.mode == "target" else "g"
+        return {key: torch.as_tensor(self._rows(lo, hi), dtype=self.dtype)}
 
     def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
         if self.mode == "target":
@@ -180,77 +209,149 @@ def _project(store: Store, emb: Any, omega: np.ndarray, path: str) -> Any:
     N, rows, k = emb.shape[0], emb.chunks[0], omega.shape[1]
     out = store.require_array(path, (k, N), (1, rows), emb.dtype)
     done = store.done(path).reshape(k, -1)
+    om = omega.astype(emb.dtype)
     for c in range(done.shape[1]):
         if done[:, c].all():
             continue
         lo, hi = c * rows, min(N, (c + 1) * rows)
-        p = (np.asarray(emb[lo:hi], dtype=np.float64) @ omega.astype(np.float64)).T
-        store.write_region(path, (slice(0, k), slice(lo, hi)), p.astype(emb.dtype))
+        store.write_region(path, (slice(0, k), slice(lo, hi)), (emb[lo:hi] @ om).T)
     return out
 
 
-def _rows_per_pass(b: int, n: int, itemsize: int, budget: int) -> int:
-    """Directions aligned together in memory (0: a row does not fit, use Dask)."""
-    if not (sort.row_fits(b, itemsize, budget) and sort.row_fits(n, 8, budget)):
-        return 0
-    g = 1
-    while sort.row_fits(2 * g * b, itemsize, budget) and sort.row_fits(2 * g * n, 8, budget):
-        g *= 2
-    return g
+def _project_rows(emb: Any, omega: np.ndarray) -> np.ndarray:
+    """``(emb @ omega)ᵀ`` [g, N] in ``emb``'s dtype, read one stored chunk at a time."""
+    N, rows = emb.shape[0], emb.chunks[0]
+    om = omega.astype(emb.dtype)
+    out = np.empty((omega.shape[1], N), dtype=emb.dtype)
+    for lo in range(0, N, rows):
+        hi = min(N, lo + rows)
+        out[:, lo:hi] = (emb[lo:hi] @ om).T
+    return out
 
 
-def _align_rows(store: Store, proj: Any, rproj: Any, tpath: str, j0: int, j1: int) -> np.ndarray:
-    """In memory: targets of directions ``[j0, j1)`` written to ``tpath``; their W2² [j1−j0]."""
-    b = proj.shape[1]
-    x, y = np.asarray(proj[j0:j1]), np.sort(np.asarray(rproj[j0:j1], dtype=np.float64), axis=1)
-    t = np.empty(x.shape, dtype=store.array(tpath).dtype)
-    dist = np.empty(j1 - j0)
-    for i in range(j1 - j0):
-        t_sorted = sliced.quantile_targets(y[i], b)
+# Bytes per target of the exact quantile-target computation (sliced._merged_pieces: three int64
+# piece arrays and a float64 contribution per piece, ≤ 1 + ⌈n/b⌉ pieces per target) plus the
+# float64 target and the gathered generated value.
+def _target_bytes(b: int, n: int) -> int:
+    return 32 * (1 + -(-n // b)) + 16
+
+
+def _rank_block(b: int, n: int, budget: int) -> int:
+    """Ranks whose targets are computed at a time: 1/16 of the budget."""
+    return max(1, min(b, budget // (16 * _target_bytes(b, n))))
+
+
+def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: int) -> int:
+    """Directions aligned per in-memory pass under ``budget`` bytes (0: out of core).
+
+    A pass of ``g`` directions holds ``g`` generated rows (overwritten in place by their
+    targets) and ``g`` real rows (sorted in place): ``g (b + n) itemsize``; one direction's
+    sort keys ``8 max(b, n)`` (:func:`ootrain.sort.argsort`, and NumPy's sort scratch); the
+    target blocks (1/16 of the budget); and two stored chunks being read.
+    """
+    fixed = 8 * max(b, n) + budget // 16 + 2 * chunk_bytes
+    per_direction = (b + n) * itemsize
+    return int(max(0, min(k, (budget - fixed) // per_direction))) if budget > fixed else 0
+
+
+def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath: str,
+                     j0: int, budget: int) -> np.ndarray:
+    """Targets of directions ``j0 … j0+g−1`` (``omega`` [d, g]) with whole rows in memory,
+    written to ``tpath``; returns their W2² [g]."""
+    b, n = emb.shape[0], real.shape[0]
+    x = _project_rows(emb, omega)  # [g, b], becomes the targets in place
+    y = _project_rows(real, omega)  # [g, n], sorted in place
+    r_step = _rank_block(b, n, budget)
+    dist = np.empty(omega.shape[1])
+    for i in range(omega.shape[1]):
+        y[i].sort()
+        _check_finite(y[i], "real projections")
+        y_sq = sum(float(np.dot(blk, blk)) for blk in _blocks64(y[i], r_step)) / n
         perm = sort.argsort(x[i])
-        dist[i] = _w2(np.mean((x[i, perm] - t_sorted) ** 2), np.mean(y[i] ** 2),
-                      np.mean(t_sorted ** 2))
-        t[i, perm] = t_sorted
-    store.write_region(tpath, (slice(j0, j1), slice(0, b)), t)
+        sq_diff = t_sq = 0.0
+        for r0 in range(0, b, r_step):
+            r1 = min(b, r0 + r_step)
+            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
+            t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1)
+            at = perm[r0:r1]
+            sq_diff += float(np.sum((x[i, at] - t) ** 2))
+            t_sq += float(np.dot(t, t))
+            x[i, at] = t
+        dist[i] = _w2(sq_diff / b, y_sq, t_sq / b)
+    store.write_region(tpath, (slice(j0, j0 + omega.shape[1]), slice(0, b)), x)
     return dist
 
 
-def _align_row_dask(store: Store, proj: Any, rproj: Any, tpath: str, j: int,
-                    budget: int) -> float:
-    """Out-of-core alignment of one direction through Dask's partitioned sort."""
+def _blocks64(v: np.ndarray, step: int) -> Any:
+    for lo in range(0, v.shape[0], step):
+        yield v[lo:lo + step].astype(np.float64)
+
+
+def _check_scratch(needed: int) -> None:
+    """Refuse an out-of-core Solve whose spill files cannot fit in ``$TMPDIR``."""
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if needed > free:
+        raise DiskFullError(errno.ENOSPC, f"the out-of-core sort needs {needed / 2**30:.2f} GiB "
+                            f"of spill files in {tmp} ($TMPDIR) but only {free / 2**30:.2f} GiB "
+                            "are free")
+
+
+def _check_finite(v: np.ndarray, what: str) -> None:
+    if v.size and not (np.isfinite(v[0]) and np.isfinite(v[-1])):  # sorted: ends suffice
+        raise ValueError(f"{what} contain NaN or Inf")
+
+
+def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, budget: int,
+                    seed: int) -> float:
+    """Targets of direction ``j`` when its rows do not fit: the generated row through
+    :func:`ootrain.sort.external_argsort`, targets computed bucket by bucket in rank order and
+    put back in sample order through :class:`ootrain.sort.ExternalScatter`; the real row sorted
+    in memory if it fits a quarter of the budget, else externally into a spill file that is
+    then read in rank order.  Spill files go to the system temporary directory (``$TMPDIR``)."""
     targets = store.array(tpath)
     b, n = proj.shape[1], rproj.shape[1]
-    part = max(1024, budget // 64)
-    x = da.from_zarr(proj)[j]
-    xs, perm = sort.argsort_dask(x, partition_size=part)
-    y = da.from_zarr(rproj)[j].astype(np.float64)
-    if sort.row_fits(n, 8, budget):
-        ys = np.sort(y.compute())
-        y_sq = float(np.mean(ys ** 2))
-        real_slice = ys.__getitem__
-    else:  # the sorted real row goes through Dask into the store, and is read back by slices
-        ys_d, _ = sort.argsort_dask(y, partition_size=part)
-        spath = tpath.rsplit("/", 1)[0] + "/real_sorted"
-        ys = store.require_array(spath, (rproj.shape[0], n), (1, rproj.chunks[1]), np.float64)
-        da.to_zarr(ys_d.rechunk(rproj.chunks[1])[None, :], ys,
-                   region=(slice(j, j + 1), slice(0, n)))
-        y_sq = float((da.from_zarr(ys)[j] ** 2).mean().compute())
+    dtype = proj.dtype
+    per_elem = sort.SORT_BYTES_PER_ELEMENT + 2 * dtype.itemsize + _target_bytes(b, n)
+    max_bucket, buffer = sort.plan_external(budget, per_elem)
+    cols = targets.chunks[1]
+    block = cols * max(1, buffer // (4 * cols * (8 + dtype.itemsize)))
+    with tempfile.TemporaryDirectory(prefix="ootrain-solve-") as tmp:
+        real_blocks = sort.row_blocks(lambda lo, hi: rproj[j, lo:hi], n, rproj.chunks[1])
+        if n * (8 + dtype.itemsize) <= budget // 4:
+            ys = np.sort(np.concatenate([v for v, _ in real_blocks()]))
+            _check_finite(ys, "real projections")
 
-        def real_slice(sl: slice) -> np.ndarray:
-            return ys[j, sl]
+            def real_slice(lo: int, hi: int) -> np.ndarray:
+                return ys[lo:hi]
+        else:
+            path = os.path.join(tmp, "real_sorted")
+            rmax, rbuf = sort.plan_external(budget // 2, sort.SORT_BYTES_PER_ELEMENT
+                                            + 2 * dtype.itemsize)
+            with open(path, "wb") as f:
+                for _, v, _ in sort.external_argsort(real_blocks, n, dtype, rmax, rbuf, tmp,
+                                                     seed):
+                    _check_finite(v, "real projections")
+                    v.tofile(f)
 
-    def block_targets(block: np.ndarray, block_info: Any = None) -> np.ndarray:
-        r0, r1 = block_info[0]["array-location"][0]
-        lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-        return sliced.quantile_targets_range(real_slice(slice(lo, hi)), lo, n, b, r0, r1)
-
-    t_sorted = xs.map_blocks(block_targets, dtype=np.float64)
-    t = sort.scatter_dask(perm, t_sorted.astype(targets.dtype), chunks=targets.chunks[1])
-    write = da.to_zarr(t[None, :], targets, region=(slice(j, j + 1), slice(0, b)), compute=False)
-    _, sq_diff, t_sq = da.compute(write, ((xs - t_sorted) ** 2).mean(), (t_sorted ** 2).mean())
-    n_col = targets.cdata_shape[1]
-    store.mark_done(tpath, np.arange(j * n_col, (j + 1) * n_col))
-    return _w2(sq_diff, y_sq, t_sq)
+            def real_slice(lo: int, hi: int) -> np.ndarray:
+                return np.fromfile(path, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
+        y_sq = sum(float(np.dot(v, v)) for lo in range(0, n, rproj.chunks[1])
+                   for v in [real_slice(lo, min(n, lo + rproj.chunks[1])).astype(np.float64)]) / n
+        scatter = sort.ExternalScatter(b, block, dtype, buffer, tmp)
+        sq_diff = t_sq = 0.0
+        gen_blocks = sort.row_blocks(lambda lo, hi: proj[j, lo:hi], b, proj.chunks[1])
+        for r0, xs, idx in sort.external_argsort(gen_blocks, b, dtype, max_bucket, buffer, tmp,
+                                                 seed):
+            r1 = r0 + xs.shape[0]
+            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
+            t = sliced.quantile_targets_range(real_slice(lo, hi), lo, n, b, r0, r1)
+            sq_diff += float(np.sum((xs - t) ** 2))
+            t_sq += float(np.dot(t, t))
+            scatter.add(idx, t.astype(dtype))
+        for lo, hi, out in scatter.blocks():
+            store.write_region(tpath, (slice(j, j + 1), slice(lo, hi)), out[None])
+    return _w2(sq_diff / b, y_sq, t_sq / b)
 
 
 def _w2(sq_diff: float, y_sq: float, t_sq: float) -> float:

@@ -1,49 +1,48 @@
-"""Sort layer of the Run-Sort-ReRun sliced-Wasserstein engine.
+"""Sorting rows that fit in memory, and rows that do not.
 
-A *row* is one projection direction evaluated on a population of ``b``
-samples.  The Solve step needs, per row, the sorting permutation of the
-projections (each sample's rank) and later scatters values given in rank order
-back to sample order.
+A *row* is one projection direction evaluated on a population of ``b`` samples.  The Solve step
+of Run-Sort-ReRun needs, per row, the rank of every sample and later puts values given in rank
+order back in sample order.
 
-* Rows that fit :func:`row_fits` are sorted in memory by :func:`argsort`.
-  For float32 it sorts packed ``(order_key << 32) | index`` 64-bit keys with
-  ``np.sort`` (about 6x faster than ``np.argsort`` on one core); other dtypes,
-  and rows of more than 2**32 elements, use ``np.argsort(kind="stable")``.
-* Larger rows go through Dask's own partitioned sort (:func:`argsort_dask`,
-  :func:`scatter_dask`): ``dask.dataframe.set_index`` with explicit divisions
-  and an on-disk (partd) shuffle, so peak memory is bounded by the partition
-  size (plus partd's fixed write buffer of up to 1 GB), not by ``b``.  With a
-  ``dask.distributed`` Client active, Dask picks its own shuffle and the Client
-  runs the work.
+* In memory, :func:`argsort`: for float32 it sorts packed ``(order_key << 32) | index`` int64
+  keys with ``np.sort`` (4.7x ``np.argsort`` on one core, measured in ``benchmarks/``); other
+  dtypes, and rows of more than 2**32 elements, use ``np.argsort(kind="stable")``.
+* Out of core, :func:`external_argsort` and :class:`ExternalScatter`: a sample sort (distribution
+  sort) through spill files in a scratch directory.  A sampling pass picks splitters, one
+  distribution pass writes every element once into its bucket's runs, then buckets come back in
+  order, each sorted in memory.  :class:`ExternalScatter` is the same machinery keyed by
+  destination block.  Memory is set by the caller's bucket size and spill buffer, never by the
+  row length; disk traffic is linear (each element written and read once per pass).
 
-NaN has no place in a sort order: every entry point raises ``ValueError`` on it.
+Ties sort by index everywhere, so every path gives the same permutation.  NaN has no place in a
+sort order: every entry point raises ``ValueError`` on it.
+
+Why not Dask's shuffle: ``dask.dataframe``'s disk shuffle buffers up to 1 GB in partd whatever
+the partition size and keeps pandas copies of each partition; its peak RSS grew from 1.2 to
+4.5 GiB for rows of 10^7 to 10^8 elements at a 256 MiB budget (``benchmarks/RESULTS.md``),
+which breaks the engine's flat-memory contract.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
+import os
 import tempfile
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-import dask
-import dask.array as da
-import dask.dataframe as dd
 import numpy as np
 import zarr
 from numba import njit
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["argsort", "argsort_dask", "row_fits", "scatter_dask", "sort_rows", "sort_zarr"]
+__all__ = ["ExternalScatter", "argsort", "external_argsort", "row_fits", "sort_rows", "sort_zarr"]
 
 KEY_BYTES = 8  # one int64 sort key per element
 PERM_BYTES = 8  # one int64 permutation entry per element
 _INDEX_BITS = 32  # low bits of a packed key hold the element index
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
-_SAMPLES_PER_PARTITION = 256  # sample size per output partition when choosing divisions
-_INT64 = np.iinfo(np.int64)
+_SAMPLES_PER_BUCKET = 64  # splitter sample per bucket (bucket sizes then vary by ~1/8)
+_MAX_PARTS = 65535  # part ids are uint16 (numpy's stable sort of uint16 is a radix sort)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -125,7 +124,7 @@ def argsort(x: np.ndarray) -> np.ndarray:
 
 
 def row_fits(n_elements: int, itemsize: int, memory_budget: int) -> bool:
-    """The one rule deciding whether a row is sorted in memory or through Dask.
+    """The one rule deciding whether a row is sorted in memory or out of core.
 
     An in-memory row holds its values (``itemsize`` bytes per element), one
     int64 sort key and one int64 permutation entry per element, i.e.
@@ -140,290 +139,261 @@ def _row_bytes(n_elements: int, itemsize: int) -> int:
     return n_elements * (KEY_BYTES + PERM_BYTES + itemsize)
 
 
-# --------------------------------------------------------------------------- dask helpers
-def _client_active() -> bool:
-    """Whether a ``dask.distributed`` Client is the current default."""
-    try:
-        from distributed import default_client
-
-        default_client()
-    except (ImportError, ValueError):
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _scheduler() -> Iterator[None]:
-    """Run Dask work on threads unless the caller configured a scheduler (a Client sets one)."""
-    with dask.config.set(scheduler=dask.config.get("scheduler", None) or "threads"):
-        yield
-
-
-class _SpillDir:
-    """A temporary shuffle directory owned by the Dask graphs that reference it.
-
-    partd only removes its spill files at interpreter exit; holding this object in
-    the graph removes the directory once the last array built on it is garbage
-    collected.
-    """
-
-    def __init__(self) -> None:
-        self.path = tempfile.mkdtemp(prefix="ootrain-sort-")
-        weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
-
-    def __dask_tokenize__(self) -> str:
-        return self.path
-
-
-def _expect_length(block: np.ndarray, spill: _SpillDir | None = None, block_info=None) -> np.ndarray:
-    """Guard that a shuffled partition has the length its array chunk declares.
-
-    ``spill`` is unused here: passing it keeps the shuffle directory alive for as
-    long as the graph is.
-    """
-    expected = block_info[None]["chunk-shape"][0]
-    if block.shape[0] != expected:
-        raise RuntimeError(f"shuffled partition has {block.shape[0]} rows, expected {expected}")
-    return block
-
-
-def _to_checked_array(collection, lengths: tuple[int, ...], spill: _SpillDir | None) -> da.Array:
-    """Dask array of a shuffled frame/series with known chunk ``lengths``, verified when computed."""
-    array = collection.to_dask_array(lengths=lengths)
-    return array.map_blocks(_expect_length, spill=spill, dtype=array.dtype)
-
-
-def _sample_block(block: np.ndarray, packed: bool, block_info=None) -> np.ndarray:
-    """Sort keys drawn at random (seeded by block position) from one block, as many
-    as its output chunk declares.
-
-    Also rejects NaN, so a bad row fails before any shuffle starts.
-    """
-    start = block_info[0]["array-location"][0][0]
-    if packed:
-        keys = _pack(block, start)
-    else:
-        _check_no_nan(block)
-        keys = block
-    rng = np.random.default_rng(start)
-    return keys[rng.integers(0, keys.shape[0], block_info[None]["chunk-shape"][0])]
-
-
-def _count_block(block: np.ndarray, divisions: np.ndarray, packed: bool, block_info=None) -> np.ndarray:
-    """Per-output-partition counts, shape [1, len(divisions) - 1], of one block.
-
-    Uses the same assignment rule as Dask's ``set_partitions_pre``: searchsorted
-    right, with out-of-range keys sent to the last partition.
-    """
-    keys = _pack(block, block_info[0]["array-location"][0][0]) if packed else block
-    part = np.searchsorted(divisions, keys, side="right") - 1
-    nparts = divisions.shape[0] - 1
-    part[(part < 0) | (part >= nparts)] = nparts - 1
-    return np.bincount(part, minlength=nparts)[None, :]
-
-
-def _plan_divisions(x: da.Array, nparts: int, packed: bool) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Divisions (sorted, shape [p + 1]) and exact partition lengths for sorting ``x``.
-
-    Two reading passes: a seeded random sample gives the split points, then a
-    counting pass gives the exact number of elements per partition, so the
-    sorted output has known chunk sizes.  Packed keys are unique, so partitions
-    stay balanced even with many tied values.
-    """
-    b = x.shape[0]
-    total = nparts * _SAMPLES_PER_PARTITION
-    sizes = tuple(max(1, math.ceil(total * c / b)) for c in x.chunks[0])
-    sample_dtype = np.int64 if packed else x.dtype
-    sample = x.map_blocks(_sample_block, packed=packed, chunks=(sizes,), dtype=sample_dtype)
-    with _scheduler():
-        sample = np.sort(sample.compute())
-    splits = sample[(np.arange(1, nparts) * sample.shape[0]) // nparts]
-    if packed:
-        low, high = _INT64.min, _INT64.max
-    elif x.dtype.kind == "f":
-        low, high = -np.inf, np.inf
-    else:
-        low, high = np.iinfo(x.dtype).min, np.iinfo(x.dtype).max
-    bounds = np.array([low, high], dtype=sample_dtype)
-    divisions = np.unique(np.concatenate([bounds[:1], splits, bounds[1:]]))
-    counts = x.map_blocks(
-        _count_block,
-        divisions,
-        packed=packed,
-        chunks=((1,) * x.numblocks[0], (divisions.shape[0] - 1,)),
-        new_axis=1,
-        dtype=np.int64,
-    )
-    with _scheduler():
-        lengths = counts.sum(axis=0).compute()
-    return divisions, tuple(int(c) for c in lengths)
-
-
-def _pack_block(block: np.ndarray, block_info=None) -> np.ndarray:
-    return _pack(block, block_info[0]["array-location"][0][0])
-
-
-def _unpack_values(keys: np.ndarray) -> np.ndarray:
-    values = np.empty(keys.shape[0], dtype=np.float32)
-    _unpack_f32(keys, values.view(np.int32))
-    return values
-
-
-def _break_ties(part):
-    """Order a sorted partition (index: values, column ``index``: positions) by (value, position)."""
-    return part.iloc[np.lexsort((part["index"].to_numpy(), part.index.to_numpy()))]
-
-
-@contextlib.contextmanager
-def _shuffle(tmpdir: str | None) -> Iterator[tuple[str | None, _SpillDir | None]]:
-    """Yield ``(shuffle_method, spill_owner)`` for building a shuffle graph.
-
-    Without a distributed Client: the on-disk shuffle, spilling to ``tmpdir`` or
-    to a fresh :class:`_SpillDir` (returned so the graph can hold it).  Dask binds
-    the spill directory when the graph is built, i.e. inside this context.
-    With a Client: Dask's default shuffle for it, no spill directory.
-    """
-    if _client_active():
-        yield None, None
-        return
-    spill = None if tmpdir is not None else _SpillDir()
-    with dask.config.set(temporary_directory=tmpdir if tmpdir is not None else spill.path):
-        yield "disk", spill
-
-
 # --------------------------------------------------------------------------- out of core
-def argsort_dask(
-    x: da.Array, partition_size: int, tmpdir: str | None = None
-) -> tuple[da.Array, da.Array]:
-    """Out-of-core sort of a 1-D Dask array through Dask's partitioned sort.
+Blocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""A re-iterable source of ``(values [l], index [l] int64)`` blocks, in index order."""
 
-    Parameters
-    ----------
-    x : da.Array, shape [b], real float or integer dtype (float16 is widened to
-        float32), no NaN (raises ``ValueError`` while planning).
-    partition_size : elements per shuffle partition; bounds the memory each task
-        holds.  Output partitions hold about this many elements.
-    tmpdir : directory for the on-disk shuffle.  The caller owns it and should
-        remove it after computing.  If None, a private temporary directory is made
-        and removed once the returned arrays (and everything built on them) are
-        garbage collected.  Unused when a ``dask.distributed`` Client is active.
 
-    Returns
-    -------
-    (sorted_values, perm) : da.Array, shape [b] each, in rank order, with known
-        regular chunks of ``partition_size``: ``sorted_values`` has ``x``'s dtype,
-        ``perm`` is int64 with ``x[perm] == sorted_values``.  Both are lazy and
-        share one shuffle: compute or store them in a single call
-        (``da.store([v, p], ...)`` / ``dask.compute(v, p)``) so it runs once.
+def row_blocks(read: Callable[[int, int], np.ndarray], n: int, block: int) -> Blocks:
+    """:data:`Blocks` over positions ``[0, n)`` read ``block`` at a time by ``read(lo, hi)``."""
+    if block < 1:
+        raise ValueError(f"block must be positive, got {block}")
 
-    Two cheap reading passes over ``x`` run immediately to choose the divisions
-    and count each partition; the shuffle itself runs when the results are computed.
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for lo in range(0, n, block):
+            hi = min(n, lo + block)
+            yield np.asarray(read(lo, hi)), np.arange(lo, hi, dtype=np.int64)
+
+    return blocks
+
+
+class _Runs:
+    """Records ``(array_0[i], array_1[i], ...)`` partitioned into ``nparts`` parts on disk.
+
+    ``add(part, *arrays)`` buffers records; when the buffer exceeds ``buffer_bytes`` it is
+    flushed as one *run*: every array stably reordered by part id and written contiguously to its
+    own file, with the per-part counts kept in memory (``nparts`` int64 per run).  ``read(p)``
+    returns part ``p``'s records in insertion order (runs in order, stable within a run).
+    Peak memory: about twice ``buffer_bytes`` during a flush.
     """
-    if x.ndim != 1:
-        raise ValueError(f"argsort_dask expects a 1-D array, got shape {x.shape}")
-    if partition_size < 1:
-        raise ValueError(f"partition_size must be >= 1, got {partition_size}")
-    _check_sortable(x.dtype)
-    if x.dtype == np.float16:
-        x = x.astype(np.float32)
-    b = x.shape[0]
-    if b == 0:
-        return x, da.zeros(0, dtype=np.int64)
-    x = x.rechunk(partition_size)
-    packed = _packable(x.dtype, b)
-    divisions, lengths = _plan_divisions(x, math.ceil(b / partition_size), packed)
-    with _shuffle(tmpdir) as (method, spill):
-        if packed:
-            frame = dd.from_dask_array(x.map_blocks(_pack_block, dtype=np.int64), columns="k").to_frame()
-            keys = frame.set_index("k", divisions=divisions.tolist(), shuffle_method=method).index
-            keys = _to_checked_array(keys, lengths, spill)
-            values = keys.map_blocks(_unpack_values, dtype=np.float32)
-            perm = keys.map_blocks(np.bitwise_and, _INDEX_MASK, dtype=np.int64)
-        else:
-            frame = dd.from_dask_array(x, columns="v").to_frame().reset_index()
-            part = frame.set_index("v", divisions=divisions.tolist(), shuffle_method=method)
-            part = part.map_partitions(_break_ties, meta=part._meta)
-            values = _to_checked_array(part.index, lengths, spill).astype(x.dtype)
-            perm = _to_checked_array(part["index"], lengths, spill)
-    return values.rechunk(partition_size), perm.rechunk(partition_size)
+
+    def __init__(self, directory: str, nparts: int, dtypes: tuple[np.dtype, ...],
+                 buffer_bytes: int) -> None:
+        if not 1 <= nparts <= _MAX_PARTS:
+            raise ValueError(f"nparts must be in [1, {_MAX_PARTS}], got {nparts}")
+        self.dir, self.nparts, self.dtypes = directory, nparts, tuple(map(np.dtype, dtypes))
+        self.buffer_bytes = max(1, buffer_bytes)
+        self._buffer: list[tuple[np.ndarray, ...]] = []
+        self._buffered = 0
+        self._offsets: list[np.ndarray] = []  # per run: [nparts + 1] record offsets
+
+    def add(self, part: np.ndarray, *arrays: np.ndarray) -> None:
+        self._buffer.append((part.astype(np.uint16), *arrays))
+        self._buffered += part.shape[0] * (2 + sum(d.itemsize for d in self.dtypes))
+        if self._buffered >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        part = np.concatenate([b[0] for b in self._buffer])
+        order = np.argsort(part, kind="stable")
+        counts = np.bincount(part, minlength=self.nparts)
+        del part
+        r = len(self._offsets)
+        for a, dtype in enumerate(self.dtypes):
+            values = np.concatenate([b[a + 1] for b in self._buffer]).astype(dtype, copy=False)
+            values[order].tofile(self._path(r, a))
+            del values
+        self._offsets.append(np.concatenate([[0], np.cumsum(counts)]))
+        self._buffer, self._buffered = [], 0
+
+    def counts(self) -> np.ndarray:
+        """Records per part, shape [nparts] int64 (call after :meth:`flush`)."""
+        return sum((np.diff(o) for o in self._offsets), np.zeros(self.nparts, dtype=np.int64))
+
+    def pieces(self, p: int) -> Iterator[tuple[np.ndarray, ...]]:
+        """Part ``p`` one run at a time: tuples of arrays, in insertion order."""
+        for r, off in enumerate(self._offsets):
+            lo, count = int(off[p]), int(off[p + 1] - off[p])
+            if count:
+                yield tuple(np.fromfile(self._path(r, a), dtype=d, count=count,
+                                        offset=lo * d.itemsize)
+                            for a, d in enumerate(self.dtypes))
+
+    def read(self, p: int) -> tuple[np.ndarray, ...]:
+        """All of part ``p``, concatenated, in insertion order."""
+        got = list(self.pieces(p))
+        if not got:
+            return tuple(np.empty(0, dtype=d) for d in self.dtypes)
+        return tuple(np.concatenate(cols) for cols in zip(*got))
+
+    def _path(self, run: int, array: int) -> str:
+        return os.path.join(self.dir, f"run{run}.{array}")
 
 
-def _check_positions(part, partition_info=None, starts=()):
-    """Guard that output partition ``i`` holds exactly positions ``starts[i]..starts[i+1]-1``."""
-    i = partition_info["number"]
-    if not np.array_equal(part.index.to_numpy(), np.arange(starts[i], starts[i + 1])):
-        raise ValueError(f"perm is not a permutation of 0..b-1 (output chunk {i} is not exactly covered)")
-    return part
-
-
-def scatter_dask(perm: da.Array, values: da.Array, chunks: int, tmpdir: str | None = None) -> da.Array:
-    """Out-of-core scatter ``out[perm[r]] = values[r]`` through Dask's partitioned shuffle.
-
-    Parameters
-    ----------
-    perm : da.Array, shape [b], integer: a permutation of ``0..b-1`` (rank -> sample).
-    values : da.Array, shape [b] or [b, k], in rank order (aligned with ``perm``).
-    chunks : elements per output chunk (and per shuffle partition).
-    tmpdir : on-disk shuffle directory, as in :func:`argsort_dask`.
-
-    Returns
-    -------
-    da.Array, shape and dtype of ``values``, in original sample order, with known
-    chunks ``chunks`` along axis 0 (the ``k`` columns in one chunk).  Since
-    ``perm`` is a permutation the divisions are known exactly (no sampling
-    pass); a ``perm`` that is not a permutation raises ``ValueError`` when computed.
-    """
-    if perm.ndim != 1 or values.ndim not in (1, 2) or values.shape[0] != perm.shape[0]:
-        raise ValueError(f"need perm [b] and values [b] or [b, k], got {perm.shape} and {values.shape}")
-    if perm.dtype.kind not in "iu":
-        raise ValueError(f"perm must have an integer dtype, got {perm.dtype}")
-    if chunks < 1:
-        raise ValueError(f"chunks must be >= 1, got {chunks}")
-    b = perm.shape[0]
-    if b == 0:
-        return values
-    values = values.rechunk((perm.chunks[0],) + tuple((k,) for k in values.shape[1:]))
-    if values.ndim == 1:
-        frame = dd.from_dask_array(values, columns="v").to_frame()
+def _sort_bucket(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort a bucket by (value, insertion order): the values and their indices, reordered."""
+    if _packable(values.dtype, values.shape[0]):
+        keys = _pack(values)
+        keys.sort()
+        pos = np.bitwise_and(keys, _INDEX_MASK, out=keys)
     else:
-        frame = dd.from_dask_array(values, columns=[f"v{j}" for j in range(values.shape[1])])
-    frame = frame.assign(pos=dd.from_dask_array(perm.astype(np.int64)))
-    lengths = da.core.normalize_chunks(chunks, (b,))[0]
-    starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
-    with _shuffle(tmpdir) as (method, spill):
-        out = frame.set_index("pos", divisions=starts[:-1] + [b - 1], shuffle_method=method)
-        out = out.map_partitions(_check_positions, starts=starts, meta=out._meta)
-        out = out["v"] if values.ndim == 1 else out
-        return _to_checked_array(out, lengths, spill)
+        _check_no_nan(values)
+        pos = np.argsort(values, kind="stable")
+    return values[pos], index[pos]
+
+
+def _splitters(blocks: Blocks, n: int, nbuckets: int, rng: np.random.Generator) -> np.ndarray:
+    """Distinct splitter values, ascending: quantiles of a random sample of the blocks."""
+    rate = min(1.0, nbuckets * _SAMPLES_PER_BUCKET / max(n, 1))
+    sample = []
+    for values, _ in blocks():
+        _check_no_nan(values)
+        take = rng.random(values.shape[0]) < rate
+        sample.append(values[take])
+    sample = np.sort(np.concatenate(sample)) if sample else np.empty(0)
+    if sample.size == 0:
+        return sample
+    q = sample[(np.arange(1, nbuckets) * sample.shape[0]) // nbuckets]
+    return np.unique(q)[: (_MAX_PARTS - 1) // 2]
+
+
+def _part_of(values: np.ndarray, splitters: np.ndarray) -> np.ndarray:
+    """Part ids isolating every splitter value: ``2i`` for values strictly between splitters
+    ``i−1`` and ``i``, ``2i+1`` for values equal to splitter ``i`` (a tie part)."""
+    i = np.searchsorted(splitters, values, side="left")
+    hit = np.zeros(values.shape[0], dtype=bool)
+    inside = i < splitters.shape[0]
+    hit[inside] = splitters[i[inside]] == values[inside]
+    return 2 * i + hit
+
+
+def external_argsort(blocks: Blocks, n: int, dtype: np.dtype, max_bucket: int,
+                     buffer_bytes: int, scratch: str, seed: int = 0
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Sort ``n`` values given as :data:`Blocks`, out of core; yield them in order, bucket-wise.
+
+    Yields ``(r0, values, index)``: ``values`` [l] ascending, the values of ranks
+    ``r0 … r0+l−1``, and ``index`` [l] int64 their indices (from the blocks).  Ties come out by
+    index, exactly as :func:`argsort` orders them.  At most ``max_bucket`` values are held at
+    a time (a bucket of one repeated value is streamed in runs, whatever its size), plus the
+    spill buffer of ``buffer_bytes``; spill files go under ``scratch`` and are removed at the
+    end.  Disk traffic: two reading passes over the blocks (sample, distribute), one write and
+    one read of ``n`` (value, index) records.
+    """
+    dtype = np.dtype(dtype)
+    _check_sortable(dtype)
+    if max_bucket < 1:
+        raise ValueError(f"max_bucket must be positive, got {max_bucket}")
+    if n <= max_bucket:
+        got = [(np.asarray(v, dtype=dtype), i) for v, i in blocks()]
+        values = np.concatenate([v for v, _ in got]) if got else np.empty(0, dtype)
+        index = np.concatenate([i for _, i in got]) if got else np.empty(0, np.int64)
+        del got
+        if values.shape[0] != n:
+            raise ValueError(f"blocks gave {values.shape[0]} values, expected {n}")
+        yield (0, *_sort_bucket(values, index))
+        return
+    rng = np.random.default_rng(seed)
+    nbuckets = min(-(-2 * n // max_bucket), (_MAX_PARTS - 1) // 2)  # buckets half full on average
+    splitters = _splitters(blocks, n, nbuckets, rng).astype(dtype)
+    with tempfile.TemporaryDirectory(prefix="ootrain-sort-", dir=scratch) as tmp:
+        runs = _Runs(tmp, 2 * splitters.shape[0] + 1, (dtype, np.dtype(np.int64)), buffer_bytes)
+        total = 0
+        for values, index in blocks():
+            values = np.asarray(values, dtype=dtype)
+            runs.add(_part_of(values, splitters), values, index)
+            total += values.shape[0]
+        runs.flush()
+        if total != n:
+            raise ValueError(f"blocks gave {total} values, expected {n}")
+        r0 = 0
+        for p, count in enumerate(runs.counts()):
+            if count == 0:
+                continue
+            if count <= max_bucket:
+                yield (r0, *_sort_bucket(*runs.read(p)))
+            elif p % 2:  # one repeated value: already in index order, stream it run by run
+                r = r0
+                for values, index in runs.pieces(p):
+                    yield r, values, index
+                    r += values.shape[0]
+            else:  # an unlucky bucket: sort it out of core in turn (its own splitters)
+                for r, values, index in external_argsort(
+                        lambda p=p: runs.pieces(p), int(count), dtype, max_bucket,
+                        buffer_bytes, tmp, seed + 1):
+                    yield r0 + r, values, index
+            r0 += int(count)
+
+
+class ExternalScatter:
+    """Put values given in any order back at their positions ``[0, n)``, out of core.
+
+    ``add(index, values)`` any number of times (every position exactly once in all), then
+    ``blocks()`` yields ``(lo, hi, out)`` for consecutive blocks of ``block`` positions with
+    ``out[i − lo]`` the value added for position ``i``.  Memory: the spill buffer
+    (``buffer_bytes``, twice during a flush) plus one output block.
+    """
+
+    def __init__(self, n: int, block: int, dtype: np.dtype, buffer_bytes: int,
+                 scratch: str | None = None) -> None:
+        if block < 1 or -(-n // block) > _MAX_PARTS:
+            raise ValueError(f"block={block} gives {-(-n // max(block, 1))} blocks for n={n}; "
+                             f"need 1 ≤ blocks ≤ {_MAX_PARTS}")
+        self.n, self.block, self.dtype = n, block, np.dtype(dtype)
+        self._tmp = tempfile.TemporaryDirectory(prefix="ootrain-scatter-", dir=scratch)
+        self._runs = _Runs(self._tmp.name, max(1, -(-n // block)),
+                           (np.dtype(np.int64), self.dtype), buffer_bytes)
+
+    def add(self, index: np.ndarray, values: np.ndarray) -> None:
+        index = np.asarray(index, dtype=np.int64)
+        if index.shape != np.shape(values):
+            raise ValueError(f"index {index.shape} and values {np.shape(values)} differ in shape")
+        if index.size and (index.min() < 0 or index.max() >= self.n):
+            raise ValueError(f"positions must be in [0, {self.n})")
+        self._runs.add(index // self.block, index, np.asarray(values))
+
+    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        self._runs.flush()
+        counts = self._runs.counts()
+        try:
+            for p in range(self._runs.nparts):
+                lo, hi = p * self.block, min(self.n, (p + 1) * self.block)
+                if counts[p] != hi - lo:
+                    raise ValueError(f"positions [{lo}, {hi}) got {counts[p]} values, "
+                                     f"expected {hi - lo}: not a permutation")
+                index, values = self._runs.read(p)
+                out = np.empty(hi - lo, dtype=self.dtype)
+                seen = np.zeros(hi - lo, dtype=bool)
+                seen[index - lo] = True
+                if not seen.all():
+                    raise ValueError(f"positions [{lo}, {hi}) got a repeated position: "
+                                     "not a permutation")
+                out[index - lo] = values
+                yield lo, hi, out
+        finally:
+            self._tmp.cleanup()
+
+
+def plan_external(memory_budget: int, bytes_per_element: int) -> tuple[int, int]:
+    """``(max_bucket, buffer_bytes)`` for :func:`external_argsort` under ``memory_budget``.
+
+    Half the budget holds one bucket at ``bytes_per_element`` (what the caller keeps per element
+    of a bucket, the sort's own copies included); an eighth is the spill buffer (twice that
+    during a flush); the rest is headroom for the caller's reading blocks.
+    """
+    if memory_budget < 1 or bytes_per_element < 1:
+        raise ValueError("memory_budget and bytes_per_element must be positive")
+    return max(1, memory_budget // (2 * bytes_per_element)), max(1, memory_budget // 8)
+
+
+# Bytes held per element of a bucket by external_argsort itself: values and index as read,
+# packed keys (reused as positions), and the reordered values and index it yields.
+SORT_BYTES_PER_ELEMENT = 2 * 8 + KEY_BYTES  # + 2 * itemsize
 
 
 # --------------------------------------------------------------------------- zarr rows
-def _dask_partition_size(itemsize: int, memory_budget: int) -> int:
-    """Shuffle partition size (elements) for a Dask row under ``memory_budget`` bytes.
-
-    Measured on the threaded scheduler (two workers): the Dask path's peak RSS
-    grows by about 140 B per partition element (key, Dask's ``_partitions``
-    column and index through partd, pandas sort copies, unpacked values and
-    perm), i.e. about 7x :func:`row_fits`' 20 B/element for float32; a divisor
-    of 8 keeps that part under the budget.  partd's in-memory write buffer (up
-    to 1 GB, fixed by Dask) comes on top.
-    """
-    return max(1, memory_budget // (8 * _row_bytes(1, itemsize)))
-
-
-def sort_rows(src: zarr.Array, dst: zarr.Array, memory_budget: int, progress: bool = True) -> None:
+def sort_rows(src: zarr.Array, dst: zarr.Array, memory_budget: int, progress: bool = True,
+              scratch: str | None = None) -> None:
     """Sort every row of a 2-D zarr array [rows, n] ascending into ``dst`` (same shape and dtype).
 
-    Rows that satisfy :func:`row_fits` are read several at a time (as many as
-    the budget allows, aligned to ``src``'s row chunks) and sorted with
-    ``np.sort``; otherwise each row goes through :func:`argsort_dask` with a
-    partition size derived from the budget, in its own temporary shuffle
-    directory, and is written back with ``da.store`` aligned to ``dst``'s chunks
-    (or shards).  All rows share ``n``, so one array takes one path.  On the Dask
-    path the budget sizes the partitions; partd's in-memory write buffer (up to
-    1 GB, fixed by Dask) comes on top.  Raises
-    ``ValueError`` on mismatched shapes or dtypes, NaN, or when one ``src`` chunk
-    alone exceeds the budget on the Dask path.
+    Rows that satisfy :func:`row_fits` are read several at a time (as many as the budget
+    allows, aligned to ``src``'s row chunks) and sorted with ``np.sort``; longer rows go through
+    :func:`external_argsort` (spill files under ``scratch``, default the system's temporary
+    directory) and are written back in whole ``dst`` chunks (or shards).  Raises ``ValueError``
+    on mismatched shapes or dtypes, NaN, or when one ``src`` chunk alone exceeds the budget on
+    the out-of-core path.
     """
     if src.ndim != 2:
         raise ValueError(f"src must be 2-D [rows, n], got shape {src.shape}")
@@ -450,17 +420,24 @@ def sort_rows(src: zarr.Array, dst: zarr.Array, memory_budget: int, progress: bo
                 bar.advance(task, block.shape[0])
             return
         chunk_bytes = math.prod(src.chunks) * itemsize
-        if chunk_bytes > memory_budget:
-            raise ValueError(f"one src chunk is {chunk_bytes} bytes, more than memory_budget={memory_budget}")
-        partition_size = _dask_partition_size(itemsize, memory_budget)
-        write_chunks = (dst.shards or dst.chunks)[1]
-        x = da.from_zarr(src)
+        write = (dst.shards or dst.chunks)[1]
+        if chunk_bytes > memory_budget // 4 or write * itemsize > memory_budget // 4:
+            raise ValueError(f"one src chunk ({chunk_bytes} B) or dst row chunk "
+                             f"({write * itemsize} B) is more than memory_budget/4="
+                             f"{memory_budget // 4} B")
+        max_bucket, buffer = plan_external(memory_budget, SORT_BYTES_PER_ELEMENT + 2 * itemsize)
         for r in range(rows):
-            with tempfile.TemporaryDirectory(prefix="ootrain-sort-") as tmp:
-                values, _ = argsort_dask(x[r], partition_size, tmp)
-                row = values.rechunk(write_chunks)[None, :]
-                with _scheduler():
-                    da.store(row, dst, regions=(slice(r, r + 1), slice(None)), lock=False)
+            blocks = row_blocks(lambda lo, hi, r=r: src[r, lo:hi], n, src.chunks[1])
+            pending, lo = [], 0
+            for _, values, _ in external_argsort(blocks, n, src.dtype, max_bucket, buffer,
+                                                 scratch, seed=r):
+                pending.append(values)
+                have = sum(v.shape[0] for v in pending)
+                if have >= write or lo + have == n:
+                    flat = np.concatenate(pending)
+                    cut = n - lo if lo + have == n else have - have % write
+                    dst[r, lo:lo + cut] = flat[:cut]
+                    pending, lo = [flat[cut:]], lo + cut
             bar.advance(task)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ootrain.engine import Engine, EngineConfig, NondeterministicModelError, NonFiniteError
+from ootrain import rsr
 from ootrain.rsr import SlicedSolver
 from ootrain.sliced import sliced_wasserstein
 from ootrain.store import Store
@@ -71,9 +72,15 @@ def test_out_of_core_gradient_equals_full_batch(tmp_path, b, m, n, chunk_rows, m
     _assert_invariant(eng, loss_rel=1e-10)
 
 
-def test_dask_sort_path_gradient_equals_full_batch(tmp_path):
-    """A memory budget below one row forces the Dask partitioned sort for both populations."""
-    eng, _ = _engine(tmp_path, 3000, 100, 2000, budget=4096, chunk_rows=500, k=2)
+@pytest.mark.parametrize("b,n,budget", [
+    (3000, 2000, 4096),  # both rows out of core (the real row through a spill file)
+    (3000, 500, 32_000),  # generated row out of core, real row sorted in memory
+    (1000, 3001, 8192),  # n > b, n not a multiple of b: targets straddle buckets
+])
+def test_external_sort_path_gradient_equals_full_batch(tmp_path, b, n, budget):
+    """A memory budget below one row forces the external sort (sort.external_argsort)."""
+    eng, _ = _engine(tmp_path, b, 100, n, budget=budget, chunk_rows=500, k=2)
+    assert rsr.plan_pass(b, n, 2, 8, 500 * 6 * 8, budget) == 0
     _assert_invariant(eng, loss_rel=1e-9)
 
 

@@ -112,7 +112,7 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
     ref = make(tmp_path / "ref")
     ref.train(1)
     calls = {"n": 0}
-    original = rsr._align_rows
+    original = rsr._align_in_memory
 
     def dies_on_second_pass(*args, **kwargs):
         calls["n"] += 1
@@ -121,12 +121,12 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     cut = make(tmp_path / "cut")
-    monkeypatch.setattr(rsr, "_align_rows", dies_on_second_pass)
+    monkeypatch.setattr(rsr, "_align_in_memory", dies_on_second_pass)
     with pytest.raises(KeyboardInterrupt):
         cut.train(1)
     cut.store.release()
     assert cut.store.done("steps/0/distances").tolist() == [True] * 2 + [False] * 4
-    monkeypatch.setattr(rsr, "_align_rows", original)
+    monkeypatch.setattr(rsr, "_align_in_memory", original)
     resumed = make(tmp_path / "cut")
     resumed.train(1)
     for p, q in zip(ref.G.parameters(), resumed.G.parameters()):

@@ -1,9 +1,7 @@
-"""Tests for ootrain.sort: in-memory argsort, Dask out-of-core sort/scatter, zarr row sort."""
+"""Tests for ootrain.sort: in-memory argsort, out-of-core sort/scatter, zarr row sort."""
 
-import glob
-import tempfile
+import os
 
-import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -74,7 +72,7 @@ def test_row_fits():
     assert sort.row_fits(1_000, 8, 24_000)
 
 
-def _dask_cases() -> dict[str, np.ndarray]:
+def _external_cases() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2)
     return {
         "float32": rng.standard_normal(100_000).astype(np.float32),
@@ -84,71 +82,78 @@ def _dask_cases() -> dict[str, np.ndarray]:
     }
 
 
-@pytest.mark.parametrize("name", list(_dask_cases()))
-def test_argsort_dask_matches_numpy_and_scatter_round_trips(name, tmp_path):
-    x = _dask_cases()[name]
-    values, perm = sort.argsort_dask(da.from_array(x, chunks=30_000), 20_000, str(tmp_path))
-    assert values.chunks == perm.chunks == ((20_000,) * 5,)
-    assert values.dtype == x.dtype and perm.dtype == np.int64
-    values, perm = da.compute(values, perm)
-    assert np.array_equal(values, np.sort(x))
-    _assert_sorting_perm(x, perm)
-    assert glob.glob(str(tmp_path / "*.partd"))  # the shuffle went through partd in tmpdir
-
-    back = sort.scatter_dask(da.from_array(perm, chunks=25_000), da.from_array(values, chunks=25_000), 30_000)
-    assert back.chunks == ((30_000, 30_000, 30_000, 10_000),)
-    assert np.array_equal(back.compute(), x)
+def _external(x: np.ndarray, max_bucket: int, buffer: int, scratch: str, block: int = 7_000):
+    """Run external_argsort over ``x``; check the yielded ranks are contiguous."""
+    blocks = sort.row_blocks(lambda lo, hi: x[lo:hi], x.shape[0], block)
+    values, index, expect = [], [], 0
+    for r0, v, i in sort.external_argsort(blocks, x.shape[0], x.dtype, max_bucket, buffer, scratch):
+        assert r0 == expect and v.shape == i.shape and v.shape[0] <= max(max_bucket, block)
+        expect += v.shape[0]
+        values.append(v)
+        index.append(i)
+    assert expect == x.shape[0]
+    return values, index
 
 
-def test_argsort_dask_deterministic_ties():
-    x = np.random.default_rng(3).integers(0, 3, 30_000).astype(np.float64)
-    runs = [da.compute(*sort.argsort_dask(da.from_array(x, chunks=4_000), 5_000))[1] for _ in range(2)]
-    assert np.array_equal(runs[0], runs[1])
+@pytest.mark.parametrize("name", list(_external_cases()))
+def test_external_argsort_matches_argsort_and_scatter_round_trips(name, tmp_path):
+    x = _external_cases()[name]
+    values, index = _external(x, 10_000, 60_000, str(tmp_path))
+    assert len(values) > 5  # really out of core: many buckets
+    perm = np.concatenate(index)
+    assert np.array_equal(perm, sort.argsort(x))  # same permutation, ties by index
+    assert np.array_equal(np.concatenate(values), np.sort(x))
+    assert not os.listdir(tmp_path)  # spill files removed
+
+    scatter = sort.ExternalScatter(x.shape[0], 30_000, np.float64, 40_000, str(tmp_path))
+    for v, i in zip(values[::-1], index[::-1]):  # any order of additions
+        scatter.add(i, 2.0 * v)
+    got = list(scatter.blocks())
+    assert [(lo, hi) for lo, hi, _ in got] == [(0, 30_000), (30_000, 60_000), (60_000, 90_000),
+                                               (90_000, 100_000)]
+    assert np.array_equal(np.concatenate([o for _, _, o in got]), 2.0 * x)
+    assert not os.listdir(tmp_path)
 
 
-def test_argsort_dask_nan_raises():
+def test_external_argsort_heavy_ties_stream_and_recursion(tmp_path):
+    """One value holding 70% of the row exceeds any bucket: it is streamed; a bucket that
+    overflows by bad luck (clustered values) is sorted out of core again."""
+    rng = np.random.default_rng(11)
+    x = np.where(rng.random(60_000) < 0.7, np.float32(1.0), rng.standard_normal(60_000))
+    x = x.astype(np.float32)
+    x[:3_000] = 1e-3 * rng.standard_normal(3_000)  # a narrow cluster
+    values, index = _external(x, 500, 20_000, str(tmp_path))
+    assert np.array_equal(np.concatenate(index), sort.argsort(x))
+
+
+def test_external_argsort_nan_raises(tmp_path):
     x = np.random.default_rng(4).standard_normal(10_000).astype(np.float32)
     x[9_000] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        sort.argsort_dask(da.from_array(x, chunks=3_000), 2_000)
+        _external(x, 1_000, 10_000, str(tmp_path))
 
 
-def test_argsort_dask_cleans_private_spill_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    x = da.from_array(np.random.default_rng(5).standard_normal(20_000).astype(np.float32), chunks=5_000)
-    values, perm = sort.argsort_dask(x, 5_000)
-    da.compute(values, perm)
-    assert glob.glob(str(tmp_path / "ootrain-sort-*" / "*.partd"))
-    del values, perm
-    assert not glob.glob(str(tmp_path / "ootrain-sort-*"))
-
-
-def test_scatter_dask_2d_and_bad_perm():
-    rng = np.random.default_rng(6)
-    b = 50_001
-    perm = rng.permutation(b)
-    values = rng.standard_normal((b, 3)).astype(np.float32)
-    perm_d = da.from_array(perm, chunks=12_000)
-    out = sort.scatter_dask(perm_d, da.from_array(values, chunks=(9_000, 1)), 10_000)
-    assert out.chunks == ((10_000,) * 5 + (1,), (3,))
-    expected = np.empty_like(values)
-    expected[perm] = values
-    assert np.array_equal(out.compute(), expected)
-
-    perm[0] = perm[1]
-    bad = sort.scatter_dask(da.from_array(perm, chunks=12_000), da.from_array(values[:, 0]), 10_000)
+def test_external_scatter_rejects_bad_positions(tmp_path):
+    scatter = sort.ExternalScatter(10, 4, np.float32, 1_000, str(tmp_path))
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 10\)"):
+        scatter.add(np.array([10]), np.array([1.0]))
+    scatter.add(np.array([0, 0, 1, 2, 3, 4, 5, 6, 7, 8]), np.zeros(10))
     with pytest.raises(ValueError, match="permutation"):
-        bad.compute()
+        list(scatter.blocks())
 
 
-def test_argsort_dask_with_distributed_client():
-    distributed = pytest.importorskip("distributed")
-    x = np.random.default_rng(7).standard_normal(40_000).astype(np.float32)
-    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
-        with distributed.Client(cluster):
-            values, perm = da.compute(*sort.argsort_dask(da.from_array(x, chunks=10_000), 10_000))
-    assert np.array_equal(values, np.sort(x))
-    _assert_sorting_perm(x, perm)
+def test_external_argsort_peak_memory_is_the_bucket_not_the_row(tmp_path):
+    """tracemalloc peak of sorting 2e6 float32 with 50k buckets: a few MB, not the 8 MB row."""
+    import tracemalloc
+
+    x = np.random.default_rng(12).standard_normal(2_000_000).astype(np.float32)
+    blocks = sort.row_blocks(lambda lo, hi: x[lo:hi], x.shape[0], 50_000)
+    tracemalloc.start()
+    for _ in sort.external_argsort(blocks, x.shape[0], x.dtype, 50_000, 400_000, str(tmp_path)):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4_000_000, peak  # the row alone is 8 MB, its int64 permutation 16 MB
 
 
 def _zarr_pair(tmp_path, shape=(7, 5_000), dtype=np.float32):
@@ -159,15 +164,15 @@ def _zarr_pair(tmp_path, shape=(7, 5_000), dtype=np.float32):
     return x, src, dst
 
 
-@pytest.mark.parametrize("budget, via_dask", [(300_000, False), (50_000, True)])
-def test_sort_rows(tmp_path, monkeypatch, budget, via_dask):
+@pytest.mark.parametrize("budget, external", [(300_000, False), (50_000, True)])
+def test_sort_rows(tmp_path, monkeypatch, budget, external):
     x, src, dst = _zarr_pair(tmp_path)
     calls = []
-    argsort_dask = sort.argsort_dask
-    monkeypatch.setattr(sort, "argsort_dask", lambda *a: calls.append(a) or argsort_dask(*a))
+    original = sort.external_argsort
+    monkeypatch.setattr(sort, "external_argsort", lambda *a, **kw: calls.append(a) or original(*a, **kw))
     sort.sort_rows(src, dst, budget, progress=False)
     assert np.array_equal(dst[:], np.sort(x, axis=1))
-    assert len(calls) == (x.shape[0] if via_dask else 0)
+    assert len(calls) == (x.shape[0] if external else 0)
 
 
 def test_sort_rows_errors(tmp_path):
@@ -192,7 +197,7 @@ def test_sort_zarr(tmp_path):
     x = np.random.default_rng(9).standard_normal((3, 2_000))
     root = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
     root.create_array("proj", shape=x.shape, dtype=x.dtype, chunks=(1, 500))[:] = x
-    # 2000 float64 per row needs 48 kB in memory > 30 kB budget: rows go through Dask
+    # 2000 float64 per row needs 48 kB in memory > 30 kB budget: rows are sorted out of core
     sort.sort_zarr(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), 30_000, "proj", progress=False)
     out = zarr.open_array(str(tmp_path / "out.zarr"), path="proj", mode="r")
     assert out.chunks == (1, 500)
