@@ -96,8 +96,7 @@ def child(args: argparse.Namespace) -> dict:
                       Engine.store_config(cfg, solver, "linear", "identity", real))
         opt = torch.optim.Adam(G.parameters(), lr=1e-3)
         eng = Engine(G, nn.Identity(), solver, real, store, opt, cfg)
-        g = plan_pass(b, n, k, 4, store.config["engine"]["chunk_rows"] * d * 4
-                      if "engine" in store.config else args.chunk_bytes, args.budget)
+        g = plan_pass(b, n, k, 4, eng.chunk_rows * d * 4, args.budget)
         out["path"] = f"in memory, {g} directions/pass" if g else "external sort"
         out["rss_before"] = proc.memory_info().rss
 

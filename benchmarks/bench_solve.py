@@ -1,25 +1,35 @@
-"""Solve throughput of the out-of-core sliced solver vs sorting the same projections in memory.
+"""Solve throughput of the sliced solver, in memory and out of core, vs sorting the same projections in RAM.
 
 For each population size b, a local store in a temporary directory holds b generated embeddings
 [b, d] and n real embeddings [n, d] (float32, random).  Then, side by side in one process:
 
-- ``SlicedSolver.solve`` (targets mode) through the in-memory sort path (a memory budget that holds
-  a whole row) — project both populations on k directions (zarr write), per direction read the
-  row, sort, compute exact quantile targets, write targets;
-- the same through the Dask out-of-core path (a small memory budget, so every row goes through
-  ``sort.argsort_dask`` + ``sort.scatter_dask``), with ``--k-dask`` directions;
+- ``SlicedSolver.solve`` (targets mode) through the in-memory path: a memory budget (``--budget``,
+  default the smallest whole MiB for which ``rsr.plan_pass`` gives all k directions in one pass)
+  under which ``rsr._align_in_memory`` projects both populations chunk by chunk (zarr read,
+  nothing stored but the targets), sorts every row (packed-key ``sort.argsort`` for the
+  generated rows, ``np.sort`` in place for the real ones), computes exact quantile targets and
+  writes them;
+- the same through the out-of-core path with ``--k-ext`` directions under ``--ext-budget``
+  (default 64 MiB): ``rsr._project`` stores both populations' projections [k, b] and [k, n],
+  then per direction ``rsr._align_external`` runs ``sort.external_argsort`` (spill files in
+  ``$TMPDIR``; ``--tmpdir`` sets it), computes targets bucket by bucket and puts them back in
+  sample order through ``sort.ExternalScatter``.  ``rsr.plan_pass`` is forced to 0 for this run,
+  so the path is measured even where the rows would fit the budget (the table says "forced");
 - references in memory, on the same projection values ([k, b] generated and [k, n] real, float32,
-  already in RAM — no I/O, no projection): ``np.sort`` of both (the "physical-ish" limit: sorting
+  already in RAM: no I/O, no projection): ``np.sort`` of both (the "physical-ish" limit: sorting
   the values is the least any exact Solve has to do), ``np.argsort`` of both, and the engine's
   packed-key ``sort.argsort`` of the generated rows plus ``np.sort`` of the real ones (what the
-  in-memory path actually sorts).
+  in-memory path sorts).
 
-Throughput is in elements/s with elements = b × k (generated projected values per step), for
-every line, so ratios compare the same work.  The solver breakdown (project / align / other) is
-measured by timing wrappers around ``ootrain.rsr._project`` and ``ootrain.rsr._align_row``.
+Throughput is in elements/s with elements = b × k (generated projected values per step) for
+every line, so ratios compare the same work.  The solver breakdown is measured by timing
+wrappers around the ``ootrain.rsr`` functions the solver calls: project = ``_project_rows``
+(in memory, inside ``_align_in_memory``) or ``_project`` (out of core, both populations);
+align = ``_align_in_memory`` minus its projection, or ``_align_external``; other = directions,
+distances, manifest bookkeeping.
 
     /work/venv/bin/python benchmarks/bench_solve.py                       # b = 10^6, 10^7
-    /work/venv/bin/python benchmarks/bench_solve.py --b 20000 --k 4 --k-dask 1 --repeats 1  # smoke
+    /work/venv/bin/python benchmarks/bench_solve.py --b 200000 --k 4 --k-ext 1 --repeats 1  # smoke
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from ootrain.engine import SolveContext  # noqa: E402
 from ootrain.store import Store  # noqa: E402
 
 _TIMES: dict[str, float] = defaultdict(float)
+_FORCE_EXTERNAL = False
 
 
 def _timed(name: str, fn):
@@ -54,12 +65,30 @@ def _timed(name: str, fn):
     return wrapper
 
 
-# time the solver's pieces by wrapping the module functions it calls (whichever exist: the
-# solver's internals are being reworked, so be tolerant of names)
+# Time the solver's pieces by wrapping the module functions it calls (looked up as rsr globals at
+# call time, so replacing the module attributes is enough).
+_plan_pass = rsr.plan_pass
+rsr._project_rows = _timed("project_rows", rsr._project_rows)
+rsr._align_in_memory = _timed("align_in_memory", rsr._align_in_memory)
 rsr._project = _timed("project", rsr._project)
-for _name in ("_align_rows", "_align_row", "_align_row_dask"):
-    if hasattr(rsr, _name):
-        setattr(rsr, _name, _timed("align", getattr(rsr, _name)))
+rsr._align_external = _timed("align_external", rsr._align_external)
+rsr.plan_pass = lambda *a, **kw: 0 if _FORCE_EXTERNAL else _plan_pass(*a, **kw)
+
+
+def in_memory_budget(b: int, n: int, k: int, itemsize: int, chunk_bytes: int) -> int:
+    """Smallest whole MiB for which plan_pass gives all k directions in one pass."""
+    mib = 1 << 20
+    lo = mib
+    while _plan_pass(b, n, k, itemsize, chunk_bytes, lo) < k:
+        lo *= 2
+    hi, lo = lo, lo // 2  # plan_pass(lo) < k <= plan_pass(hi); bisect in MiB
+    while hi - lo > mib:
+        mid = (lo + hi) // 2 // mib * mib
+        if _plan_pass(b, n, k, itemsize, chunk_bytes, mid) >= k:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def fill(store: Store, path: str, rows: int, d: int, chunk_rows: int, seed: int,
@@ -78,17 +107,29 @@ def drop(store: Store, prefix: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int) -> dict:
+def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int,
+               external: bool) -> dict:
+    global _FORCE_EXTERNAL
     prefix = f"solve/{tag}{rep}"
     ctx = SolveContext(store, step=rep, prefix=prefix, previous=None, embeddings=emb, real=real,
                        chunk_rows=emb.chunks[0], memory_budget=budget, seed=0)
     store.group.require_group(prefix)
     _TIMES.clear()
-    t = time.perf_counter()
-    metrics = rsr.SlicedSolver(n_directions=k).solve(ctx)
-    total = time.perf_counter() - t
-    out = {"total": total, "project": _TIMES["project"], "align": _TIMES["align"],
-           "loss": metrics["loss"]}
+    _FORCE_EXTERNAL = external
+    try:
+        t = time.perf_counter()
+        metrics = rsr.SlicedSolver(n_directions=k).solve(ctx)
+        total = time.perf_counter() - t
+    finally:
+        _FORCE_EXTERNAL = False
+    if external:
+        assert _TIMES["align_external"] > 0 and _TIMES["align_in_memory"] == 0, dict(_TIMES)
+        project, align = _TIMES["project"], _TIMES["align_external"]
+    else:
+        assert _TIMES["align_in_memory"] > 0 and _TIMES["align_external"] == 0, dict(_TIMES)
+        project = _TIMES["project_rows"]
+        align = _TIMES["align_in_memory"] - project
+    out = {"total": total, "project": project, "align": align, "loss": metrics["loss"]}
     drop(store, prefix)
     return out
 
@@ -123,32 +164,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=None, help="real samples (default: same as b)")
     ap.add_argument("--d", type=int, default=64, help="embedding width")
     ap.add_argument("--k", type=int, default=16, help="directions, in-memory path + references")
-    ap.add_argument("--k-dask", type=int, default=2, help="directions, Dask path")
-    ap.add_argument("--budget", type=int, default=4 << 30, help="in-memory path budget, bytes")
-    ap.add_argument("--dask-budget", type=int, default=16 << 20, help="Dask path budget, bytes")
+    ap.add_argument("--k-ext", type=int, default=2, help="directions, out-of-core path (0: skip)")
+    ap.add_argument("--budget", type=int, default=None,
+                    help="in-memory path budget, bytes (default: the smallest whole MiB for "
+                         "which rsr.plan_pass gives all k directions in one pass)")
+    ap.add_argument("--ext-budget", type=int, default=64 << 20,
+                    help="out-of-core path budget, bytes (default 64 MiB)")
     ap.add_argument("--chunk-bytes", type=int, default=16 << 20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--dask-repeats", type=int, default=1)
-    ap.add_argument("--tmpdir", default=None)
+    ap.add_argument("--ext-repeats", type=int, default=1)
+    ap.add_argument("--tmpdir", default=None,
+                    help="directory of the store and of the external sort's spill files "
+                         "(default: the system temporary directory)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the solver's torch ops (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)
+    if args.tmpdir:  # rsr's spill files go to tempfile.gettempdir()
+        os.makedirs(args.tmpdir, exist_ok=True)
+        os.environ["TMPDIR"] = args.tmpdir
+        tempfile.tempdir = args.tmpdir
 
-    print(machine_header("Solve throughput (sliced solver) vs in-memory sorts",
+    print(machine_header("Solve throughput (sliced solver, in memory and out of core) vs in-memory sorts",
                          ["benchmarks/bench_solve.py"] + (argv if argv is not None else sys.argv[1:])))
-    print(f"- setup: d={args.d}, k={args.k} (in-memory path, references), k_dask={args.k_dask} "
-          f"(Dask path), n_real={'b' if args.n is None else args.n}, float32, targets mode; "
-          f"in-memory budget {human_bytes(args.budget)}, Dask budget "
-          f"{human_bytes(args.dask_budget)}; medians of {args.repeats} (Dask: "
-          f"{args.dask_repeats}); elements = b × k")
+    print(f"- setup: d={args.d}, k={args.k} (in-memory path, references), k_ext={args.k_ext} "
+          f"(out-of-core path), n_real={'b' if args.n is None else args.n}, float32, targets mode; "
+          f"in-memory budget {'auto' if args.budget is None else human_bytes(args.budget)}, "
+          f"out-of-core budget {human_bytes(args.ext_budget)}; spill files in "
+          f"{tempfile.gettempdir()}; medians of {args.repeats} (out of core: {args.ext_repeats}); "
+          "elements = b × k")
     print()
     rows, detail = [], []
     for b in args.b:
         n = args.n or b
-        k, kd = args.k, args.k_dask
+        k, ke = args.k, args.k_ext
         tmp = tempfile.mkdtemp(prefix="bench-solve-", dir=args.tmpdir)
         try:
             store = Store(os.path.join(tmp, "store"), {"bench": "solve", "b": b, "n": n})
@@ -157,52 +208,62 @@ def main(argv: list[str] | None = None) -> None:
             fill(store, "gen/embeddings", b, args.d, chunk_rows, 1, 0.0)
             fill(store, "real/embeddings", n, args.d, chunk_rows, 2, 0.5)
             emb, real = store.array("gen/embeddings"), store.array("real/embeddings")
+            chunk_bytes = emb.chunks[0] * args.d * 4
+            budget = args.budget or in_memory_budget(b, n, k, 4, chunk_bytes)
+            g = _plan_pass(b, n, k, 4, chunk_bytes, budget)
+            g_ext = _plan_pass(b, n, ke, 4, chunk_bytes, args.ext_budget) if ke else 0
+            forced = g_ext > 0
             print(f"- b={b}: wrote {human_bytes((b + n) * args.d * 4)} of embeddings in "
-                  f"{time.perf_counter() - t:.1f} s (setup, untimed); load {loadavg()}", flush=True)
-            if not sort.row_fits(b, 4, args.budget) or not sort.row_fits(n, 8, args.budget):
-                print(f"  note: b={b} does not fit the in-memory budget; that path uses Dask too")
-            if sort.row_fits(b, 4, args.dask_budget):
-                print(f"  note: b={b} fits the Dask budget; the 'Dask' path sorts in memory")
+                  f"{time.perf_counter() - t:.1f} s (setup, untimed); in-memory budget "
+                  f"{human_bytes(budget)} -> plan_pass {g} of k={k} directions per pass"
+                  + ("" if not ke else f"; out-of-core budget {human_bytes(args.ext_budget)} -> "
+                     f"plan_pass {g_ext}" + (" (rows would fit: external path forced)"
+                                             if forced else " (external)"))
+                  + f"; load {loadavg()}", flush=True)
+            if g == 0:
+                print("  note: the in-memory budget gives plan_pass 0: that path runs out of core")
+            elif g < k:
+                print(f"  note: the in-memory path runs {-(-k // g)} passes")
 
             P, R = projections(emb, real, k, seed=3)
             el = b * k
             ref_sort = time_it(lambda: (np.sort(P, axis=1), np.sort(R, axis=1)), args.repeats)
             ref_arg = time_it(lambda: (np.argsort(P, axis=1), np.argsort(R, axis=1)), args.repeats)
             sort.argsort(P[0, :1000])  # numba JIT / cache load outside the timing
-            ref_pack = time_it(lambda: ([sort.argsort(r) for r in P], np.sort(R.astype(np.float64),
-                                                                             axis=1)),
+            ref_pack = time_it(lambda: ([sort.argsort(r) for r in P], np.sort(R, axis=1)),
                                args.repeats)
-            del P, R
-            mem = [run_solver(store, emb, real, k, args.budget, "mem", r)
+            P = R = None  # free them before the solver runs
+            mem = [run_solver(store, emb, real, k, budget, "mem", r, external=False)
                    for r in range(args.repeats)]
             m_tot = median([x["total"] for x in mem])
             m_proj = median([x["project"] for x in mem])
             m_align = median([x["align"] for x in mem])
-            dk = [run_solver(store, emb, real, kd, args.dask_budget, "dask", r)
-                  for r in range(args.dask_repeats)] if kd > 0 else []
+            ext = [run_solver(store, emb, real, ke, args.ext_budget, "ext", r, external=True)
+                   for r in range(args.ext_repeats)] if ke > 0 else []
             load = loadavg().split(",")[0]
             rows += [
                 [b, "np.sort (values, gen + real, in RAM)", k, ref_sort, el / ref_sort, 1.0, load],
                 [b, "np.argsort (gen + real, in RAM)", k, ref_arg, el / ref_arg,
                  ref_arg / ref_sort, load],
-                [b, "sort.argsort packed (gen) + np.sort f64 (real), in RAM", k, ref_pack,
+                [b, "sort.argsort packed (gen) + np.sort (real), in RAM", k, ref_pack,
                  el / ref_pack, ref_pack / ref_sort, load],
-                [b, "SlicedSolver.solve, in-memory path (zarr store)", k, m_tot, el / m_tot,
+                [b, f"SlicedSolver.solve, in-memory path (budget {human_bytes(budget)}, "
+                 f"{-(-k // g) if g else 0} pass(es), zarr store)", k, m_tot, el / m_tot,
                  m_tot / ref_sort, load],
             ]
-            detail.append([b, "in-memory", k, m_proj, m_align, m_tot - m_proj - m_align, m_tot])
-            if dk:
-                d_tot = median([x["total"] for x in dk])
-                d_proj = median([x["project"] for x in dk])
-                d_align = median([x["align"] for x in dk])
-                eld = b * kd
-                rows.append([b, f"SlicedSolver.solve, Dask path (budget "
-                             f"{human_bytes(args.dask_budget)})", kd, d_tot, eld / d_tot,
-                             (d_tot / kd) / (ref_sort / k), load])
-                detail.append([b, "Dask", kd, d_proj, d_align, d_tot - d_proj - d_align, d_tot])
+            detail.append([b, "in memory", k, m_proj, m_align, m_tot - m_proj - m_align, m_tot])
+            if ext:
+                e_tot = median([x["total"] for x in ext])
+                e_proj = median([x["project"] for x in ext])
+                e_align = median([x["align"] for x in ext])
+                rows.append([b, f"SlicedSolver.solve, out-of-core path (budget "
+                             f"{human_bytes(args.ext_budget)}{', forced' if forced else ''})",
+                             ke, e_tot, b * ke / e_tot, (e_tot / ke) / (ref_sort / k), load])
+                detail.append([b, "out of core", ke, e_proj, e_align, e_tot - e_proj - e_align,
+                               e_tot])
             print(f"  done b={b}: np.sort {ref_sort:.2f} s, solve in-memory {m_tot:.2f} s"
-                  + (f", Dask {d_tot:.2f} s (k={kd})" if dk else "") + f"; load {loadavg()}",
-                  flush=True)
+                  + (f", out of core {e_tot:.2f} s (k={ke})" if ext else "")
+                  + f"; load {loadavg()}", flush=True)
             store.release()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -210,9 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table(["b", "what", "k", "time (s)", "elements/s", "time per direction / np.sort's",
                  "1-min load"], rows))
     print()
-    print("Solver breakdown (seconds, medians): project = both populations projected and written "
-          "as [k, b] rows; align = per direction read row, sort, quantile targets, write targets "
-          "(Dask: whole shuffle); other = directions, distances, manifest bookkeeping.")
+    print("Solver breakdown (seconds, medians).  In memory: project = both populations read and "
+          "projected chunk by chunk (rsr._project_rows), align = the rest of "
+          "rsr._align_in_memory (sort, quantile targets, write targets).  Out of core: project = "
+          "both populations projected and stored as [k, b] / [k, n] rows (rsr._project), align = "
+          "rsr._align_external (external sort, targets per bucket, scatter, write).  Other = "
+          "directions, distances, manifest bookkeeping.")
     print()
     print(table(["b", "path", "k", "project", "align (sort + targets)", "other", "total"], detail))
     print()

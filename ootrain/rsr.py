@@ -214,7 +214,7 @@ def _project(store: Store, emb: Any, omega: np.ndarray, path: str) -> Any:
         if done[:, c].all():
             continue
         lo, hi = c * rows, min(N, (c + 1) * rows)
-        store.write_region(path, (slice(0, k), slice(lo, hi)), (emb[lo:hi] @ om).T)
+        store.write_region(path, (slice(0, k), slice(lo, hi)), om.T @ emb[lo:hi].T)
     return out
 
 
@@ -225,7 +225,7 @@ def _project_rows(emb: Any, omega: np.ndarray) -> np.ndarray:
     out = np.empty((omega.shape[1], N), dtype=emb.dtype)
     for lo in range(0, N, rows):
         hi = min(N, lo + rows)
-        out[:, lo:hi] = (emb[lo:hi] @ om).T
+        out[:, lo:hi] = om.T @ emb[lo:hi].T  # a contiguous [g, rows] product, row copies
     return out
 
 
@@ -245,12 +245,13 @@ def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: i
     """Directions aligned per in-memory pass under ``budget`` bytes (0: out of core).
 
     A pass of ``g`` directions holds ``g`` generated rows (overwritten in place by their
-    targets) and ``g`` real rows (sorted in place): ``g (b + n) itemsize``; one direction's
-    sort keys ``8 max(b, n)`` (:func:`ootrain.sort.argsort`, and NumPy's sort scratch); the
-    target blocks (1/16 of the budget); and two stored chunks being read.
+    targets), their encoded copy while zarr writes them, and ``g`` real rows (sorted in place):
+    ``g (2b + n) itemsize``; one direction's permutation and sorted values
+    ``(8 + itemsize) b`` (:func:`ootrain.sort.sort_with_permutation`); the target blocks (1/16
+    of the budget); and two stored chunks being read.
     """
-    fixed = 8 * max(b, n) + budget // 16 + 2 * chunk_bytes
-    per_direction = (b + n) * itemsize
+    fixed = (8 + itemsize) * b + budget // 16 + 2 * chunk_bytes
+    per_direction = (2 * b + n) * itemsize
     return int(max(0, min(k, (budget - fixed) // per_direction))) if budget > fixed else 0
 
 
@@ -267,16 +268,16 @@ def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath
         y[i].sort()
         _check_finite(y[i], "real projections")
         y_sq = sum(float(np.dot(blk, blk)) for blk in _blocks64(y[i], r_step)) / n
-        perm = sort.argsort(x[i])
+        xs, perm = sort.sort_with_permutation(x[i])
         sq_diff = t_sq = 0.0
         for r0 in range(0, b, r_step):
             r1 = min(b, r0 + r_step)
             lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
             t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1)
-            at = perm[r0:r1]
-            sq_diff += float(np.sum((x[i, at] - t) ** 2))
+            sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
             t_sq += float(np.dot(t, t))
-            x[i, at] = t
+            x[i, perm[r0:r1]] = t
+        del xs, perm
         dist[i] = _w2(sq_diff / b, y_sq, t_sq / b)
     store.write_region(tpath, (slice(j0, j0 + omega.shape[1]), slice(0, b)), x)
     return dist

@@ -35,7 +35,8 @@ import zarr
 from numba import njit
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["ExternalScatter", "argsort", "external_argsort", "row_fits", "sort_rows", "sort_zarr"]
+__all__ = ["ExternalScatter", "argsort", "external_argsort", "row_fits", "sort_rows", "sort_with_permutation",
+           "sort_zarr"]
 
 KEY_BYTES = 8  # one int64 sort key per element
 PERM_BYTES = 8  # one int64 permutation entry per element
@@ -121,6 +122,24 @@ def argsort(x: np.ndarray) -> np.ndarray:
         return np.bitwise_and(keys, _INDEX_MASK, out=keys)
     _check_no_nan(x)
     return np.argsort(x, kind="stable").astype(np.int64, copy=False)
+
+
+def sort_with_permutation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x[perm], perm)`` with ``perm = argsort(x)`` (same tie order), shape [n] each.
+
+    For float32 the sorted values are decoded from the sorted packed keys, so no random-access
+    gather over ``x`` is needed; peak extra memory is the int64 keys (reused as ``perm``) and
+    the sorted copy.
+    """
+    x = np.asarray(x)
+    if x.ndim == 1 and _packable(x.dtype, x.shape[0]):
+        keys = _pack(x)
+        keys.sort()
+        values = np.empty(x.shape[0], dtype=np.float32)
+        _unpack_f32(keys, values.view(np.int32))
+        return values, np.bitwise_and(keys, _INDEX_MASK, out=keys)
+    perm = argsort(x)
+    return x[perm], perm
 
 
 def row_fits(n_elements: int, itemsize: int, memory_budget: int) -> bool:
@@ -224,14 +243,8 @@ class _Runs:
 
 def _sort_bucket(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort a bucket by (value, insertion order): the values and their indices, reordered."""
-    if _packable(values.dtype, values.shape[0]):
-        keys = _pack(values)
-        keys.sort()
-        pos = np.bitwise_and(keys, _INDEX_MASK, out=keys)
-    else:
-        _check_no_nan(values)
-        pos = np.argsort(values, kind="stable")
-    return values[pos], index[pos]
+    sorted_values, pos = sort_with_permutation(values)
+    return sorted_values, index[pos]
 
 
 def _splitters(blocks: Blocks, n: int, nbuckets: int, rng: np.random.Generator) -> np.ndarray:

@@ -326,10 +326,6 @@ class Store:
                                     "resume") from e
             raise
 
-    def mark_done(self, path: str, chunk_indices: np.ndarray | list[int]) -> None:
-        """Flag chunks (flat indices) written by other means (e.g. a region written directly to the zarr array)."""
-        self._manifest(path).set_orthogonal_selection((np.asarray(chunk_indices),), 1)
-
     def reset(self, path: str) -> None:
         """Forget the completion flags of ``path`` (its chunks will be recomputed)."""
         self._manifest(path)[:] = 0

@@ -103,8 +103,9 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
         real = np.random.default_rng(0).normal(size=(300, 3))
         # the budget holds two directions at a time: Solve aligns them in 3 passes
         cfg = EngineConfig(population=256, micro_batch=16, latent_dim=2, chunk_rows=64,
-                           dtype="float64", memory_budget=16000)
+                           dtype="float64", memory_budget=24000)
         solver = rsr.SlicedSolver(n_directions=6, mode="cotangent")
+        assert rsr.plan_pass(256, 300, 6, 8, 64 * 3 * 8, cfg.memory_budget) == 2
         store = Store(path, Engine.store_config(cfg, solver, "g", "e", real))
         return Engine(G, nn.Identity(), solver, real, store,
                       torch.optim.SGD(G.parameters(), lr=0.1), cfg)

@@ -202,3 +202,17 @@ def test_sort_zarr(tmp_path):
     out = zarr.open_array(str(tmp_path / "out.zarr"), path="proj", mode="r")
     assert out.chunks == (1, 500)
     assert np.array_equal(out[:], np.sort(x, axis=1))
+
+
+@pytest.mark.parametrize("name", list(_float32_cases()))
+def test_sort_with_permutation_float32(name):
+    x = _float32_cases()[name]
+    values, perm = sort.sort_with_permutation(x)
+    assert np.array_equal(perm, sort.argsort(x))
+    assert np.array_equal(values.view(np.int32), x[perm].view(np.int32))  # bit-exact, -0.0 kept
+
+
+def test_sort_with_permutation_other_dtypes():
+    x = np.random.default_rng(13).integers(-5, 5, 1_000)
+    values, perm = sort.sort_with_permutation(x)
+    assert np.array_equal(perm, np.argsort(x, kind="stable")) and np.array_equal(values, np.sort(x))

@@ -1,0 +1,461 @@
+"""Semi-discrete optimal transport by stochastic dual ascent (Chen et al., ICML 2019).
+
+A continuous source ``mu`` (known through a sampler) is transported onto ``N`` target
+points ``y_j`` with weights ``nu_j`` (uniform by default).  The semi-discrete dual is
+
+    h(psi) = E_{x~mu}[ min_j c(x, y_j) - psi_j ] + sum_j nu_j psi_j,
+
+concave in ``psi``, maximal at the optimal potential, where the map
+``T(x) = y_sigma(x)``, ``sigma(x) = argmin_j c(x, y_j) - psi_j``, pushes ``mu`` exactly
+onto ``nu`` and ``max h = W_c(mu, nu)``.  Its (super)gradient is
+
+    dh/dpsi_j = nu_j - P(sigma(x) = j),
+
+estimated on a batch of samples.  The ``+ nu_j`` term is kept (the paper's official code
+drops it, so its potentials drift).
+
+Costs that are not strictly convex (``l1``) tie on sets of positive measure, so a hard
+argmin cannot split masses there; for them the default is the entropic dual with the
+soft c-transform (:func:`ootrain.argmin.soft_c_transform`) of temperature ``eps``:
+
+    h_eps(psi) = E_x[ -eps log sum_j nu_j exp((psi_j - c(x, y_j)) / eps) ] + sum_j nu_j psi_j,
+    dh_eps/dpsi_j = nu_j - E_x[P_j(x)],   P_j(x) = softmax_j(log nu_j + (psi_j - c)/eps),
+
+and the map is the random assignment ``j ~ P(x)``.  Its transport cost exceeds the exact
+one by ``O(eps)``; ``eps`` is given relative to ``scale`` (below), so the default
+``0.05`` blurs cell boundaries over 5 % of a cell.
+
+Optimisation (:meth:`SemiDiscreteOT.fit`): Adam on ``-h``.  Step sizes are in cost
+units, relative to ``scale`` = the median cost from a target to its nearest other target
+(a cell's cost scale: moving ``psi_j`` by ``scale`` changes the mass of cell ``j`` by
+``O(nu_j)``).  Every ``check_every`` iterations the mass imbalance ``||nu - P_hat||_1`` of
+the assignments of that window is computed; the step is halved when it has not improved
+on its best value for ``patience`` checks; fitting stops when it is below ``tol`` (or at
+``max_iter``).  Certifying an imbalance ``tol`` needs ``~N / tol^2`` samples (the
+imbalance of a perfectly balanced map measured on ``n`` samples is about
+``sqrt(2 N / (pi n))``), so the window defaults to ``4 N / tol^2`` samples, whose noise
+floor is ``0.4 tol``.  The returned potential is the average over the last window.
+
+``grow=True`` is the paper's schedule: fit on a random subset of ``n0`` targets, double
+it until all ``N``; each new target starts with the potential of the current cell that
+contains it (``psi_new = psi_{sigma(y_new)}``, so it takes over part of that cell).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ootrain.argmin import (
+    _TORCH_BLOCK,
+    BACKENDS,
+    TargetLike,
+    TargetSource,
+    _check_query,
+    _soft,
+    as_source,
+    c_transform,
+    parse_cost,
+    soft_assign,
+    Cost,
+)
+from ootrain.progress import make_progress
+
+__all__ = ["SemiDiscreteOT"]
+
+Sampler = Union[Callable[[int], Tensor], Tensor]
+
+#: Default relative temperature per cost (0 = hard argmin).
+DEFAULT_EPS = {"sqeuclidean": 0.0, "euclidean": 0.0, "l1": 0.05, "lp": 0.0}
+
+
+def _check_int(name: str, v: Any, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _check_pos(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+class SemiDiscreteOT:
+    """Semi-discrete OT from a sampled source to ``N`` weighted target points.
+
+    Args:
+        targets: ``[N, d]`` tensor, numpy array, zarr array or path, or
+            :class:`~ootrain.argmin.TargetSource` (large sources are streamed in blocks).
+        cost: ``"sqeuclidean"``, ``"euclidean"``, ``"l1"``, ``"lp:<p>"`` or a ``Cost``.
+        backend: argmin backend (:func:`ootrain.argmin.c_transform`); soft transforms use
+            torch for ``"auto"``/``"torch"`` and KeOps for ``"keops"``.
+        eps: temperature relative to :attr:`scale`; 0 = hard argmin.  Default: 0.05 for
+            ``l1``, 0 otherwise.
+        weights: ``[N]`` non-negative target weights (normalised); uniform by default.
+        dtype, device: where and in which precision to compute (default: the targets'
+            floating dtype, CPU).
+        block_rows: rows per target block when streaming.
+
+    Attributes:
+        potentials: ``psi`` ``[N]`` (gauge: ``sum_j nu_j psi_j = 0`` after :meth:`fit`).
+        history: one dict per imbalance check of :meth:`fit` (``iteration``, ``n_targets``,
+            ``imbalance``, ``noise``, ``dual``, ``lr``).
+    """
+
+    def __init__(self, targets: TargetLike, cost: str | Cost = "sqeuclidean",
+                 backend: str = "auto", eps: float | None = None,
+                 weights: Tensor | np.ndarray | None = None, *,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 block_rows: int | None = None) -> None:
+        self.ground_cost = parse_cost(cost)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        self.source: TargetSource = as_source(targets, block_rows)
+        self.device = torch.device(device or "cpu")
+        self.dtype = dtype or self.source.dtype
+        if not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be floating, got {self.dtype}")
+        if self.source.in_memory:
+            self.source = TargetSource(self.source.data.to(self.device, self.dtype), block_rows)
+        self.eps_rel = DEFAULT_EPS[self.ground_cost.name] if eps is None else float(eps)
+        if not math.isfinite(self.eps_rel) or self.eps_rel < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if self.soft and backend == "faiss":
+            raise ValueError("backend 'faiss' has no soft c-transform; use eps=0 (hard argmin) "
+                             "or backend 'torch' / 'keops'")
+        self.backend = backend
+        n = self.source.n
+        if weights is None:
+            self.weights = None
+            self.nu = torch.full((n,), 1.0 / n, dtype=self.dtype, device=self.device)
+        else:
+            w = torch.as_tensor(weights).to(self.device, torch.float64)
+            if w.shape != (n,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) \
+                    or float(w.sum()) <= 0:
+                raise ValueError(f"weights must be a finite, non-negative [N] = [{n}] tensor "
+                                 "with a positive sum")
+            self.weights = self.nu = (w / w.sum()).to(self.dtype)
+        self.potentials = torch.zeros(n, dtype=self.dtype, device=self.device)
+        self.history: list[dict[str, float]] = []
+        self._scale: float | None = None
+
+    # ------------------------------------------------------------------ basic properties
+    @property
+    def n_targets(self) -> int:
+        return self.source.n
+
+    @property
+    def soft(self) -> bool:
+        """Whether the entropic (soft) c-transform is used."""
+        return self.eps_rel > 0
+
+    @property
+    def scale(self) -> float:
+        """Median over (up to 512 random) targets of the cost to the nearest other target."""
+        if self._scale is None:
+            self._scale = _nn_cost_scale(self.source, self.ground_cost, self.dtype, self.device)
+        return self._scale
+
+    @property
+    def eps(self) -> float:
+        """Absolute temperature ``eps_rel * scale`` (0 when hard)."""
+        return self.eps_rel * self.scale if self.soft else 0.0
+
+    def _x(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        x = x.to(self.device, self.dtype) if x.is_floating_point() else x
+        _check_query(x, self.source.d)
+        return x
+
+    def _soft_backend(self) -> str:
+        return "keops" if self.backend == "keops" else "torch"
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, x: Tensor, src: TargetSource, psi: Tensor, nu: Tensor,
+                  want_cost: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(c-transform value [B], mass per target [N] (sums to B), cost [B] or None)."""
+        if self.soft:
+            w = None if self.weights is None else nu
+            return _soft(x, src, psi, self.ground_cost, self.eps, w, self._soft_backend(), None,
+                         True, want_cost)
+        idx, value = c_transform(x, src, psi, self.ground_cost, self.backend)
+        mass = torch.bincount(idx, minlength=src.n).to(x.dtype)
+        if not want_cost:
+            return value, mass, None
+        return value, mass, self.ground_cost.pairwise(x, src.take(idx, dtype=x.dtype, device=x.device))
+
+    def assign(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Target index per row of ``x [B, d]``: the argmin, or a draw of the soft plan."""
+        x = self._x(x)
+        if self.soft:
+            w = None if self.weights is None else self.nu
+            return soft_assign(x, self.source, self.potentials, self.ground_cost, self.eps,
+                               weights=w, generator=generator)
+        return c_transform(x, self.source, self.potentials, self.ground_cost, self.backend)[0]
+
+    def transport(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``T(x) = y[assign(x)]`` ``[B, d]``."""
+        x = self._x(x)
+        return self.source.take(self.assign(x, generator), dtype=x.dtype, device=x.device)
+
+    def cost_per_sample(self, x: Tensor) -> Tensor:
+        """``c(x_i, T(x_i))`` ``[B]``; for the soft map its expectation ``sum_j P_ij c_ij``."""
+        x = self._x(x)
+        return self._evaluate(x, self.source, self.potentials, self.nu, want_cost=True)[2]
+
+    def cost(self, x: Tensor) -> float:
+        """Mean transport cost of ``x`` under the map (expected cost for the soft map)."""
+        return float(self.cost_per_sample(x).mean())
+
+    def dual(self, samples: Sampler, n: int = 65536, batch: int = 8192) -> float:
+        """Estimate of the dual objective ``h(psi)`` (``h_eps`` when soft) on the samples
+        ``x [B, d]``, or on ``n`` draws of a sampler."""
+        total, count = 0.0, 0
+        draws = [samples] if isinstance(samples, Tensor) else \
+            (samples(min(batch, n - k)) for k in range(0, n, batch))
+        for x in draws:
+            x = self._x(x)
+            total += float(self._evaluate(x, self.source, self.potentials, self.nu)[0].sum())
+            count += x.shape[0]
+        return total / count + float(self.nu @ self.potentials)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, sampler: Sampler, *, batch: int = 4096, max_iter: int = 20000,
+            tol: float = 0.05, lr: float = 0.5, check_every: int | None = None,
+            patience: int = 2, grow: bool = False, n0: int = 1024,
+            generator: torch.Generator | None = None,
+            progress: bool | None = None) -> "SemiDiscreteOT":
+        """Stochastic ascent of the (entropic) semi-discrete dual; see the module docstring.
+
+        Args:
+            sampler: ``sampler(n) -> Tensor [n, d]`` i.i.d. source samples, or a fixed
+                sample ``[M, d]`` drawn from with replacement (``generator``).
+            batch: samples per iteration.
+            max_iter: iteration budget (per stage when growing).
+            tol: stop when the windowed imbalance ``||nu - P_hat||_1`` is below it.
+            lr: initial Adam step, relative to :attr:`scale`.
+            check_every: iterations per imbalance window (default: ``4 N / tol^2`` samples,
+                at least 5 and at most 500 iterations).
+            patience: checks without improvement before the step is halved.
+            grow: fit on ``n0`` random targets first, doubling until all (warm starts).
+            generator: randomness of the fixed-sample draws and of the growth subsets.
+            progress: show a progress bar (default: when stderr is a terminal).
+
+        Returns:
+            ``self``, with :attr:`potentials` and :attr:`history` filled.
+        """
+        batch = _check_int("batch", batch, 1)
+        max_iter = _check_int("max_iter", max_iter, 1)
+        patience = _check_int("patience", patience, 1)
+        tol = _check_pos("tol", tol)
+        lr = _check_pos("lr", lr)
+        if check_every is not None:
+            check_every = _check_int("check_every", check_every, 1)
+        draw = self._as_sampler(sampler, generator)
+        n = self.n_targets
+        sizes = [n]
+        if grow:
+            n0 = _check_int("n0", n0, 1)
+            sizes = []
+            while n0 < n:
+                sizes.append(n0)
+                n0 *= 2
+            sizes.append(n)
+        perm = None if len(sizes) == 1 else \
+            torch.randperm(n, generator=generator).numpy()
+        prev_rows: np.ndarray | None = None
+        psi = self.potentials
+        with make_progress(progress) as bar:
+            for size in sizes:
+                if size == n:
+                    rows, src, nu = None, self.source, self.nu
+                else:
+                    rows = np.sort(perm[:size])
+                    src = self.source.subset(rows)
+                    nu = self.nu[torch.from_numpy(rows).to(self.device)]
+                    nu = nu / nu.sum()
+                if prev_rows is not None:
+                    psi = self._grow_potentials(src, rows, prev_rows, psi)
+                else:
+                    psi = psi.clone()
+                every = check_every or min(500, max(5, math.ceil(4 * size / tol**2 / batch)))
+                task = bar.add_task(f"semi-discrete OT N={size}", total=max_iter)
+                psi = self._ascend(draw, src, nu, psi, batch, max_iter, tol, lr, every,
+                                   patience, size, bar, task)
+                prev_rows = rows if rows is not None else np.arange(n)
+        self.potentials = psi - (self.nu @ psi)
+        return self
+
+    def _as_sampler(self, sampler: Sampler, generator: torch.Generator | None
+                    ) -> Callable[[int], Tensor]:
+        if isinstance(sampler, Tensor):
+            data = self._x(sampler)
+
+            def draw(k: int) -> Tensor:
+                i = torch.randint(data.shape[0], (k,), generator=generator)
+                return data[i.to(data.device)]
+            return draw
+        if not callable(sampler):
+            raise ValueError("sampler must be a callable n -> Tensor[n, d] or a Tensor [M, d], "
+                             f"got {type(sampler).__name__}")
+
+        def checked(k: int) -> Tensor:
+            x = sampler(k)
+            if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] != k:
+                raise ValueError(f"sampler({k}) must return a Tensor of shape [{k}, "
+                                 f"{self.source.d}], got "
+                                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x)}")
+            return self._x(x)
+        return checked
+
+    def _grow_potentials(self, src: TargetSource, rows: np.ndarray | None,
+                         prev_rows: np.ndarray, prev_psi: Tensor) -> Tensor:
+        """Potentials on the targets ``rows`` (None = all) from those fitted on
+        ``prev_rows`` (a subset): new targets inherit the potential of their cell."""
+        cur = np.arange(self.n_targets) if rows is None else rows
+        pos = np.searchsorted(cur, prev_rows)
+        psi = torch.empty(cur.size, dtype=self.dtype, device=self.device)
+        psi[torch.from_numpy(pos).to(self.device)] = prev_psi
+        new = np.setdiff1d(np.arange(cur.size), pos)
+        prev_src = self.source.subset(prev_rows)
+        for k0 in range(0, new.size, 65536):
+            part = torch.from_numpy(new[k0:k0 + 65536])
+            y_new = src.take(part, dtype=self.dtype, device=self.device)
+            cell = c_transform(y_new, prev_src, prev_psi, self.ground_cost, self.backend)[0]
+            psi[part.to(self.device)] = prev_psi[cell]
+        return psi
+
+    def _ascend(self, draw: Callable[[int], Tensor], src: TargetSource, nu: Tensor,
+                psi: Tensor, batch: int, max_iter: int, tol: float, lr: float, every: int,
+                patience: int, size: int, bar: Any, task: Any) -> Tensor:
+        """Adam on ``-h`` over the targets ``src``; returns the last window's mean ``psi``."""
+        scale = self.scale if src is self.source else \
+            _nn_cost_scale(src, self.ground_cost, self.dtype, self.device)
+        step = lr * scale
+        m = torch.zeros_like(psi)
+        v = torch.zeros_like(psi)
+        b1, b2 = 0.9, 0.99
+        counts = torch.zeros_like(psi)
+        psi_sum = torch.zeros_like(psi)
+        dual_sum, seen, best, stale = 0.0, 0, math.inf, 0
+        noise = float(torch.sqrt(2 * nu * (1 - nu) / (math.pi * batch * every)).sum())
+        for it in range(1, max_iter + 1):
+            x = draw(batch)
+            value, mass, _ = self._evaluate(x, src, psi, nu)
+            dual_sum += float(value.mean() + nu @ psi)
+            counts += mass
+            psi_sum += psi
+            seen += 1
+            g = mass / x.shape[0] - nu          # gradient of -h
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            mhat = m / (1 - b1**it)
+            vhat = v / (1 - b2**it)
+            psi = psi - step * mhat / (vhat.sqrt() + 1e-8 / size)
+            bar.update(task, advance=1)
+            if it % every and it < max_iter:
+                continue
+            imbalance = float((counts / counts.sum() - nu).abs().sum())
+            self.history.append({"iteration": it, "n_targets": size, "imbalance": imbalance,
+                                 "noise": noise, "dual": dual_sum / seen, "lr": step})
+            bar.update(task, description=f"semi-discrete OT N={size} imbalance "
+                                         f"{imbalance:.3f} (tol {tol:g})")
+            mean_psi = psi_sum / seen
+            if imbalance < tol:
+                bar.update(task, total=it, completed=it)
+                return mean_psi
+            if imbalance < 0.9 * best:
+                best, stale = imbalance, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    step, stale, best = step / 2, 0, imbalance
+            counts.zero_()
+            psi_sum.zero_()
+            dual_sum, seen = 0.0, 0
+        return mean_psi
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, where: Any, path: str = "potentials") -> None:
+        """Write ``psi`` as a plain zarr array ``path`` of ``where``: an
+        :class:`ootrain.store.Store` (through ``require_array`` / ``write_region``, so its
+        manifest records it), a zarr group, or a group path.  Attributes record the cost,
+        ``N``, ``d`` and ``eps``."""
+        psi = self.potentials.detach().cpu().numpy()
+        n = psi.shape[0]
+        from ootrain.store import Store
+        if isinstance(where, Store):
+            where.require_array(path, (n,), (min(n, 2**20),), psi.dtype)
+            where.write_region(path, (slice(0, n),), psi)
+            arr = where.array(path)
+        else:
+            group = self._group(where, "a")
+            arr = group.create_array(path, shape=(n,), chunks=(min(n, 2**20),),
+                                     dtype=psi.dtype, overwrite=True)
+            arr[:] = psi
+        arr.attrs.update({"semidiscrete": {"cost": str(self.ground_cost), "n_targets": n,
+                                           "d": self.source.d, "eps_rel": self.eps_rel,
+                                           "eps": self.eps}})
+
+    def load(self, where: Any, path: str = "potentials") -> "SemiDiscreteOT":
+        """Read ``psi`` written by :meth:`save`; the cost, ``N`` and ``d`` must match."""
+        from ootrain.store import Store
+        try:
+            arr = where.array(path) if isinstance(where, Store) else self._group(where, "r")[path]
+        except KeyError:
+            raise ValueError(f"no potentials array {path!r} in {where!r}") from None
+        meta = dict(arr.attrs).get("semidiscrete")
+        if meta is None:
+            raise ValueError(f"array {path!r} was not written by SemiDiscreteOT.save")
+        mine = {"cost": str(self.ground_cost), "n_targets": self.n_targets, "d": self.source.d}
+        diff = [f"{k}: stored {meta.get(k)!r}, this solver {v!r}" for k, v in mine.items()
+                if meta.get(k) != v]
+        if diff:
+            raise ValueError("stored potentials do not match this solver: " + "; ".join(diff))
+        if meta.get("eps_rel") != self.eps_rel:
+            raise ValueError(f"stored potentials were fitted with eps={meta.get('eps_rel')}, "
+                             f"this solver has eps={self.eps_rel}")
+        self.potentials = torch.from_numpy(np.asarray(arr[:])).to(self.device, self.dtype)
+        return self
+
+    @staticmethod
+    def _group(where: Any, mode: str) -> Any:
+        import zarr
+        if isinstance(where, (str, os.PathLike)):
+            return zarr.open_group(os.fspath(where), mode=mode)
+        if isinstance(where, zarr.Group):
+            return where
+        raise ValueError("where must be an ootrain Store, a zarr group or a group path, got "
+                         f"{type(where).__name__}")
+
+
+def _nn_cost_scale(src: TargetSource, cost: Cost, dtype: torch.dtype,
+                   device: torch.device, m: int = 512) -> float:
+    """Median over ``m`` random targets of the cost to their nearest *other* target.
+
+    Computed exactly (dense torch blocks, streamed over the source).  Duplicated targets
+    are skipped (zero costs); with a single distinct point the scale is 1.
+    """
+    n = src.n
+    if n == 1:
+        return 1.0
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randperm(n, generator=g)[:m].sort().values
+    q = src.take(pick, dtype=dtype, device=device)
+    best = torch.full((q.shape[0],), math.inf, dtype=dtype, device=device)
+    rows = max(1, _TORCH_BLOCK // q.shape[0])
+    for _, yb in src.blocks(dtype=dtype, device=device):
+        for t0 in range(0, yb.shape[0], rows):
+            c = cost.matrix(q, yb[t0:t0 + rows])
+            c = torch.where(c > 0, c, math.inf)
+            best = torch.minimum(best, c.min(dim=1).values)
+    best = best[torch.isfinite(best)]
+    return float(best.median()) if best.numel() else 1.0
