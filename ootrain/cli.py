@@ -76,9 +76,16 @@ def rsr_train(
     overwrite: bool = typer.Option(False, help="Discard an existing store at this path."),
     out: Optional[Path] = typer.Option(None, help="Write samples.npy and loss.png here."),
     progress: bool = typer.Option(True, help="Progress bars."),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default). On a "
+                                "small shared machine 1 avoids OpenMP stalls."),
 ) -> None:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store."""
     import torch
+
+    if threads < 0:
+        raise typer.BadParameter(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
 
     from ootrain.data import load_data
     from ootrain.engine import EngineConfig
@@ -86,7 +93,6 @@ def rsr_train(
     from ootrain.progress import make_progress
     from ootrain.recipes import generate, train_rsr
     from ootrain.rsr import SlicedSolver
-
     from ootrain.data import DATASETS
 
     builtin = data.split(":")[0] in DATASETS

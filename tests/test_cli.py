@@ -26,7 +26,7 @@ def test_rsr_train_resume_info_verify(tmp_path):
     assert np.load(tmp_path / "out" / "samples.npy").shape == (300, 3)
     assert (tmp_path / "out" / "loss.png").stat().st_size > 0
     # resuming to a larger step count takes only the missing steps
-    res = _train(store, "--steps", "3")
+    res = _train(store, "--steps", "3", "--threads", "1")
     assert res.exit_code == 0, res.output
     assert "1 steps this call" in res.output
     info = runner.invoke(app, ["store", "info", str(store)])
@@ -68,6 +68,11 @@ def test_sort_command(tmp_path):
                               "--memory-budget", "64KiB", "--no-progress"])
     assert res.exit_code == 0, res.output
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "dst.zarr")[:], np.sort(x, axis=1))
+
+
+def test_rsr_train_rejects_negative_threads(tmp_path):
+    res = _train(tmp_path / "run.zarr", "--threads", "-1")
+    assert res.exit_code != 0 and "--threads" in res.output
 
 
 def test_parse_bytes():

@@ -64,7 +64,7 @@ def test_killed_run_resumes_to_uninterrupted_result(tmp_path):
     p = _run(ref, 0.0)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
-    p = _run(cut, 0.01)
+    p = _run(cut, 0.05)  # Run of step 0 then takes ~3 s: a wide window to kill it in
     deadline = time.time() + 120
     killed_at = None
     while time.time() < deadline:
