@@ -145,6 +145,7 @@ class SemiDiscreteOT:
         self.potentials = torch.zeros(n, dtype=self.dtype, device=self.device)
         self.history: list[dict[str, float]] = []
         self._scale: float | None = None
+        self.momentum = 0.9
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -229,8 +230,8 @@ class SemiDiscreteOT:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, sampler: Sampler, *, batch: int = 4096, max_iter: int = 20000,
-            tol: float = 0.05, lr: float = 0.5, check_every: int | None = None,
-            patience: int = 2, grow: bool = False, n0: int = 1024,
+            tol: float = 0.05, lr: float = 1.0, window_samples: int | None = None,
+            patience: int = 2, max_batch: int = 2**16, grow: bool = False, n0: int = 1024,
             generator: torch.Generator | None = None,
             progress: bool | None = None) -> "SemiDiscreteOT":
         """Stochastic ascent of the (entropic) semi-discrete dual; see the module docstring.
@@ -257,8 +258,9 @@ class SemiDiscreteOT:
         patience = _check_int("patience", patience, 1)
         tol = _check_pos("tol", tol)
         lr = _check_pos("lr", lr)
-        if check_every is not None:
-            check_every = _check_int("check_every", check_every, 1)
+        if window_samples is not None:
+            window_samples = _check_int("window_samples", window_samples, 1)
+        max_batch = max(batch, _check_int("max_batch", max_batch, 1))
         draw = self._as_sampler(sampler, generator)
         n = self.n_targets
         sizes = [n]
@@ -286,10 +288,10 @@ class SemiDiscreteOT:
                     psi = self._grow_potentials(src, rows, prev_rows, psi)
                 else:
                     psi = psi.clone()
-                every = check_every or min(500, max(5, math.ceil(4 * size / tol**2 / batch)))
+                window = window_samples or max(batch, math.ceil(4 * size / tol**2))
                 task = bar.add_task(f"semi-discrete OT N={size}", total=max_iter)
-                psi = self._ascend(draw, src, nu, psi, batch, max_iter, tol, lr, every,
-                                   patience, size, bar, task)
+                psi = self._ascend(draw, src, nu, psi, batch, max_iter, tol, lr, window,
+                                   patience, max_batch, size, bar, task)
                 prev_rows = rows if rows is not None else np.arange(n)
         self.potentials = psi - (self.nu @ psi)
         return self
@@ -334,38 +336,42 @@ class SemiDiscreteOT:
         return psi
 
     def _ascend(self, draw: Callable[[int], Tensor], src: TargetSource, nu: Tensor,
-                psi: Tensor, batch: int, max_iter: int, tol: float, lr: float, every: int,
-                patience: int, size: int, bar: Any, task: Any) -> Tensor:
-        """Adam on ``-h`` over the targets ``src``; returns the last window's mean ``psi``."""
+                psi: Tensor, batch: int, max_iter: int, tol: float, lr: float, window: int,
+                patience: int, max_batch: int, size: int, bar: Any, task: Any) -> Tensor:
+        """Sign-based ascent with per-target steps; returns the last window's mean ``psi``."""
         scale = self.scale if src is self.source else \
             _nn_cost_scale(src, self.ground_cost, self.dtype, self.device)
-        step = lr * scale
+        delta = torch.full_like(psi, lr * scale)
+        dmin, dmax = 1e-9 * scale, None
         m = torch.zeros_like(psi)
-        v = torch.zeros_like(psi)
-        b1, b2 = 0.9, 0.99
+        prev = torch.zeros_like(psi)
         counts = torch.zeros_like(psi)
         psi_sum = torch.zeros_like(psi)
-        dual_sum, seen, best, stale = 0.0, 0, math.inf, 0
-        noise = float(torch.sqrt(2 * nu * (1 - nu) / (math.pi * batch * every)).sum())
+        dual_sum, seen, best, stale, mean_psi = 0.0, 0, math.inf, 0, psi
         for it in range(1, max_iter + 1):
             x = draw(batch)
             value, mass, _ = self._evaluate(x, src, psi, nu)
-            dual_sum += float(value.mean() + nu @ psi)
+            if dmax is None:   # largest step: the cost range seen from the first batch
+                dmax = max(float(value.max() - value.min()), scale)
+            dual_sum += float(value.sum()) + float(nu @ psi) * batch
             counts += mass
-            psi_sum += psi
-            seen += 1
-            g = mass / x.shape[0] - nu          # gradient of -h
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            mhat = m / (1 - b1**it)
-            vhat = v / (1 - b2**it)
-            psi = psi - step * mhat / (vhat.sqrt() + 1e-8 / size)
+            psi_sum += psi * batch
+            seen += batch
+            m.mul_(self.momentum).add_(nu - mass / batch, alpha=1 - self.momentum)
+            sign = torch.sign(m)
+            agree = sign * prev
+            delta = torch.where(agree > 0, delta * 1.2,
+                                torch.where(agree < 0, delta * 0.5, delta)).clamp_(dmin, dmax)
+            psi = psi + sign * delta
+            prev = sign
             bar.update(task, advance=1)
-            if it % every and it < max_iter:
+            if seen < window and it < max_iter:
                 continue
-            imbalance = float((counts / counts.sum() - nu).abs().sum())
-            self.history.append({"iteration": it, "n_targets": size, "imbalance": imbalance,
-                                 "noise": noise, "dual": dual_sum / seen, "lr": step})
+            imbalance = float((counts / seen - nu).abs().sum())
+            noise = float(torch.sqrt(2 * nu * (1 - nu) / (math.pi * seen)).sum())
+            self.history.append({"iteration": it, "n_targets": size, "batch": batch,
+                                 "imbalance": imbalance, "noise": noise,
+                                 "dual": dual_sum / seen, "step": float(delta.median())})
             bar.update(task, description=f"semi-discrete OT N={size} imbalance "
                                          f"{imbalance:.3f} (tol {tol:g})")
             mean_psi = psi_sum / seen
@@ -376,8 +382,8 @@ class SemiDiscreteOT:
                 best, stale = imbalance, 0
             else:
                 stale += 1
-                if stale >= patience:
-                    step, stale, best = step / 2, 0, imbalance
+                if stale >= patience and batch < max_batch:
+                    batch, stale, best = min(2 * batch, max_batch), 0, imbalance
             counts.zero_()
             psi_sum.zero_()
             dual_sum, seen = 0.0, 0
