@@ -273,7 +273,7 @@ def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath
         for r0 in range(0, b, r_step):
             r1 = min(b, r0 + r_step)
             lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-            t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1)
+            t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1, check=False)
             sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
             t_sq += float(np.dot(t, t))
             x[i, perm[r0:r1]] = t
@@ -346,7 +346,8 @@ def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, bud
                                                  seed):
             r1 = r0 + xs.shape[0]
             lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-            t = sliced.quantile_targets_range(real_slice(lo, hi), lo, n, b, r0, r1)
+            t = sliced.quantile_targets_range(real_slice(lo, hi), lo, n, b, r0, r1,
+                                               check=False)
             sq_diff += float(np.sum((xs - t) ** 2))
             t_sq += float(np.dot(t, t))
             scatter.add(idx, t.astype(dtype))

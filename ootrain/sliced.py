@@ -322,7 +322,8 @@ def real_slice_bounds(n: int, b: int, r0: int, r1: int) -> tuple[int, int]:
 
 
 def quantile_targets_range(
-    y_slice: Tensor | np.ndarray, slice_start: int, n: int, b: int, r0: int, r1: int
+    y_slice: Tensor | np.ndarray, slice_start: int, n: int, b: int, r0: int, r1: int,
+    check: bool = True,
 ) -> Tensor | np.ndarray:
     """Streaming :func:`quantile_targets`: targets ``t_r`` for ``r in [r0, r1)`` only.
 
@@ -339,11 +340,17 @@ def quantile_targets_range(
     instead of ~``(n/b) * eps``.  Results equal the corresponding rows of the one-shot
     function (same pieces, same accumulation order).
 
+    ``check=False`` skips the sortedness and finiteness scan of ``y_slice`` (for callers that
+    sorted and checked it already, e.g. the Solve loop over rank blocks).
+
     Returns:
         float64 ``[r1 - r0]`` (or ``[r1 - r0, k]``); numpy in, numpy out, else a tensor
         on ``y_slice``'s device.
     """
-    y = _as_float64("y_slice", y_slice)
+    if check:
+        y = _as_float64("y_slice", y_slice)
+    else:  # the caller guarantees a sorted, finite [n] or [n, k] slice
+        y = torch.as_tensor(y_slice).to(torch.float64)
     lo, hi = real_slice_bounds(n, b, r0, r1)
     slice_start = _check_int("slice_start", slice_start, 0)
     if slice_start > lo or slice_start + y.shape[0] < hi:
