@@ -427,6 +427,51 @@ class Engine:
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
 
+    def replay(self, step: int, epochs: int, *, stop: Callable[[int, float], bool] | None = None,
+               callback: Callable[[int, float], None] | None = None) -> list[float]:
+        """Regression against a stored solution: SGD, one optimiser step per micro-batch.
+
+        Where :meth:`rerun` accumulates the whole population's gradient into one step, this
+        replays the step's stored pairs (latent key, per-sample solution) for ``epochs`` passes,
+        micro-batches in a fresh order each epoch (seeded by ``(seed, step, epoch)``), minimising
+        the solver's ReRun loss rescaled to a per-micro-batch mean (``loss · b / m``).  Used by
+        FIT (Chen et al.): the generator regresses onto the transport map of the generator that
+        ran ``step``.  ``callback(epoch, mean_loss)`` after each epoch; ``stop(epoch, mean_loss)``
+        returning True ends early.  Returns the per-epoch mean losses (their values before each
+        micro-batch's update).  Single process only.
+        """
+        if self.world > 1:
+            raise NotImplementedError("Engine.replay runs in one process; shard FIT's replay "
+                                      "with torch.distributed is not implemented")
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        b, m = self.cfg.population, self.cfg.micro_batch
+        ctx = self._ctx(step)
+        loss_fn = self.solver.rerun_loss(ctx, self.dtype)
+        starts = np.arange(0, b, m)
+        task = self._bar(f"step {step}: replay", epochs * b)
+        losses: list[float] = []
+        for epoch in range(epochs):
+            order = np.random.default_rng([self.cfg.seed, step, epoch, 0xF17]).permutation(starts)
+            total = 0.0
+            for lo in order:
+                hi = min(b, int(lo) + m)
+                z = torch.as_tensor(self._latents(step, int(lo), hi), dtype=self.dtype)
+                stored = loss_fn.load(int(lo), hi)
+                self.opt.zero_grad(set_to_none=True)
+                loss = loss_fn(self._embed(z), stored) * (b / (hi - lo))
+                loss.backward()
+                self.opt.step()
+                total += float(loss.detach()) * (hi - lo)
+                self._advance(task, hi - int(lo))
+            losses.append(total / b)
+            if callback is not None:
+                callback(epoch, losses[-1])
+            if stop is not None and stop(epoch, losses[-1]):
+                break
+        self._done_bar(task)
+        return losses
+
     # ------------------------------------------------------------------ a step, a run
     def step(self, step: int) -> StepResult:
         """One full step ``step`` (resumes a partially done one): Run, Solve, ReRun, update."""
