@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -18,8 +19,11 @@ app = typer.Typer(help="Streaming out-of-core optimal-transport training.", no_a
 rsr_app = typer.Typer(help="Run-Sort-ReRun sliced-Wasserstein training (Lezama et al. 2021).",
                       no_args_is_help=True)
 store_app = typer.Typer(help="Inspect, verify and unlock sample stores.", no_args_is_help=True)
+sd_app = typer.Typer(help="Semi-discrete OT: the stand-alone solver and OTS + FIT generator "
+                     "training (Chen et al., ICML 2019).", no_args_is_help=True)
 app.add_typer(rsr_app, name="rsr")
 app.add_typer(store_app, name="store")
+app.add_typer(sd_app, name="semidiscrete")
 console = Console()
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -219,6 +223,437 @@ def sort_cmd(src: str = typer.Argument(..., help="2-D zarr array (path or URL) t
     t = time.perf_counter()
     sort_zarr(src, dst, parse_bytes(memory_budget), array=array, progress=progress)
     console.print(f"sorted {src} → {dst} in {time.perf_counter() - t:.2f}s")
+
+
+# --------------------------------------------------------------------------- semidiscrete
+_COST_HELP = ("Ground cost: sqeuclidean | euclidean | l1 | lp:P (sum_k |x_k - y_k|^P, no "
+              "root).")
+_BACKEND_HELP = ("argmin backend: auto | torch | keops | faiss (soft transforms: torch, or "
+                 "keops).")
+_EPS_HELP = ("Temperature of the soft (entropic) assignment, relative to the targets' "
+             "nearest-neighbour cost scale; 0 = hard argmin (default: 0.05 for l1, 0 "
+             "otherwise).")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 0:
+        raise typer.BadParameter(f"--threads must be >= 0, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _row_sampler(data, seed: int, dtype):
+    """Draws of rows of ``data`` (numpy array, memory map or zarr array) with replacement;
+    each draw reads only the rows it needs."""
+    import torch
+
+    n = int(data.shape[0])
+    rng = np.random.default_rng(seed)
+    lazy = hasattr(data, "get_orthogonal_selection")
+
+    def draw(k: int):
+        uniq, inv = np.unique(rng.integers(0, n, size=k), return_inverse=True)
+        rows = data.get_orthogonal_selection((uniq, slice(None))) if lazy else data[uniq]
+        rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+        return rows[torch.from_numpy(inv.reshape(-1))].to(dtype)
+
+    return draw
+
+
+def source_sampler(spec: str, seed: int = 0, dtype=None, array: Optional[str] = None):
+    """``(sampler, d, description)`` for a source spec of ``ootrain semidiscrete solve``.
+
+    ``sampler(k)`` returns a ``[k, d]`` tensor of i.i.d. source draws:
+
+    - ``gaussian:D`` — N(0, I_D); ``uniform:D`` — uniform on the cube [0, 1]^D;
+    - the other sampled built-ins (``mog1d``, ``ring8``, ``mog:D:K[:S]``) — exact draws;
+    - ``digits[:split]``, a ``.npy``/``.npz`` file or a zarr array/group (path or URL) — the
+      empirical distribution of its rows, sampled with replacement (a zarr array stays on
+      disk; each draw reads only its rows).
+    """
+    import torch
+
+    from ootrain.data import DATASETS, load_data, load_dataset
+
+    dtype = dtype or torch.float32
+    name, *args = spec.split(":")
+    if name in ("gaussian", "uniform"):
+        if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
+            raise typer.BadParameter(f"source {spec!r}: expected '{name}:D' with an integer "
+                                     "D >= 1")
+        d = int(args[0])
+        gen = torch.Generator().manual_seed(seed)
+        fn = torch.rand if name == "uniform" else torch.randn
+
+        def draw(k: int):
+            return fn(k, d, generator=gen, dtype=torch.float64).to(dtype)
+
+        what = "N(0, I)" if name == "gaussian" else "uniform on [0, 1]^D"
+        return draw, d, f"{spec}: {what}, exact draws"
+    if name in DATASETS and name != "digits":
+        try:
+            d = int(load_dataset(spec, n=1).shape[1])
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        rng = np.random.default_rng(seed)
+
+        def draw_builtin(k: int):
+            x = load_dataset(spec, n=k, seed=int(rng.integers(2**63)))
+            return torch.from_numpy(x).to(dtype)
+
+        return draw_builtin, d, f"{spec}: exact draws"
+    try:
+        data = load_data(spec) if name == "digits" else load_data(spec, array=array, lazy=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(f"source {spec!r}: {e}") from None
+    n, d = (int(s) for s in data.shape)
+    return _row_sampler(data, seed, dtype), d, \
+        f"{spec}: empirical distribution of {n} rows, drawn with replacement"
+
+
+def _load_targets(spec: str, n: Optional[int], seed: int, array: Optional[str]):
+    """Targets for the semi-discrete commands: a built-in set (in memory; sampled sets need
+    ``n``) or a user's array, left on disk when it is zarr."""
+    from ootrain.data import DATASETS, load_data
+
+    try:
+        if spec.split(":")[0] in DATASETS:
+            if n is None and not spec.startswith("digits"):
+                raise typer.BadParameter(f"target {spec!r} is a sampled built-in: pass "
+                                         "--n-target (rows to draw)")
+            return load_data(spec, n=n, seed=seed)
+        return load_data(spec, array=array, lazy=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(f"target {spec!r}: {e}") from None
+
+
+def _make_ot(targets, cost: str, backend: str, eps: Optional[float], dtype: str = "auto"):
+    import torch
+
+    from ootrain.semidiscrete import SemiDiscreteOT
+
+    if dtype not in ("auto", "float32", "float64"):
+        raise typer.BadParameter(f"--dtype must be auto, float32 or float64, got {dtype!r}")
+    try:
+        return SemiDiscreteOT(targets, cost=cost, backend=backend, eps=eps,
+                              dtype=None if dtype == "auto" else getattr(torch, dtype))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@sd_app.command("solve")
+def sd_solve(
+    source: str = typer.Argument(..., help="Source μ: gaussian:D, uniform:D (the cube [0,1]^D), "
+                                 "a sampled built-in (mog1d, ring8, mog:D:K), or digits / a "
+                                 ".npy/.npz/zarr path or URL used as an empirical source "
+                                 "(rows drawn with replacement)."),
+    target: str = typer.Argument(..., help="Target points y_j: a built-in (digits[:split], or a "
+                                 "sampled one with --n-target) or a .npy/.npz/zarr path or "
+                                 "URL (zarr stays on disk and is streamed in blocks)."),
+    out: str = typer.Option(..., "--out", "-o", help="zarr group (local path or URL) the "
+                            "potentials are written to; created, or added to."),
+    name: str = typer.Option("potentials", help="Name of the potentials array inside --out."),
+    cost: str = typer.Option("sqeuclidean", help=_COST_HELP),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
+    eps: Optional[float] = typer.Option(None, help=_EPS_HELP),
+    batch: int = typer.Option(4096, help="Source samples per ascent iteration."),
+    max_iter: int = typer.Option(20000, help="Iteration budget (per stage with --grow)."),
+    tol: float = typer.Option(0.05, help="Stop when the windowed mass imbalance "
+                              "||ν - P̂||₁ is below it."),
+    lr: Optional[float] = typer.Option(None, help="Initial Adam step relative to the cost "
+                                       "scale (default: the solver's)."),
+    check_every: Optional[int] = typer.Option(None, help="Iterations per imbalance window "
+                                              "(default: the solver's, ~4N/tol² samples)."),
+    grow: bool = typer.Option(False, help="The paper's schedule: fit on --n0 random targets "
+                              "first, doubling until all (warm starts)."),
+    n0: int = typer.Option(1024, help="First stage's targets with --grow."),
+    n_target: Optional[int] = typer.Option(None, help="Rows drawn from a built-in target "
+                                           "(required for sampled ones; default all digits)."),
+    target_array: Optional[str] = typer.Option(None, help="Array name when the target is a "
+                                               "zarr group."),
+    source_array: Optional[str] = typer.Option(None, help="Array name when the source is a "
+                                               "zarr group."),
+    n_eval: int = typer.Option(65536, help="Fresh source samples for the final cost, dual and "
+                               "imbalance estimates."),
+    dtype: str = typer.Option("auto", help="Compute dtype: auto (the targets'), float32 or "
+                              "float64."),
+    seed: int = typer.Option(0, help="Seed of the source draws and of built-in targets."),
+    progress: bool = typer.Option(True, help="Progress bar."),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default). On a "
+                                "small shared machine 1 avoids OpenMP stalls."),
+) -> None:
+    """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
+
+    Stochastic ascent of the (entropic, for l1) semi-discrete dual; writes the potentials ψ with
+    SemiDiscreteOT.save and prints the transport cost of the map T(x) = y_σ(x), the dual
+    estimate (≤ the OT cost, equal at the optimum) and the final mass imbalance, all on
+    --n-eval fresh source samples.
+    """
+    import torch
+
+    _set_threads(threads)
+    if n_eval < 1:
+        raise typer.BadParameter(f"--n-eval must be >= 1, got {n_eval}")
+    targets = _load_targets(target, n_target, seed + 1, target_array)
+    ot = _make_ot(targets, cost, backend, eps, dtype)
+    sampler, d, described = source_sampler(source, seed, ot.dtype, source_array)
+    if d != ot.source.d:
+        raise typer.BadParameter(f"source {source!r} has dimension {d}, targets "
+                                 f"{target!r} have {ot.source.d}")
+    calls = [0]
+
+    def counted(k: int):
+        calls[0] += 1
+        return sampler(k)
+
+    fit_kw = {"batch": batch, "max_iter": max_iter, "tol": tol, "grow": grow, "n0": n0,
+              "check_every": check_every, "generator": torch.Generator().manual_seed(seed)}
+    if lr is not None:
+        fit_kw["lr"] = lr
+    t = time.perf_counter()
+    try:
+        ot.fit(counted, progress=progress, **fit_kw)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    fit_s = time.perf_counter() - t
+    # final estimates on fresh samples
+    t = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed + 7)
+    total, counts, done = 0.0, torch.zeros(ot.n_targets, dtype=torch.float64), 0
+    while done < n_eval:
+        x = sampler(min(batch, n_eval - done))
+        total += float(ot.cost_per_sample(x).double().sum())
+        counts += torch.bincount(ot.assign(x, generator=gen).cpu(),
+                                 minlength=ot.n_targets).double()
+        done += x.shape[0]
+    nu = ot.nu.double().cpu()
+    summary = {
+        "source": described, "target": target, "n_targets": ot.n_targets, "d": d,
+        "cost": str(ot.ground_cost), "eps_rel": ot.eps_rel, "eps": ot.eps,
+        "iterations": calls[0], "fit_s": round(fit_s, 3),
+        "transport_cost": total / n_eval,
+        "dual": ot.dual(sampler, n=n_eval, batch=batch),
+        "imbalance": float((counts / n_eval - nu).abs().sum()),
+        "imbalance_noise": float(torch.sqrt(2 * nu * (1 - nu) / (math.pi * n_eval)).sum()),
+        "imbalance_fit": ot.history[-1]["imbalance"] if ot.history else None,
+        "n_eval": n_eval, "eval_s": round(time.perf_counter() - t, 3),
+    }
+    ot.save(out, name)
+    import zarr
+    zarr.open_group(out, mode="a")[name].attrs.update({"solve": summary})
+
+    table = Table("", "value", title="semi-discrete OT", title_justify="left")
+    table.add_row("source", described)
+    table.add_row("targets", f"{target}: N={ot.n_targets}, d={d}")
+    kind = f" (soft, eps={ot.eps:.4g})" if ot.soft else " (hard argmin)"
+    table.add_row("cost", f"{ot.ground_cost}{kind}")
+    table.add_row("iterations", f"{calls[0]} × {batch} samples, {fit_s:.2f}s")
+    table.add_row("transport cost", f"{summary['transport_cost']:.6g}")
+    table.add_row("dual", f"{summary['dual']:.6g}")
+    table.add_row("imbalance", f"{summary['imbalance']:.4f} (noise floor "
+                  f"{summary['imbalance_noise']:.4f} at {n_eval} samples)")
+    if summary["imbalance_fit"] is not None:
+        table.add_row("imbalance (last fit check)", f"{summary['imbalance_fit']:.4f}")
+    table.add_row("potentials", f"{out} / {name}")
+    console.print(table)
+    console.print(f"transport cost {summary['transport_cost']:.6g}  dual "
+                  f"{summary['dual']:.6g}  imbalance {summary['imbalance']:.4f}",
+                  soft_wrap=True)
+
+
+def plot_samples(x: np.ndarray, path: Path, real: Optional[np.ndarray] = None,
+                 title: str = "", n_show: int = 100) -> bool:
+    """Picture of generated samples: an image grid when ``d`` is a square (8x8 digits: 64),
+    a scatter over the real data when ``d == 2``, histograms when ``d == 1``.  Returns False
+    (nothing written) for other widths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = x.shape[1]
+    side = int(round(d ** 0.5))
+    if d == 2:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        if real is not None:
+            r = np.asarray(real[:5000])
+            ax.scatter(r[:, 0], r[:, 1], s=2, c="0.6", label="data")
+        ax.scatter(x[:5000, 0], x[:5000, 1], s=2, c="C0", label="generated")
+        ax.legend(markerscale=4, fontsize=8)
+    elif d == 1:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        if real is not None:
+            ax.hist(np.asarray(real[:100_000, 0]), bins=100, density=True, color="0.6",
+                    label="data")
+        ax.hist(x[:, 0], bins=100, density=True, alpha=0.6, label="generated")
+        ax.legend(fontsize=8)
+    elif side * side == d and side >= 4:
+        k = int(np.ceil(np.sqrt(min(n_show, len(x)))))
+        lo, hi = (0.0, 1.0) if (x.min() >= -0.05 and x.max() <= 1.05) else \
+            (float(np.percentile(x, 1)), float(np.percentile(x, 99)))
+        canvas = np.full((k * (side + 1) - 1, k * (side + 1) - 1), lo + 0.3 * (hi - lo))
+        for i, img in enumerate(x[:k * k]):
+            r, c = divmod(i, k)
+            canvas[r * (side + 1):r * (side + 1) + side,
+                   c * (side + 1):c * (side + 1) + side] = img.reshape(side, side)
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(canvas, cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.axis("off")
+    else:
+        return False
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+@sd_app.command("train")
+def sd_train(
+    store: Path = typer.Option(..., help="Store path (zarr v3 group; local path or fsspec URL)."),
+    data: str = typer.Option("digits", help="Target data: built-in (digits[:split], mog1d, "
+                             "ring8, gaussian:D, mog:D:K) or a .npy/.npz/zarr path or URL "
+                             "(zarr stays on disk)."),
+    n_real: Optional[int] = typer.Option(None, help="Rows of a built-in data set (default: "
+                                         "4096 samples of a sampled set, all of digits)."),
+    data_array: Optional[str] = typer.Option(None, help="Array name when --data is a zarr "
+                                             "group."),
+    generator: str = typer.Option("mlp", help="Generator: zoo name or module:factory."),
+    generator_args: str = typer.Option("", help="JSON kwargs for the generator factory "
+                                       "(in_dim/out_dim default to latent-dim/data width)."),
+    squash: str = typer.Option("auto", help="Output layer appended to the generator: none | "
+                               "sigmoid | tanh | auto (sigmoid for digits, whose pixels are in "
+                               "[0, 1]; none otherwise)."),
+    latent_dim: int = typer.Option(16, help="Latent dimension (z ~ N(0, I))."),
+    population: int = typer.Option(2048, "--population", "-b", help="b: generated samples per "
+                                   "round (FIT's regression set)."),
+    micro_batch: int = typer.Option(128, "--micro-batch", "-m", help="m: samples per pass "
+                                    "(and per FIT optimiser step)."),
+    rounds: int = typer.Option(10, help="OTS + FIT rounds (resumes to this count)."),
+    fit_epochs: int = typer.Option(5, help="FIT epochs per round (all rounds' epochs in one FIT "
+                                   "with --no-alternate)."),
+    alpha_fit: float = typer.Option(0.5, help="FIT stops once its loss is below alpha_fit × "
+                                    "the round's transport cost."),
+    alpha_stop: float = typer.Option(1.0, help="Stop when a round's transport cost exceeds "
+                                     "alpha_stop × the previous round's."),
+    alternate: bool = typer.Option(True, "--alternate/--no-alternate", help="--no-alternate: "
+                                   "the ablation, one OTS then FIT to that single map."),
+    cost: str = typer.Option("l1", help=_COST_HELP + " The paper's choice is l1."),
+    backend: str = typer.Option("auto", help=_BACKEND_HELP),
+    eps: Optional[float] = typer.Option(None, help=_EPS_HELP),
+    ots_batch: int = typer.Option(1024, help="OTS: generated samples per ascent iteration."),
+    ots_max_iter: int = typer.Option(100, help="OTS: iteration budget per round."),
+    ots_tol: float = typer.Option(0.2, help="OTS: stop at this windowed imbalance "
+                                  "||ν - P̂||₁."),
+    ots_lr: Optional[float] = typer.Option(0.1, help="OTS: Adam step relative to the "
+                                           "targets' cost scale (warm-started rounds need "
+                                           "small steps)."),
+    ots_check_every: int = typer.Option(10, help="OTS: iterations per imbalance check."),
+    lr: float = typer.Option(2e-3, help="FIT learning rate."),
+    optimizer: str = typer.Option("adam", help="adam | sgd"),
+    memory_budget: str = typer.Option("1GiB", help="Memory the Solve step may hold."),
+    seed: int = typer.Option(0, help="Seed of latents, OTS draws and model init."),
+    verify: bool = typer.Option(False, help="Check ReRun reproduces Run's outputs."),
+    overwrite: bool = typer.Option(False, help="Discard an existing store at this path."),
+    out: Optional[Path] = typer.Option(None, help="Write samples.npy, samples.png and "
+                                       "rounds.json here."),
+    n_samples: Optional[int] = typer.Option(None, help="Samples written to --out (default: "
+                                            "as many as data rows, at most 100000)."),
+    progress: bool = typer.Option(True, help="Progress bars."),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default). On a "
+                                "small shared machine 1 avoids OpenMP stalls."),
+) -> None:
+    """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
+
+    Each round fits the semi-discrete potentials between the current generator and the data
+    (OTS, warm-started), stores b generated samples with their assigned data points, and
+    regresses the generator onto that map (FIT) with micro-batch SGD.
+    """
+    import torch
+    from torch import nn
+
+    from ootrain.data import DATASETS, load_data
+    from ootrain.engine import Engine, EngineConfig
+    from ootrain.gradual import AssignmentSolver, GradualConfig, train_gradual
+    from ootrain.models import build_model
+    from ootrain.progress import make_progress
+    from ootrain.recipes import generate, make_optimizer, open_shared_store
+
+    _set_threads(threads)
+    if squash not in ("auto", "none", "sigmoid", "tanh"):
+        raise typer.BadParameter(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
+    builtin = data.split(":")[0] in DATASETS
+    try:
+        if builtin:
+            n = n_real if n_real is not None else (None if data.startswith("digits") else 4096)
+            real = load_data(data, n=n, seed=seed + 1)
+        else:
+            real = load_data(data, array=data_array, lazy=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(f"--data {data!r}: {e}") from None
+    if squash == "auto":
+        squash = "sigmoid" if data.startswith("digits") else "none"
+    torch.manual_seed(seed)
+    gkw = {"in_dim": latent_dim, "out_dim": int(real.shape[1]), **_kwargs(generator_args)}
+    G = build_model(generator, **gkw)
+    if squash != "none":
+        G = nn.Sequential(G, nn.Sigmoid() if squash == "sigmoid" else nn.Tanh())
+    ot = _make_ot(real, cost, backend, eps)
+    ots = {"batch": ots_batch, "max_iter": ots_max_iter, "tol": ots_tol,
+           "check_every": ots_check_every}
+    if ots_lr is not None:
+        ots["lr"] = ots_lr
+    try:
+        cfg = EngineConfig(population=population, micro_batch=micro_batch,
+                           latent_dim=latent_dim, seed=seed,
+                           memory_budget=parse_bytes(memory_budget), verify=verify)
+        gcfg = GradualConfig(rounds=rounds, alternate=alternate, fit_epochs=fit_epochs,
+                             alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=ots, ots_seed=seed)
+        opt = make_optimizer(G.parameters(), optimizer, lr)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    solver = AssignmentSolver(ot)
+    store_cfg = Engine.store_config(cfg, solver, json.dumps([generator, gkw, squash]),
+                                    "identity", real)
+    # what determines the stored rounds; `rounds` only when FIT's epochs depend on it
+    store_cfg["gradual"] = {"alternate": alternate, "fit_epochs": fit_epochs,
+                            "alpha_fit": alpha_fit, "ots": ots, "ots_seed": seed,
+                            **({} if alternate else {"rounds": rounds})}
+    store_cfg["optimizer"] = {"name": optimizer, "lr": lr}
+    history: list[dict] = []
+    with make_progress(progress) as bars, \
+            open_shared_store(str(store), store_cfg, overwrite) as st:
+        eng = Engine(G, nn.Identity(), solver, real, st, opt, cfg, progress=bars)
+
+        def report(res) -> None:
+            it = res.ots_checks[-1]["iteration"] if res.ots_checks else None
+            bars.console.log(f"round {res.round}: transport cost {res.transport_cost:.5g}  "
+                             f"imbalance {res.imbalance:.3f}  OTS "
+                             f"{'-' if it is None else it} it.  FIT {len(res.fit_losses)} "
+                             f"epochs → {res.fit_losses[-1]:.5g}")
+
+        results = train_gradual(eng, gcfg, callback=report)
+        done = eng.completed_steps()
+        for k in range(done):
+            attrs = st.group[f"steps/{k}"].attrs
+            metrics = dict(attrs.get("metrics", {}))
+            history.append({"round": k, "transport_cost": metrics.get("loss"),
+                            "imbalance": metrics.get("imbalance"),
+                            "fit_losses": list(attrs.get("fit_losses", []))})
+    console.print(f"[green]done[/]: {len(results)} rounds this call, {done} in store {store}")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        k = n_samples if n_samples is not None else min(int(real.shape[0]), 100_000)
+        x = generate(G, k, latent_dim, seed=seed + 12345)
+        np.save(out / "samples.npy", x)
+        (out / "rounds.json").write_text(json.dumps(history, indent=2) + "\n")
+        ref = np.asarray(real[:min(int(real.shape[0]), 100_000)])
+        wrote = plot_samples(x, out / "samples.png", ref,
+                             f"OTS + FIT, {done} rounds, cost {cost}")
+        console.print(f"wrote {out / 'samples.npy'}, {out / 'rounds.json'}"
+                      + (f", {out / 'samples.png'}" if wrote else ""))
 
 
 # --------------------------------------------------------------------------- demo

@@ -78,3 +78,28 @@ def test_fig1_rsr_recovers_all_modes_and_baseline_does_not(tmp_path) -> None:
     summary = rsr_fig1.run_fig1(tmp_path, progress=False, seed=0)
     assert summary["rsr"]["n_recovered"] == 4, summary["rsr"]
     assert summary["baseline"]["n_recovered"] < 4, summary["baseline"]
+
+
+@pytest.mark.slow
+def test_semidiscrete_digits_alternating_lowers_w1(tmp_path) -> None:
+    """OTS + FIT pipeline on digits with small flags (≈ 30 s; run with -m slow): outputs are
+    written and the alternating generator's W1 to the training set falls below its start."""
+    from pipelines import semidiscrete_digits as sd
+
+    summary = sd.run_digits(tmp_path, rounds=3, fit_epochs=2, population=1024, progress=False)
+    for name in ("metrics.json", "w1.png", "samples_alternating.png",
+                 "samples_nonalternating.png"):
+        assert (tmp_path / name).is_file(), name
+    for name in ("w1.png", "samples_alternating.png", "samples_nonalternating.png"):
+        assert _is_png(tmp_path / name)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == summary
+    with np.load(tmp_path / "samples.npz") as f:
+        assert f["alternating"].shape == f["nonalternating"].shape == (sd.N_TRAIN, 64)
+        assert len(f["train_rows"]) + len(f["heldout_rows"]) == 1797
+    alt, non = on_disk["alternating"]["rounds"], on_disk["nonalternating"]["rounds"]
+    assert [r["round"] for r in non] == [1, 2, 3] and non[-1]["fit_epochs_total"] == 6
+    assert 1 <= len(alt) <= 3 and alt[0]["ots_iterations"] > 0
+    for r in alt + non:
+        assert np.isfinite(r["w1_train"]) and np.isfinite(r["w1_heldout"])
+    assert alt[-1]["w1_train"] < on_disk["initial"]["w1_train"], (alt, on_disk["initial"])
