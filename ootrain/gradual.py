@@ -92,7 +92,9 @@ class AssignmentSolver:
             counts += np.bincount(store.array(apath)[lo:lo + rows], minlength=counts.size)
             total += float(store.array(cpath)[lo:lo + rows].sum())
         nu = self.ot.nu.double().cpu().numpy()
-        return {"loss": total / b, "imbalance": float(np.abs(nu - counts / b).sum())}
+        # a perfectly balanced map's histogram of b samples still shows ≈ sqrt(2N / (π b))
+        return {"loss": total / b, "imbalance": float(np.abs(nu - counts / b).sum()),
+                "imbalance_noise": math.sqrt(2 * self.ot.n_targets / (math.pi * b))}
 
     def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> "FitLoss":
         return FitLoss(ctx.store.array(f"{ctx.prefix}/assignments"), self.ot, ctx.embeddings.shape[0],
@@ -170,11 +172,15 @@ def _ots_sampler(engine: Engine, seed: int, rnd: int) -> Callable[[int], Tensor]
 
 
 def train_gradual(engine: Engine, config: GradualConfig,
-                  callback: Callable[[RoundResult], None] | None = None) -> list[RoundResult]:
+                  callback: Callable[[RoundResult], None] | None = None,
+                  fit_callback: Callable[[int, int, float], None] | None = None
+                  ) -> list[RoundResult]:
     """Run OTS + FIT rounds on ``engine`` (its solver must be an :class:`AssignmentSolver`).
 
-    Resumes from the store: a completed round (``steps/t`` phase ``done``) is skipped after
-    loading the generator checkpoint and ``ψ`` that followed it.  Returns this call's rounds.
+    ``callback(result)`` after each round; ``fit_callback(round, epoch, loss)`` after each FIT
+    epoch.  Resumes from the store: a completed round (``steps/t`` phase ``done``) is skipped
+    after loading the generator checkpoint and ``ψ`` that followed it.  Returns this call's
+    rounds.
     """
     solver = engine.solver
     if not isinstance(solver, AssignmentSolver):
@@ -204,8 +210,10 @@ def train_gradual(engine: Engine, config: GradualConfig,
         engine.run(t)
         metrics = engine.solve(t)
         w_t = float(metrics["loss"])
-        losses = engine.replay(t, epochs,
-                               stop=lambda _e, loss: loss <= alpha_fit * w_t)
+        losses = engine.replay(
+            t, epochs, stop=lambda _e, loss: loss <= alpha_fit * w_t,
+            callback=None if fit_callback is None else
+            (lambda epoch, loss, t=t: fit_callback(t, epoch, loss)))
         ot.save(engine.store, f"{engine._prefix(t)}/potentials_after")
         engine._save_checkpoint(t + 1)
         engine.store.group[engine._prefix(t)].attrs.update({"phase": "done",
