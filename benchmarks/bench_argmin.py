@@ -97,6 +97,8 @@ def main() -> None:
                     help="in-memory target counts")
     ap.add_argument("--stream-n", type=int, nargs="+", default=[1_000_000, 10_000_000],
                     help="target counts streamed from zarr (peak RSS, fresh process each)")
+    ap.add_argument("--stream-B", type=int, default=256,
+                    help="queries of the streamed runs (time grows with B × N; memory must not)")
     ap.add_argument("--backends", nargs="+", default=["torch", "keops", "faiss"])
     ap.add_argument("--costs", nargs="+", default=["sqeuclidean", "l1"])
     ap.add_argument("--repeats", type=int, default=3)
@@ -185,7 +187,8 @@ def main() -> None:
                 hi = min(n, lo + (1 << 20))
                 arr[lo:hi] = rng.standard_normal((hi - lo, d), dtype=np.float32)
             for backend in args.backends:
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--B", str(B),
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", path,
+                       "--B", str(args.stream_B),
                        "--backend", backend, "--cost", "sqeuclidean",
                        "--threads", str(args.threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -196,7 +199,7 @@ def main() -> None:
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 mem_rows.append([n, backend, human_bytes(n * d * 4), f"{res['wall']:.3g}",
                                  human_bytes(res["peak"]), human_bytes(res["peak"] - res["base"]),
-                                 human_bytes(B * n * 4)])
+                                 human_bytes(args.stream_B * n * 4)])
                 print(f"  streamed N={n} {backend}: {res['wall']:.2f} s, peak RSS "
                       f"{human_bytes(res['peak'])}; load {loadavg()}", flush=True)
         finally:
