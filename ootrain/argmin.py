@@ -242,6 +242,7 @@ class TargetSource:
                                  f"indices in [0, {shape[0]})")
             if self.in_memory:
                 data, rows = data[torch.from_numpy(rows).to(data.device)], None
+                shape = tuple(data.shape)
         if self.in_memory and not bool(torch.isfinite(data).all()):
             raise ValueError("targets contain non-finite values (NaN or Inf)")
         self.data, self.rows, self.dtype = data, rows, dtype
@@ -478,12 +479,13 @@ _FAISS_GPU: list[Any] = []   # lazily created StandardGpuResources
 
 
 def _faiss_search(index: Any, query: np.ndarray, k: int) -> np.ndarray:
+    """Top-``k`` ids of an exact flat search, on the GPU when faiss sees one."""
     import faiss
     if faiss.get_num_gpus() > 0:
         try:
             if not _FAISS_GPU:
                 _FAISS_GPU.append(faiss.StandardGpuResources())
-            index = faiss.index_cpu_to_gpu(_FAISS_GPU[0], 0, index)
+            return faiss.index_cpu_to_gpu(_FAISS_GPU[0], 0, index).search(query, k)[1]
         except Exception as e:  # e.g. a metric the GPU index lacks: stay on the CPU
             warnings.warn(f"faiss GPU search unavailable ({e}); searching on the CPU",
                           stacklevel=4)
