@@ -26,8 +26,12 @@ one by ``O(eps)``; ``eps`` is given relative to ``scale`` (below), so the defaul
 ``0.05`` blurs cell boundaries over 5 % of a cell.
 
 Optimisation (:meth:`SemiDiscreteOT.fit`): Adam on ``-h`` (``beta = (0.9, 0.99)``) with
-tail averaging.  Steps are in cost units, relative to ``scale`` = the median cost from a
-target to its nearest other target (a cell's cost scale); the default ``lr = 3`` travels
+tail averaging.  Steps are in cost units, relative to the smaller of ``scale`` = the median
+cost from a target to its nearest other target (a cell's cost scale) and the source's own
+spread in cost (median over targets of the standard deviation over the first batch of the
+cost to that target: a concentrated source, such as an untrained generator's samples, is
+split by potential differences of that size; with the cell scale alone ψ diverged on such a
+source); the default ``lr = 3`` travels
 fast, and the iterates then jitter around the optimum, so what is returned is the
 *average* ``psi_bar`` of the iterates of a window of ``check_every`` iterations.  During
 the next window ``psi_bar`` is also assigned on the same fresh batches (twice the argmin
@@ -363,7 +367,7 @@ class SemiDiscreteOT:
         """
         scale = self.scale if src is self.source else \
             _nn_cost_scale(src, self.ground_cost, self.dtype, self.device)
-        step = step0 = lr * scale
+        step = step0 = lr * scale  # refined on the first batch, below
         b1, b2 = 0.9, 0.99
         m, v = torch.zeros_like(psi), torch.zeros_like(psi)
         psi_sum = torch.zeros_like(psi)
@@ -373,6 +377,12 @@ class SemiDiscreteOT:
         dual_sum, k, best, stale = 0.0, 0, math.inf, 0
         for it in range(1, max_iter + 1):
             x = draw(batch)
+            if it == 1:
+                # a source concentrated far from the targets (an untrained generator) needs
+                # potential differences of the order of its own spread in cost, not of the
+                # targets' cell scale
+                step = step0 = lr * min(scale, _source_cost_spread(
+                    x[:512], src, self.ground_cost, self.dtype, self.device))
             _, mass, _ = self._evaluate(x, src, psi, nu)
             traj_counts += mass
             if psi_bar is not None:   # monitor the previous window's average
@@ -472,6 +482,19 @@ class SemiDiscreteOT:
             return where
         raise ValueError("where must be an ootrain Store, a zarr group or a group path, got "
                          f"{type(where).__name__}")
+
+
+def _source_cost_spread(x: Tensor, src: TargetSource, cost: Cost, dtype: torch.dtype,
+                        device: torch.device, m: int = 512) -> float:
+    """Median over ``m`` random targets of the standard deviation, over the source sample
+    ``x``, of the cost to that target: how much the source's costs to one target vary (the
+    potential differences that matter for splitting the source)."""
+    g = torch.Generator().manual_seed(1)
+    pick = torch.randperm(src.n, generator=g)[:m].sort().values
+    q = src.take(pick, dtype=dtype, device=device)
+    spread = cost.matrix(x.to(device, dtype), q).std(dim=0)
+    spread = spread[torch.isfinite(spread) & (spread > 0)]
+    return float(spread.median()) if spread.numel() else math.inf
 
 
 def _nn_cost_scale(src: TargetSource, cost: Cost, dtype: torch.dtype,

@@ -202,3 +202,17 @@ def test_bad_input_errors():
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
             fn()
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "l1"])
+def test_default_step_converges_from_a_concentrated_source(cost):
+    """An untrained generator's samples sit in a small region: the default step, sized from
+    the source's own cost spread, must still balance the masses.  Sized from the targets'
+    cell scale alone (the previous rule) ψ diverged here: imbalance 1.97–1.99 at every check
+    for both costs (and on digits: dual falling, ψ std 610)."""
+    y = torch.rand(200, 16, generator=gen(0), dtype=F64)
+    g = gen(5)
+    sd = SemiDiscreteOT(y, cost=cost)
+    sd.fit(lambda n: 0.5 + 0.02 * torch.randn(n, 16, generator=g, dtype=F64),
+           batch=2048, max_iter=300, tol=0.1, check_every=50)
+    assert min(h["imbalance"] for h in sd.history) < 0.2, sd.history
