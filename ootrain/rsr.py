@@ -267,7 +267,7 @@ def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath
     for i in range(omega.shape[1]):
         y[i].sort()
         _check_finite(y[i], "real projections")
-        y_sq = sum(float(np.dot(blk, blk)) for blk in _blocks64(y[i], r_step)) / n
+        y_sq = _sum_sq(y[i], r_step) / n
         xs, perm = sort.sort_with_permutation(x[i])
         sq_diff = t_sq = 0.0
         for r0 in range(0, b, r_step):
@@ -283,9 +283,10 @@ def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath
     return dist
 
 
-def _blocks64(v: np.ndarray, step: int) -> Any:
-    for lo in range(0, v.shape[0], step):
-        yield v[lo:lo + step].astype(np.float64)
+def _sum_sq(v: np.ndarray, step: int) -> float:
+    """``Σ v²`` accumulated in float64, ``step`` elements converted at a time."""
+    return sum(float(np.dot(blk, blk)) for blk in
+               (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))
 
 
 def _check_scratch(needed: int) -> None:
@@ -319,26 +320,29 @@ def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, bud
     block = cols * max(1, buffer // (4 * cols * (8 + dtype.itemsize)))
     with tempfile.TemporaryDirectory(prefix="ootrain-solve-") as tmp:
         real_blocks = sort.row_blocks(lambda lo, hi: rproj[j, lo:hi], n, rproj.chunks[1])
+        step = rproj.chunks[1]
         if n * (8 + dtype.itemsize) <= budget // 4:
             ys = np.sort(np.concatenate([v for v, _ in real_blocks()]))
             _check_finite(ys, "real projections")
+            y_sq = _sum_sq(ys, step) / n
 
             def real_slice(lo: int, hi: int) -> np.ndarray:
                 return ys[lo:hi]
-        else:
+        else:  # the sorted row goes to a spill file; Σ y² is taken as it is written
             path = os.path.join(tmp, "real_sorted")
             rmax, rbuf = sort.plan_external(budget // 2, sort.SORT_BYTES_PER_ELEMENT
                                             + 2 * dtype.itemsize)
+            y_sq = 0.0
             with open(path, "wb") as f:
                 for _, v, _ in sort.external_argsort(real_blocks, n, dtype, rmax, rbuf, tmp,
                                                      seed):
                     _check_finite(v, "real projections")
+                    y_sq += _sum_sq(v, step)
                     v.tofile(f)
+            y_sq /= n
 
             def real_slice(lo: int, hi: int) -> np.ndarray:
                 return np.fromfile(path, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
-        y_sq = sum(float(np.dot(v, v)) for lo in range(0, n, rproj.chunks[1])
-                   for v in [real_slice(lo, min(n, lo + rproj.chunks[1])).astype(np.float64)]) / n
         scatter = sort.ExternalScatter(b, block, dtype, buffer, tmp)
         sq_diff = t_sq = 0.0
         gen_blocks = sort.row_blocks(lambda lo, hi: proj[j, lo:hi], b, proj.chunks[1])
