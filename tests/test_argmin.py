@@ -31,18 +31,7 @@ FAISS_COSTS = ["sqeuclidean", "l1", "lp:3", "lp:1.5"]
 KEOPS_FAST = ["sqeuclidean", "l1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for torch and faiss in this module: their two OpenMP pools
-    otherwise contend on 2 cores (small searches alternating with torch work ran up to
-    5x slower).  Restored afterwards."""
-    import faiss
-    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(faiss_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed: int) -> torch.Generator:

@@ -1,0 +1,20 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for torch and faiss in a module: their two OpenMP pools otherwise
+    contend on 2 cores (small searches alternating with torch work ran up to 5x slower).
+    Restored afterwards.  Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import faiss
+    threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(faiss_threads)
