@@ -14,6 +14,18 @@ import sys
 from typing import Any, Sequence
 
 
+def set_threads(n: int) -> None:
+    """``n`` intra-op threads for torch and, when installed, faiss's OpenMP pool."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(n)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -38,7 +38,7 @@ import psutil
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import human_bytes, loadavg, machine_header, table  # noqa: E402
+from _common import human_bytes, loadavg, machine_header, set_threads, table  # noqa: E402
 
 from ootrain.argmin import c_transform  # noqa: E402
 
@@ -112,12 +112,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    torch.set_num_threads(args.threads)
-    try:
-        import faiss
-        faiss.omp_set_num_threads(args.threads)
-    except ImportError:
-        pass
+    set_threads(args.threads)
     print(machine_header("c-transform argmin backends", sys.argv))
     B, d = args.B, args.d
     rate = gemm_rate(B, d, args.repeats)

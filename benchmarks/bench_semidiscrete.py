@@ -70,7 +70,7 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import human_bytes, loadavg, machine_header, table  # noqa: E402
+from _common import human_bytes, loadavg, machine_header, set_threads, table  # noqa: E402
 
 METHODS = ("ootrain", "ootrain-oracle", "pot", "ott")
 POT_METRIC = {"sqeuclidean": "sqeuclidean", "l1": "cityblock"}
@@ -158,12 +158,7 @@ class Evaluator:
         return self.torch.randn(self.CHUNK, self.d, generator=g)
 
     def _threads(self, k: int) -> None:
-        self.torch.set_num_threads(k)
-        try:
-            import faiss
-            faiss.omp_set_num_threads(k)
-        except ImportError:
-            pass
+        set_threads(k)
 
     def error(self, psi, *, full: bool = False, want_cost: bool = False,
               m_max: int | None = None) -> dict:
@@ -313,12 +308,7 @@ def child(args: argparse.Namespace) -> None:
         return
     import torch
 
-    torch.set_num_threads(args.threads)
-    try:
-        import faiss
-        faiss.omp_set_num_threads(args.threads)
-    except ImportError:
-        pass
+    set_threads(args.threads)
     if args.method == "pot":
         import ot.semidiscrete  # noqa: F401  (import before the RSS baseline)
     else:
