@@ -5,12 +5,13 @@ Problem: source ``mu`` = standard Gaussian in ``d`` (a sampler), targets = ``N``
 from a seeded Gaussian mixture (8 components, centres ~ N(0, I), std 0.5), uniform weights,
 cost ``sqeuclidean`` (``--cost l1`` as an option).  Methods:
 
-- ``ootrain``: ``SemiDiscreteOT(targets, cost).fit(sampler, batch=B, tol=target)`` with the
-  defaults (backend ``auto``, Adam + tail averaging): it **stops on its own certificate**, so its
-  time includes what a user pays for it (the monitoring window assigns each batch twice).
-- ``ootrain-oracle``: the same solver, but stopped by the external check below, applied to its
-  averaged potential at the end of every window (``tol`` never met internally; ``check_every``
-  = the window ``fit`` would use for ``tol = target``).  Same stopping rule as POT's.
+- ``ootrain``: ``SemiDiscreteOT(targets, cost).fit(sampler, tol=target)`` with all defaults
+  (backend ``auto``, batch ``default_batch(N)``, Adam directions, ``t^-2/3`` step, iterate
+  averaging): it **stops on its own certificate**, so its time and samples include what a user
+  pays for it (its checks draw and assign fresh samples).
+- ``ootrain-oracle``: the same solver with its own checks switched off (``check_every`` beyond
+  the run), stopped by the external check below applied to its average ``psi_bar`` at
+  iterations 1, 2, 3, … growing by ``--check-ratio``: the same stopping rule as POT's.
 - ``pot``: ``ot.semidiscrete.solve_semidiscrete(Y, sampler_source=callable, metric=...,
   batch_size=32, max_iter=∞, log=True)`` with all its defaults (``lr0 = sqrt(N × batch)``,
   ``t^-2/3`` decay, DRAG regularisation ``0.1 / sqrt(t)``, Polyak averaging), numpy float32
@@ -247,42 +248,41 @@ def run_ootrain(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict, orac
 
     n, d = y.shape
     g = torch.Generator().manual_seed(args.seed * 7 + n + d)
-    last = [None]
+    nxt = [1]
 
     def sampler(k: int):
-        st["iterations"] = st["calls"]
         st["calls"] += 1
         over = meter.charged() > args.time_limit
-        if oracle or over:
+        loc = _frame_of("_ascend").f_locals
+        done = loc.get("it", 1) - 1 if "psi_bar" in loc else 0   # iterations completed
+        st["iterations"] = done
+        if (oracle and done >= nxt[0]) or over:
             t = meter.charged()
-            loc = _frame_of("_ascend").f_locals
-            bar = loc.get("psi_bar")
-            if oracle and bar is not None and bar is not last[0]:
-                last[0] = bar
+            bar = loc["psi_bar"].clone()                   # the average of iterates 1..done
+            st["psi"] = bar
+            if oracle:
                 with meter.pause():
                     r = ev.error(bar)
                 st["checks"] += 1
-                st["psi"] = bar.clone()
                 if r["error"] <= args.target:
                     st["time"], st["reached"] = t, True
                     raise _Stop
+                nxt[0] = max(done + 1, math.ceil(done * args.check_ratio))
             if over:
-                st["psi"] = (bar if bar is not None else loc["psi"]).clone()
                 raise _Stop
         return torch.randn(k, d, generator=g)
 
     meter.start()
     solver = SemiDiscreteOT(torch.from_numpy(y), args.cost)     # defaults: backend auto
-    kw = {}
-    if oracle:
-        window = max(50, math.ceil(4 * n / args.target**2 / args.batch))
-        kw = {"tol": 1e-12, "check_every": window}
-    else:
-        kw = {"tol": args.target}
+    # the oracle never checks itself (check_every beyond any run); otherwise fit's own rule
+    kw = {"tol": 1e-12, "check_every": 10**12} if oracle else {"tol": args.target}
+    if args.batch:
+        kw["batch"] = args.batch
     try:
-        solver.fit(sampler, batch=args.batch, max_iter=10**12, **kw)
+        solver.fit(sampler, max_iter=10**12, **kw)
         st["time"] = meter.charged()
-        st["iterations"] = st["calls"]
+        st["iterations"] = solver.history[-1]["iteration"]
+        st["check_samples"] = sum(h["samples"] for h in solver.history)
         st["psi"] = solver.potentials
         st["own_stop"] = True
     except _Stop:
@@ -332,8 +332,13 @@ def child(args: argparse.Namespace) -> None:
     except Exception as e:   # report, do not crash the benchmark
         status = f"error: {type(e).__name__}: {e}"[:120]
     charged = meter.stop()
-    batch = args.pot_batch if args.method == "pot" else args.batch
-    res = {"charged": charged, "iterations": st["iterations"], "samples": st["iterations"] * batch,
+    if args.method == "pot":
+        batch = args.pot_batch
+    else:
+        from ootrain.semidiscrete import default_batch
+        batch = args.batch or default_batch(n)
+    res = {"charged": charged, "iterations": st["iterations"],
+           "samples": st["iterations"] * batch + st.get("check_samples", 0),
            "peak": meter.peak, "base": meter.base, "checks": st["checks"], "m": m,
            "floor": ev.floor(m), "status": status}
     if st["psi"] is not None:
@@ -364,7 +369,8 @@ def run_one(args, method: str, n: int, d: int) -> dict:
            "--child-n", str(n), "--child-d", str(d)]
     for k in ("cost", "target", "batch", "pot_batch", "time_limit", "floor_frac", "eval_max",
               "eval_fail_max", "eval_threads", "threads", "seed", "check_ratio"):
-        cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        if getattr(args, k) is not None:
+            cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[k] = str(max(args.threads, args.eval_threads))  # BLAS pools; torch/faiss set per phase
@@ -442,7 +448,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--cost", default="sqeuclidean", choices=sorted(POT_METRIC))
     ap.add_argument("--target", type=float, default=0.1, help="marginal error ||nu - P||_1 to reach")
-    ap.add_argument("--batch", type=int, default=4096, help="samples per iteration (ootrain)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="samples per iteration (ootrain; default: its own default_batch(N))")
     ap.add_argument("--pot-batch", type=int, default=32,
                     help="POT batch_size (default: POT's own, 32; see the module doc)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="charged solver seconds")
@@ -479,7 +486,7 @@ def main() -> None:
     except ImportError:
         pot_v = "not installed"
     print(f"- POT {pot_v}; cost {args.cost}; target marginal error {args.target:g}; batch "
-          f"{args.batch} (POT {args.pot_batch}); limits: {args.time_limit:g} s charged solver "
+          f"{args.batch or 'default_batch(N)'} (POT {args.pot_batch}); limits: {args.time_limit:g} s charged solver "
           f"time, {human_bytes(args.mem_limit)} RSS; solver threads {args.threads}, evaluation "
           f"threads {args.eval_threads} (not charged)\n")
     ns = sorted(set(args.n))

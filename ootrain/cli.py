@@ -358,14 +358,15 @@ def sd_solve(
     cost: str = typer.Option("sqeuclidean", help=_COST_HELP),
     backend: str = typer.Option("auto", help=_BACKEND_HELP),
     eps: Optional[float] = typer.Option(None, help=_EPS_HELP),
-    batch: int = typer.Option(4096, help="Source samples per ascent iteration."),
+    batch: Optional[int] = typer.Option(None, help="Source samples per ascent iteration "
+                                        "(default: N/4 as a power of two in [256, 4096])."),
     max_iter: int = typer.Option(20000, help="Iteration budget (per stage with --grow)."),
-    tol: float = typer.Option(0.05, help="Stop when the windowed mass imbalance "
-                              "||ν - P̂||₁ is below it."),
-    lr: Optional[float] = typer.Option(None, help="Initial Adam step relative to the cost "
-                                       "scale (default: the solver's)."),
-    check_every: Optional[int] = typer.Option(None, help="Iterations per imbalance window "
-                                              "(default: the solver's, ~4N/tol² samples)."),
+    tol: float = typer.Option(0.05, help="Stop when the mass imbalance ||ν - P̂||₁ of the "
+                              "averaged potential, measured on fresh samples, is at most it."),
+    lr: Optional[float] = typer.Option(None, help="First step in cell widths (default: the "
+                                       "solver's, 3)."),
+    check_every: Optional[int] = typer.Option(None, help="Check every this many iterations "
+                                              "(default: at geometrically growing ones)."),
     grow: bool = typer.Option(False, help="The paper's schedule: fit on --n0 random targets "
                               "first, doubling until all (warm starts)."),
     n0: int = typer.Option(1024, help="First stage's targets with --grow."),
@@ -545,12 +546,10 @@ def sd_train(
     eps: Optional[float] = typer.Option(None, help=_EPS_HELP),
     ots_batch: int = typer.Option(1024, help="OTS: generated samples per ascent iteration."),
     ots_max_iter: int = typer.Option(100, help="OTS: iteration budget per round."),
-    ots_tol: float = typer.Option(0.2, help="OTS: stop at this windowed imbalance "
-                                  "||ν - P̂||₁."),
-    ots_lr: Optional[float] = typer.Option(0.1, help="OTS: Adam step relative to the "
-                                           "targets' cost scale (warm-started rounds need "
-                                           "small steps)."),
-    ots_check_every: int = typer.Option(10, help="OTS: iterations per imbalance check."),
+    ots_tol: float = typer.Option(0.2, help="OTS: stop at this imbalance ||ν - P̂||₁."),
+    ots_lr: Optional[float] = typer.Option(1.0, help="OTS: first step in cell widths "
+                                           "(warm-started rounds need smaller steps than "
+                                           "the solver's default 3)."),
     lr: float = typer.Option(2e-3, help="FIT learning rate."),
     optimizer: str = typer.Option("adam", help="adam | sgd"),
     memory_budget: str = typer.Option("1GiB", help="Memory the Solve step may hold."),
@@ -601,8 +600,7 @@ def sd_train(
     if squash != "none":
         G = nn.Sequential(G, nn.Sigmoid() if squash == "sigmoid" else nn.Tanh())
     ot = _make_ot(real, cost, backend, eps)
-    ots = {"batch": ots_batch, "max_iter": ots_max_iter, "tol": ots_tol,
-           "check_every": ots_check_every}
+    ots = {"batch": ots_batch, "max_iter": ots_max_iter, "tol": ots_tol}
     if ots_lr is not None:
         ots["lr"] = ots_lr
     try:

@@ -71,7 +71,7 @@ ALPHA_FIT = 0.5
 ALPHA_STOP = 1.0
 OPTIMIZER = "adam"  # betas (0.5, 0.999), ootrain.recipes.make_optimizer
 LR = 2e-3
-OTS = {"batch": 1024, "max_iter": 100, "tol": 0.2, "check_every": 10, "lr": 0.1}
+OTS = {"batch": 1024, "max_iter": 100, "tol": 0.2, "lr": 1.0}
 N_SHOW = 100  # samples per grid
 
 VARIANTS = ("alternating", "nonalternating")
@@ -406,9 +406,10 @@ HELP = "\n\n".join([
     "- Cost: l1, with the soft (entropic) assignment at SemiDiscreteOT's default temperature "
     "(0.05 x the median nearest-neighbour l1 distance of the training images): the hard l1 "
     "argmin cannot split tied mass.",
-    f"- OTS: Adam ascent of the dual, {OTS['batch']} generated samples per iteration, at most "
-    f"{OTS['max_iter']} iterations per round, stop at imbalance ||nu - P||_1 < {OTS['tol']} "
-    f"(checked every {OTS['check_every']} iterations), step {OTS['lr']} x the cost scale, "
+    f"- OTS: SemiDiscreteOT.fit (Adam directions, t^-2/3 step, iterate averaging), "
+    f"{OTS['batch']} generated samples per iteration, at most "
+    f"{OTS['max_iter']} iterations per round, stop at imbalance ||nu - P||_1 <= {OTS['tol']} "
+    f"(its own checks on fresh samples), first step {OTS['lr']} cell width, "
     f"warm-started from the previous round's potentials; no growing schedule "
     f"(N = {N_TRAIN} is small).",
     "- FIT: b = --population fresh latents per round, regressed onto their assigned images "

@@ -182,7 +182,7 @@ def test_bad_input_errors():
         (lambda: sd.assign(torch.zeros(5, 3, dtype=F64)), r"shape \[B, d\] with d = 2"),
         (lambda: sd.cost(torch.full((5, 2), float("nan"))), "x contains non-finite"),
         (lambda: sd.fit(lambda n: torch.zeros(n, 3), max_iter=1), r"shape \[B, d\] with d = 2"),
-        (lambda: sd.fit(lambda n: torch.zeros(n - 1, 2), max_iter=1), r"sampler\(4096\)"),
+        (lambda: sd.fit(lambda n: torch.zeros(n - 1, 2), max_iter=1), r"sampler\(256\)"),
         (lambda: sd.fit("not a sampler"), "sampler must be"),
         (lambda: sd.fit(gaussian_sampler(0), tol=0), "tol must be"),
         (lambda: sd.fit(gaussian_sampler(0), batch=0), "batch must be"),
