@@ -205,3 +205,29 @@ def test_default_step_converges_from_a_concentrated_source(cost):
     sd.fit(lambda n: 0.5 + 0.02 * torch.randn(n, 16, generator=g, dtype=F64),
            batch=2048, max_iter=300, tol=0.1, check_every=50)
     assert min(h["imbalance"] for h in sd.history) < 0.2, sd.history
+
+
+def test_checks_give_up_early_and_certify_on_enough_samples():
+    """Far from the optimum a check stops after a few batches; the accepting check measures
+    on enough samples that a balanced map's noise floor is 0.7 tol, and its imbalance is
+    within tol.  The accepted potential's imbalance on an independent sample agrees."""
+    y = gaussian_targets(40, seed=11)
+    tol = 0.1
+    sd = SemiDiscreteOT(y).fit(gaussian_sampler(12), tol=tol, batch=256)
+    h = sd.history
+    last = h[-1]
+    assert not last["early"] and last["imbalance"] <= tol
+    assert last["noise"] == pytest.approx(0.7 * tol, rel=0.02)
+    early = [c for c in h if c["early"]]
+    assert early and early[0]["samples"] <= 2 * 256
+    assert all(c["imbalance"] > tol for c in early)
+    # the checks before the last one cost no more than the fitting iterations
+    assert sum(c["samples"] for c in h[:-1]) <= last["iteration"] * 256
+    x = torch.randn(400_000, 2, generator=gen(13), dtype=F64)
+    assert imbalance(sd, x) < tol
+
+
+def test_default_batch():
+    from ootrain.semidiscrete import default_batch
+    assert [default_batch(n) for n in (1, 1000, 4000, 10**4, 10**7)] == [256, 256, 1024, 2048,
+                                                                         4096]
