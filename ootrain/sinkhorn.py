@@ -106,20 +106,26 @@ STAGE_ITERS = 2
 # points and the two reductions
 # ----------------------------------------------------------------------------------
 class _Dense:
-    """The reductions over ``j`` with a dense cost matrix ``C [n, m]``."""
+    """The reductions over ``j`` with a dense cost matrix ``C [n, m]`` (contiguous, so every
+    reduction runs along rows; ``s C`` is kept for the current ``s``: one eps stage)."""
 
     def __init__(self, C: Tensor) -> None:
-        self.C = C
+        self.C = C.contiguous()
+        self._s: float | None = None
+        self._sC: Tensor | None = None
 
     @property
     def T(self) -> _Dense:
         return _Dense(self.C.T)
 
-    def _z(self, h: Tensor, k: Tensor, s: float) -> Tensor:
-        return h[:, None] + k[None, :] - s * self.C
+    def _z(self, h: Tensor | None, k: Tensor, s: float) -> Tensor:
+        if self._s != s:
+            self._s, self._sC = s, s * self.C
+        z = k[None, :] - self._sC
+        return z if h is None else z.add_(h[:, None])
 
-    def lse(self, h: Tensor, k: Tensor, s: float) -> Tensor:
-        """``log sum_j exp(h_i + k_j - s C_ij)``: ``[n]``."""
+    def lse(self, h: Tensor | None, k: Tensor, s: float) -> Tensor:
+        """``log sum_j exp(h_i + k_j - s C_ij)``: ``[n]`` (``h = None``: 0)."""
         return torch.logsumexp(self._z(h, k, s), dim=1)
 
     def sums(self, h: Tensor, k: Tensor, s: float, w: Tensor) -> Tensor:
@@ -144,13 +150,15 @@ class _KeOps:
     def T(self) -> _KeOps:
         return _KeOps(self.yf, self.xf, self.cost)
 
-    def _z(self, h: Tensor, k: Tensor, s: float) -> Any:
+    def _z(self, h: Tensor | None, k: Tensor, s: float) -> Any:
         from pykeops.torch import LazyTensor
+        if h is None:
+            h = torch.zeros(self.xf.shape[0], dtype=k.dtype, device=k.device)
         S = LazyTensor(torch.tensor([s], dtype=h.dtype, device=h.device))  # a parameter:
         return (LazyTensor(h.contiguous()[:, None, None])                 # no recompile
                 + LazyTensor(k.contiguous()[None, :, None]) - S * self.C)  # per eps
 
-    def lse(self, h: Tensor, k: Tensor, s: float) -> Tensor:
+    def lse(self, h: Tensor | None, k: Tensor, s: float) -> Tensor:
         return self._z(h, k, s).logsumexp(dim=1).reshape(-1)
 
     def sums(self, h: Tensor, k: Tensor, s: float, w: Tensor) -> Tensor:
@@ -435,13 +443,12 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
     with torch.no_grad():
         K = pts.kernel()
         KT = K.T
-        zn, zm = torch.zeros_like(la), torch.zeros_like(lb)
 
         def f_of(g: Tensor, e: float) -> Tensor:
-            return -e * K.lse(zn, lb + g / e, 1.0 / e)
+            return -e * K.lse(None, lb + g / e, 1.0 / e)
 
         def g_of(f: Tensor, e: float) -> Tensor:
-            return -e * KT.lse(zm, la + f / e, 1.0 / e)
+            return -e * KT.lse(None, la + f / e, 1.0 / e)
 
         f, g = start if start is not None else (torch.zeros_like(la), torch.zeros_like(lb))
         iters = 0
