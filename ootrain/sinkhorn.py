@@ -118,6 +118,10 @@ class _Dense:
     def T(self) -> _Dense:
         return _Dense(self.C.T)
 
+    def release(self) -> None:
+        """Drop the cached ``s C``."""
+        self._s = self._sC = None
+
     def _z(self, h: Tensor | None, k: Tensor, s: float) -> Tensor:
         if self._s != s:
             self._s, self._sC = s, s * self.C
@@ -467,6 +471,8 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
             iters += 1
             target += 1
         dual = (a_w * f).sum() + (b_w * g).sum() - eps * (row.sum() - 1)
+        if isinstance(K, _Dense):
+            K.release()   # the result keeps K for the gradient: drop the s C working copy
     value = _EnvelopeCost.apply(x, y, pts, K, la + f / eps, lb + g / eps, 1.0 / eps)
     return SinkhornResult(f=f, g=g, eps=eps, iterations=iters, marginal_error=err,
                           converged=err <= tol, cost=value, dual=dual, ground_cost=name,
