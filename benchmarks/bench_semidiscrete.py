@@ -15,7 +15,8 @@ cost ``sqeuclidean`` (``--cost l1`` as an option).  Methods:
 - ``pot``: ``ot.semidiscrete.solve_semidiscrete(Y, sampler_source=callable, metric=...,
   batch_size=32, max_iter=∞, log=True)`` with all its defaults (``lr0 = sqrt(N × batch)``,
   ``t^-2/3`` decay, DRAG regularisation ``0.1 / sqrt(t)``, Polyak averaging), numpy float32
-  (the dtype of ours).  Its batch is its own default 32 (``--pot-batch``), not ours: with the
+  (the dtype of ours; ``POT_BACKEND_DISABLE_JAX=1``, else POT imports jax where it is installed,
+  +130 MiB RSS).  Its batch is its own default 32 (``--pot-batch``), not ours: with the
   default ``lr0`` growing as ``sqrt(batch)``, batch 4096 makes the first iterates blow up and
   the Polyak average never recovers (N = 300, d = 2: error 0.93 after 1.6e7 samples, vs 0.14
   after 1.3e5 samples at batch 32).  It has no stopping rule, so one call runs and its Polyak average
@@ -24,8 +25,26 @@ cost ``sqeuclidean`` (``--cost l1`` as an option).  Methods:
   iterations 1, 2, 3, … growing by ``--check-ratio`` (1.25): oracle stopping, favourable to
   POT; its time to error is exact for the iterate that passed, which may have been reached up
   to 25 % earlier.
-- ``ott``: OTT-JAX's ``SemidiscreteSolver``, only reported as installed / not installed (this
-  script has no OTT adapter; nothing is installed by it).
+- ``ott``: OTT-JAX's ``ott.solvers.linear.semidiscrete.SemidiscreteSolver`` (where installed:
+  ``pip install ott-jax``; this script installs nothing, and reports "not installed"
+  otherwise) on ``SemidiscretePointCloud(jax.random.normal, Y, epsilon=0)`` with uniform
+  weights: cost ``SqEuclidean`` (its default, ``||x - y||^2``, no 1/2, as ours; sqeuclidean
+  only), epsilon 0 = the unregularised problem (its default ``epsilon=None`` is entropic, a
+  different problem).  OTT has no default optimizer / batch / iteration count: its
+  semidiscrete tutorial's ``optax.sgd(0.1)`` and ``batch_size=128`` are used
+  (``--ott-optimizer``, ``--ott-lr``, ``--ott-batch``; 0 = ootrain's ``default_batch(N)``);
+  ``num_iterations`` = 10^6, a cap that does not bind; every other argument at its default
+  (``potential_ema=0.99``, its chi² check every 1000 iterations on 16 × batch samples,
+  ``threshold=1e-3``, constant epsilon schedule).  Its solution ``g_ema`` (what
+  ``SemidiscreteOutput.g`` returns) is checked on the same ×``--check-ratio`` grid as above;
+  its own stop (chi² ≤ threshold) is kept.  Its jitted loop cannot be interrupted (its
+  ``callback`` is a ``jax.debug.callback`` that cannot end it; ``g_init`` restarts the
+  optimizer and the EMA), so ``run_ott`` rebuilds ``__call__``'s loop from the public
+  ``SemidiscreteSolver.step`` (same keys, same error schedule and stop rule; bit-identical to
+  ``__call__`` on N = 50) as a ``while_loop`` run in segments up to each check, the state
+  carried over: no restart.  JAX compilation (one executable, ahead of time) is a one-time
+  start-up cost, reported as ``compile_s`` and not charged.  With ``--threads 1`` XLA gets
+  ``--xla_cpu_multi_thread_eigen=false`` (one thread).
 
 Marginal error: ``||nu - P_hat||_1`` of the hard assignments ``argmin_j c(x, y_j) - psi_j``,
 computed for every method the same way (``ootrain.argmin.c_transform``, backend auto) on a
@@ -47,10 +66,10 @@ evaluator's warm-up); the parent kills it when its RSS exceeds ``--mem-limit`` o
 failure the method is probed from its last success upwards by ×4 (below the failing N), and after
 passing every listed N it is probed ×4 beyond (up to ``--probe-max``).
 
-    /work/venv/bin/python benchmarks/bench_semidiscrete.py               # default (~40 min)
-    /work/venv/bin/python benchmarks/bench_semidiscrete.py --d 2 16 --n 1000 --time-limit 30  # ~6 min
+    /work/venv/bin/python benchmarks/bench_semidiscrete.py               # default (~45 min)
+    /work/venv/bin/python benchmarks/bench_semidiscrete.py --d 2 16 --n 1000 --time-limit 30  # ~8 min
     /work/venv/bin/python benchmarks/bench_semidiscrete.py --n 1000 --d 2 --time-limit 10 \
-        --target 0.2 --no-probe                                          # smoke (< 1 min)
+        --target 0.2 --no-probe                                          # smoke (< 2 min)
 """
 
 from __future__ import annotations
@@ -242,6 +261,107 @@ def run_pot(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict) -> None:
         pass
 
 
+def ott_batch(args, n: int) -> int:
+    """OTT's batch: ``--ott-batch`` (its tutorial's 128), or 0 for ootrain's ``default_batch(N)``."""
+    if args.ott_batch:
+        return args.ott_batch
+    from ootrain.semidiscrete import default_batch
+    return default_batch(n)
+
+
+def run_ott(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict) -> None:
+    """OTT-JAX's ``SemidiscreteSolver`` driven segment by segment with its own ``step``.
+
+    ``SemidiscreteSolver.__call__`` is one jitted ``while_loop`` (``fixpoint_iter``) that stops
+    only on its own chi² criterion; its ``callback`` (a ``jax.debug.callback`` per iteration)
+    cannot end it, and ``g_init`` restarts Adam's moments and the EMA.  So the loop is rebuilt
+    from the solver's public ``step`` exactly as ``__call__`` runs it (same keys
+    ``fold_in(rng, it)``, same chi² error every ``error_eval_every`` iterations on
+    ``rng_error``; checked bit-identical to ``__call__`` on a small problem), as one jitted
+    ``while_loop`` up to a traced ``stop``: the state (potential, EMA, Adam state) carries over
+    between segments, so nothing restarts and nothing is charged twice.  It is compiled ahead
+    of time (one executable for every segment length), before the clock starts: compilation is
+    reported apart (``compile_s``), not charged.  The solution OTT returns is ``g_ema``
+    (``SemidiscreteOutput.g = state.g_ema``); that is what is checked."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import optax
+    from ott.geometry import semidiscrete_pointcloud as sdpc
+    from ott.problems.linear import semidiscrete_linear_problem as sdlp
+    from ott.solvers.linear import semidiscrete as sd
+
+    if args.cost != "sqeuclidean":
+        raise ValueError("the OTT adapter supports --cost sqeuclidean only")
+    n, d = y.shape
+    batch = ott_batch(args, n)
+    # SqEuclidean (OTT's default cost) = ||x - y||^2, no 1/2: the same cost as ours.  epsilon 0:
+    # the unregularised problem (hard assignments), as in OTT's semidiscrete tutorial.
+    geom = sdpc.SemidiscretePointCloud(jr.normal, jnp.asarray(y), epsilon=0.0)
+    prob = sdlp.SemidiscreteLinearProblem(geom)                 # uniform weights
+    solver = sd.SemidiscreteSolver(num_iterations=args.ott_num_iterations, batch_size=batch,
+                                   optimizer=getattr(optax, args.ott_optimizer)(args.ott_lr))
+    rng, rng_error = jr.split(jr.key(args.seed * 7 + n + d), 2)    # as __call__ splits its rng
+    every = solver.error_eval_every
+    g0 = jnp.zeros(n, dtype=jnp.float32)
+    cap = solver.num_iterations
+    state = sd.SemidiscreteState(                              # as __call__ initialises it
+        it=jnp.array(0), epsilon=jnp.asarray(jnp.nan, jnp.float32), g=g0, g_ema=jnp.copy(g0),
+        opt_state=solver.optimizer.init(g0),
+        losses=jnp.full((cap,), jnp.inf, jnp.float32),
+        grad_norms=jnp.full((cap,), jnp.inf, jnp.float32),
+        errors=jnp.full(math.ceil(cap / every), jnp.inf, jnp.float32))
+
+    def own_stop(s):     # __call__'s cond_fn, tested after each block of `every` iterations
+        k = jnp.maximum(s.it, 1)
+        done = (solver.threshold >= jnp.abs(s.errors[k // every - 1])) | ~jnp.isfinite(
+            s.losses[k - 1])
+        return (s.it > 0) & (s.it % every == 0) & done
+
+    def advance(s, stop):
+        def body(s):
+            return solver.step(jr.fold_in(rng, s.it), s, prob,
+                               compute_error=(s.it % every) == every - 1, rng_error=rng_error)
+        return jax.lax.while_loop(lambda s: (s.it < stop) & ~own_stop(s), body, s)
+
+    t = time.perf_counter()
+    run = jax.jit(advance, donate_argnums=0).lower(state, jnp.asarray(1)).compile()
+    stopped = jax.jit(own_stop).lower(state).compile()
+    st["compile_s"] = time.perf_counter() - t
+
+    meter.start()
+    done, nxt, per_it = 0, 1, None
+    while True:
+        stop = nxt
+        if per_it is not None:          # do not run a segment far past the time limit
+            left = max(0.0, args.time_limit - meter.charged())
+            stop = min(stop, done + 1 + int(min(1.02 * left, 2.0) / per_it))  # segments ≤ ~2 s
+        stop = min(stop, cap)
+        t = meter.charged()
+        state = run(state, jnp.asarray(stop))
+        g = np.array(state.g_ema)                  # blocks until the segment is done
+        tc = meter.charged()
+        per_it = (tc - t) / max(1, stop - done)
+        done = int(state.it)
+        st["iterations"] = done
+        st["check_samples"] = (done // every) * solver.error_num_repeats * (
+            solver.error_batch_size or batch)     # OTT's own chi² checks (charged)
+        st["psi"] = g
+        if bool(stopped(state)):         # OTT's own rule (chi² <= threshold, or a NaN loss)
+            st["time"], st["own_stop"] = tc, True
+            return
+        with meter.pause():
+            r = ev.error(g)
+        st["checks"] += 1
+        if r["error"] <= args.target:
+            st["time"], st["reached"] = tc, True
+            return
+        if tc > args.time_limit or done >= cap or not np.isfinite(g).all():
+            return
+        if done >= nxt:
+            nxt = max(done + 1, math.ceil(done * args.check_ratio))
+
+
 def run_ootrain(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict, oracle: bool) -> None:
     import torch
     from ootrain.semidiscrete import SemiDiscreteOT
@@ -293,24 +413,18 @@ T_START = time.perf_counter()
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.method == "ott":
-        try:
-            import ott  # noqa: F401
-            msg = (f"installed (ott-jax {getattr(ott, '__version__', '?')}), but this script has "
-                   "no OTT adapter: not measured")
-        except ImportError:
-            try:
-                import jax  # noqa: F401
-                msg = "not installed (ott-jax missing; jax is installed)"
-            except ImportError:
-                msg = "not installed (jax not in the environment)"
-        print(json.dumps({"status": msg}))
-        return
+    if args.method == "ott":           # before jax is imported: CPU only, --threads 1 = 1 thread
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if args.threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       " --xla_cpu_multi_thread_eigen=false").strip()
     import torch
 
     set_threads(args.threads)
     if args.method == "pot":
         import ot.semidiscrete  # noqa: F401  (import before the RSS baseline)
+    elif args.method == "ott":
+        import ott.solvers.linear.semidiscrete  # noqa: F401
     else:
         import ootrain.semidiscrete  # noqa: F401
     n, d = args.child_n, args.child_d
@@ -327,6 +441,8 @@ def child(args: argparse.Namespace) -> None:
     try:
         if args.method == "pot":
             run_pot(args, y, ev, meter, st)
+        elif args.method == "ott":
+            run_ott(args, y, ev, meter, st)
         else:
             run_ootrain(args, y, ev, meter, st, oracle=args.method == "ootrain-oracle")
     except Exception as e:   # report, do not crash the benchmark
@@ -334,6 +450,8 @@ def child(args: argparse.Namespace) -> None:
     charged = meter.stop()
     if args.method == "pot":
         batch = args.pot_batch
+    elif args.method == "ott":
+        batch = ott_batch(args, n)
     else:
         from ootrain.semidiscrete import default_batch
         batch = args.batch or default_batch(n)
@@ -359,6 +477,8 @@ def child(args: argparse.Namespace) -> None:
     res["eval_pairs"] = ev.pairs
     res["eval_s"] = time.perf_counter() - meter.t0 - charged   # checks + final evaluation
     res["startup_s"] = meter.t0 - T_START
+    if "compile_s" in st:
+        res["compile_s"] = st["compile_s"]                  # included in startup_s
     print(json.dumps(res))
 
 
@@ -367,8 +487,10 @@ def run_one(args, method: str, n: int, d: int) -> dict:
     """Run one child under the memory / wall watchdog; return its JSON (or the kill reason)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--method", method,
            "--child-n", str(n), "--child-d", str(d)]
-    for k in ("cost", "target", "batch", "pot_batch", "time_limit", "floor_frac", "eval_max",
-              "eval_fail_max", "eval_threads", "threads", "seed", "check_ratio"):
+    for k in ("cost", "target", "batch", "pot_batch", "ott_batch", "ott_optimizer", "ott_lr",
+              "ott_num_iterations",
+              "time_limit", "floor_frac", "eval_max", "eval_fail_max", "eval_threads", "threads",
+              "seed", "check_ratio"):
         if getattr(args, k) is not None:
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     env = dict(os.environ)
@@ -377,6 +499,8 @@ def run_one(args, method: str, n: int, d: int) -> dict:
     if method == "pot":   # numpy's BLAS cannot be switched per phase: POT runs on --threads
         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[k] = str(args.threads)
+        # POT's backend module imports jax when it is installed (+130 MiB RSS, unused: numpy)
+        env.setdefault("POT_BACKEND_DISABLE_JAX", "1")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -452,6 +576,14 @@ def main() -> None:
                     help="samples per iteration (ootrain; default: its own default_batch(N))")
     ap.add_argument("--pot-batch", type=int, default=32,
                     help="POT batch_size (default: POT's own, 32; see the module doc)")
+    ap.add_argument("--ott-batch", type=int, default=128,
+                    help="OTT batch_size (it has no default; its tutorial's 128; 0: ootrain's\n"
+                         "default_batch(N))")
+    ap.add_argument("--ott-optimizer", default="sgd", choices=("sgd", "adam"),
+                    help="OTT optimizer (OTT has no default; its tutorial: optax.sgd(0.1))")
+    ap.add_argument("--ott-lr", type=float, default=0.1, help="OTT optimizer learning rate")
+    ap.add_argument("--ott-num-iterations", type=int, default=10**6,
+                    help="OTT num_iterations (a cap: sizes its loss / error histories)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="charged solver seconds")
     ap.add_argument("--mem-limit", type=float, default=8 * 2**30, help="bytes of RSS")
     ap.add_argument("--wall-limit", type=float, default=None,
@@ -485,29 +617,34 @@ def main() -> None:
         pot_v = ot.__version__
     except ImportError:
         pot_v = "not installed"
-    print(f"- POT {pot_v}; cost {args.cost}; target marginal error {args.target:g}; batch "
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ott_v, ott_missing = f"ott-jax {version('ott-jax')} (jax {version('jax')})", None
+    except PackageNotFoundError:
+        ott_v = ott_missing = "not installed (ott-jax missing: pip install ott-jax)"
+    print(f"- POT {pot_v}; OTT: {ott_v}, optax.{args.ott_optimizer}({args.ott_lr:g}), batch "
+          f"{args.ott_batch or 'default_batch(N)'}, epsilon 0, g_ema checked")
+    print(f"- cost {args.cost}; target marginal error {args.target:g}; batch "
           f"{args.batch or 'default_batch(N)'} (POT {args.pot_batch}); limits: {args.time_limit:g} s charged solver "
           f"time, {human_bytes(args.mem_limit)} RSS; solver threads {args.threads}, evaluation "
           f"threads {args.eval_threads} (not charged)\n")
     ns = sorted(set(args.n))
     rows, best, fail = [], {}, {}
-    ott_status = None
     for d in args.d:
         results: dict[tuple[str, int], dict] = {}
-        methods = [m for m in args.methods if m != "ott"]
-        if "ott" in args.methods:
-            if ott_status is None:
-                ott_status = run_one(args, "ott", 0, d)["status"]
-            rows.append(["—", d, "ott", "—", "—", "—", "—", "—", "—", "—", "—", "—", ott_status])
-            best[("ott", d)], fail[("ott", d)] = None, ott_status
+        methods = [m for m in args.methods if m != "ott" or ott_missing is None]
+        if "ott" in args.methods and ott_missing is not None:
+            rows.append(["—", d, "ott", "—", "—", "—", "—", "—", "—", "—", "—", "—", ott_missing])
+            best[("ott", d)], fail[("ott", d)] = None, ott_missing
         alive = set(methods)
 
         def record(m: str, n: int, probe: bool) -> None:
             r = run_one(args, m, n, d)
             results[(m, n)] = r
             tte = f"{r['time']:.3g} s" if r.get("reached") else "—"
-            extra = (f"charged {r['charged']:.3g} s + start-up {r['startup_s']:.2g} s + "
-                     f"evaluation {r['eval_s']:.2g} s, " if "charged" in r else "")
+            extra = (f"charged {r['charged']:.3g} s + start-up {r['startup_s']:.2g} s"
+                     + (f" (JAX compilation {r['compile_s']:.2g} s)" if "compile_s" in r else "")
+                     + f" + evaluation {r['eval_s']:.2g} s, " if "charged" in r else "")
             print(f"  d={d} N={n} {m}: {r.get('status')}; time to error {tte}; {extra}wall "
                   f"{r['wall']:.3g} s; peak RSS {human_bytes(r.get('peak', 0))}; load "
                   f"{loadavg()}", flush=True)
@@ -551,7 +688,8 @@ def main() -> None:
     print(table(["method", "d", "largest N reaching the target", "first failure"], lr))
     print(f"\n- time to error: charged solver time (sampling included, evaluation excluded). "
           f"ootrain stops on its own certificate; ootrain-oracle and pot are stopped by the "
-          f"external check (POT's iterate checked on a ×{args.check_ratio:g} iteration grid). "
+          f"external check (POT's iterate checked on a ×{args.check_ratio:g} iteration grid), "
+          "ott too (its g_ema, same grid; its own chi² stop kept; JAX compilation not charged). "
           "'> t' = not reached within the limit; '÷ ootrain' = time ratio to the ootrain row. "
           "transport cost = mean c(x, T(x)) of the hard map on the evaluation sample (optimal "
           "for the marginal it reaches, very sensitive to the remaining imbalance); dual = "
