@@ -700,7 +700,9 @@ def otgan_train(
                                                       "after this many iterations."),
     steps: int = typer.Option(1000, help="Iterations (generator and critic updates)."),
     latent_dim: int = typer.Option(8, help="Latent dimension (z ~ N(0, I))."),
-    hidden: str = typer.Option("128,128", help="Generator hidden widths (ReLU MLP)."),
+    hidden: str = typer.Option("128,128,128", help="Generator hidden widths (ReLU MLP)."),
+    layer_norm: bool = typer.Option(True, "--layer-norm/--no-layer-norm", help="LayerNorm in "
+                                    "the generator's hidden layers (sharper modes sooner)."),
     critic_hidden: str = typer.Option("128,128", help="Critic hidden widths (leaky-ReLU MLP)."),
     feature_dim: int = typer.Option(32, help="Critic feature dimension (L2-normalised)."),
     seed: int = typer.Option(0, help="Seed of the models' init, real draws and latents."),
@@ -742,7 +744,7 @@ def otgan_train(
         sampler, d, what = data_sampler(data)
     except (ValueError, FileNotFoundError) as e:
         raise typer.BadParameter(f"--data {data!r}: {e}") from None
-    G = make_generator(latent_dim, d, g_hidden, seed=seed)
+    G = make_generator(latent_dim, d, g_hidden, layer_norm=layer_norm, seed=seed)
     C = make_critic(d, feature_dim, c_hidden, seed=seed + 1)
     console.print(f"OT-GAN on {what}; 4 x {batch} samples per iteration, {steps} iterations")
     history = _train(G, C, sampler, cfg, progress=progress)

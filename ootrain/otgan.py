@@ -11,8 +11,9 @@ batches ``X, X'`` and two independent generated batches ``Y = g(Z), Y' = g(Z')``
 paper, which :func:`train_otgan` runs: at iteration ``t = 1, 2, ...`` draw ``X, X', Z, Z'``,
 compute ``D^2``; if ``t mod (n_gen + 1) == 0`` the critic takes an ascent step on ``D^2``, else
 the generator a descent step.  Plans are not differentiated: the gradient is the envelope
-gradient ``sum_j P_ij grad c`` with the plans frozen (the paper's choice, exact at the optimum
-of the entropic problem), which :func:`ootrain.sinkhorn.sinkhorn` returns.
+gradient ``sum_j P_ij grad c`` with the plans frozen (the paper's choice; by the envelope
+theorem exact for the entropic objective ``<P, C> + eps KL`` at its optimum, a first-order
+approximation for ``<P, C>`` itself), which :func:`ootrain.sinkhorn.sinkhorn` returns.
 
 Conventions fixed here (:class:`OTGANConfig`):
 
@@ -35,8 +36,9 @@ Conventions fixed here (:class:`OTGANConfig`):
   c(p_i, q)) / eps)`` (any sizes); ``method="index"`` reuses ``(f, g)`` as they are when the
   sizes match (right scale, but potential ``i`` belonged to another point).  Measured (ring8,
   eps 0.05, tol 1e-2): against a smooth, slowly moving critic both halve the Sinkhorn
-  iterations (tests), but once the critic has learned the modes they save nothing or cost up to
-  25 % more iterations than eps-scaling (``pipelines/otgan_ring``): the potentials of clustered
+  iterations (tests), but once the critic has learned the modes they save nothing (``index``)
+  or cost 30-50 % more iterations (``ctransform``) than eps-scaling (``pipelines/otgan_ring``,
+  40 iterations from a trained model, critic training or frozen): the potentials of clustered
   features carry per-cluster offsets set by each batch's random cluster counts, which a fresh
   batch changes by O(1) and which Sinkhorn at the final eps corrects slowly, while eps-scaling
   fixes them at the coarse temperatures.  Each history row records the step's Sinkhorn
