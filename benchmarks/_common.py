@@ -125,3 +125,48 @@ def dir_size(path: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def run_watched(cmd: Sequence[str], env: dict[str, str], mem_limit: float,
+                wall_limit: float) -> dict[str, Any]:
+    """Run ``cmd`` as a child under a watchdog: its RSS (children included) is sampled every
+    20 ms and it is killed past ``mem_limit`` bytes or ``wall_limit`` seconds.
+
+    Returns ``returncode``, ``lines`` (stdout lines), ``err_tail`` (last non-empty stderr
+    line), ``peak`` (sampled RSS), ``wall`` (seconds), ``killed`` (None, ``"memory"`` or
+    ``"wall"``) and ``rss`` (the sample that triggered a memory kill).
+    """
+    import subprocess
+    import tempfile
+    import time
+
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env)
+        ps = psutil.Process(p.pid)
+        peak, rss, killed = 0, 0, None
+        while p.poll() is None:
+            try:
+                rss = ps.memory_info().rss + sum(c.memory_info().rss
+                                                 for c in ps.children(recursive=True))
+            except psutil.Error:
+                rss = 0
+            peak = max(peak, rss)
+            if rss > mem_limit:
+                killed = "memory"
+            elif time.perf_counter() - t0 > wall_limit:
+                killed = "wall"
+            if killed:
+                p.kill()
+                p.wait()
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        lines = out.read().strip().splitlines()
+        tail = [s for s in err.read().strip().splitlines() if s.strip()] or ["?"]
+    return {"returncode": p.returncode, "lines": lines, "err_tail": tail[-1], "peak": peak,
+            "wall": wall, "killed": killed, "rss": rss}

@@ -80,9 +80,7 @@ import ctypes
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -90,7 +88,8 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import human_bytes, loadavg, machine_header, set_threads, table  # noqa: E402
+from _common import (human_bytes, loadavg, machine_header, run_watched,  # noqa: E402
+                     set_threads, table)
 
 METHODS = ("ootrain", "ootrain-oracle", "pot", "ott")
 POT_METRIC = {"sqeuclidean": "sqeuclidean", "l1": "cityblock"}
@@ -501,40 +500,21 @@ def run_one(args, method: str, n: int, d: int) -> dict:
             env[k] = str(args.threads)
         # POT's backend module imports jax when it is installed (+130 MiB RSS, unused: numpy)
         env.setdefault("POT_BACKEND_DISABLE_JAX", "1")
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        ps = psutil.Process(p.pid)
-        peak, killed = 0, None
-        while p.poll() is None:
-            try:
-                rss = ps.memory_info().rss + sum(c.memory_info().rss
-                                                 for c in ps.children(recursive=True))
-            except psutil.Error:
-                rss = 0
-            peak = max(peak, rss)
-            if rss > args.mem_limit:
-                killed = f"memory limit (RSS {human_bytes(rss)} > {human_bytes(args.mem_limit)})"
-            elif time.perf_counter() - t0 > args.wall_limit:
-                killed = f"wall limit ({args.wall_limit:g} s incl. evaluation)"
-            if killed:
-                p.kill()
-                p.wait()
-                break
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        lines = out.read().strip().splitlines()
-        if killed:
-            return {"status": killed, "peak": peak, "wall": wall, "reached": False}
-        if p.returncode != 0 or not lines:
-            tail = [s for s in err.read().strip().splitlines() if s.strip()] or ["?"]
-            return {"status": f"crashed (rc {p.returncode}): {tail[-1][:80]}", "peak": peak,
-                    "wall": wall, "reached": False}
-        res = json.loads(lines[-1])
-        res["wall"] = wall
-        return res
+    w = run_watched(cmd, env, args.mem_limit, args.wall_limit)
+    peak, wall = w["peak"], w["wall"]
+    if w["killed"] == "memory":
+        return {"status": f"memory limit (RSS {human_bytes(w['rss'])} > "
+                          f"{human_bytes(args.mem_limit)})", "peak": peak, "wall": wall,
+                "reached": False}
+    if w["killed"] == "wall":
+        return {"status": f"wall limit ({args.wall_limit:g} s incl. evaluation)", "peak": peak,
+                "wall": wall, "reached": False}
+    if w["returncode"] != 0 or not w["lines"]:
+        return {"status": f"crashed (rc {w['returncode']}): {w['err_tail'][:80]}", "peak": peak,
+                "wall": wall, "reached": False}
+    res = json.loads(w["lines"][-1])
+    res["wall"] = wall
+    return res
 
 
 def fmt_row(n: int, d: int, method: str, r: dict, ref: dict | None, probe: bool) -> list:

@@ -86,16 +86,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import human_bytes, loadavg, machine_header, set_threads, table  # noqa: E402
+from _common import (human_bytes, loadavg, machine_header, run_watched,  # noqa: E402
+                     set_threads, table)
 
 BASE_METHODS = ("ootrain", "ootrain@", "geomloss-tensorized", "geomloss-online", "pot-log",
                 "pot-log-torch", "pot-lazy")
@@ -325,42 +324,24 @@ def run_one(args, method: str, n: int, d: int, scaling: float | None = None,
     for k in THREAD_VARS:
         env[k] = str(args.threads)
     wall_limit = 3 * args.time_limit + 120
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        ps = psutil.Process(p.pid)
-        peak, killed = 0, None
-        while p.poll() is None:
-            try:
-                rss = ps.memory_info().rss
-            except psutil.Error:
-                rss = 0
-            peak = max(peak, rss)
-            if rss > args.mem_limit:
-                killed = f"killed: RSS {human_bytes(rss)} > limit {human_bytes(args.mem_limit)}"
-            elif time.perf_counter() - t0 > wall_limit:
-                killed = f"killed: wall > {wall_limit:g} s"
-            if killed:
-                p.kill()
-                p.wait()
-                break
-            time.sleep(0.02)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        lines = out.read().strip().splitlines()
-        if killed:
-            return {"status": killed, "wall": wall, "peak": peak, "failed": True}
-        if p.returncode != 0 or not lines:
-            tail = [s for s in err.read().strip().splitlines() if s.strip()] or ["?"]
-            return {"status": f"crashed (rc {p.returncode}): {tail[-1][:90]}", "wall": wall,
-                    "failed": True}
-        res = json.loads(lines[-1])
-        res["wall"] = wall
-        if res.get("cpu", 0) > args.time_limit:
-            res["status"] = f"over the time limit ({args.time_limit:g} CPU s)"
-            res["failed"] = True
-        return res
+    w = run_watched(cmd, env, args.mem_limit, wall_limit)
+    wall, peak = w["wall"], w["peak"]
+    if w["killed"] == "memory":
+        return {"status": f"killed: RSS {human_bytes(w['rss'])} > limit "
+                          f"{human_bytes(args.mem_limit)}", "wall": wall, "peak": peak,
+                "failed": True}
+    if w["killed"] == "wall":
+        return {"status": f"killed: wall > {wall_limit:g} s", "wall": wall, "peak": peak,
+                "failed": True}
+    if w["returncode"] != 0 or not w["lines"]:
+        return {"status": f"crashed (rc {w['returncode']}): {w['err_tail'][:90]}",
+                "wall": wall, "failed": True}
+    res = json.loads(w["lines"][-1])
+    res["wall"] = wall
+    if res.get("cpu", 0) > args.time_limit:
+        res["status"] = f"over the time limit ({args.time_limit:g} CPU s)"
+        res["failed"] = True
+    return res
 
 
 def main() -> None:
