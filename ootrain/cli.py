@@ -25,8 +25,11 @@ app.add_typer(rsr_app, name="rsr")
 app.add_typer(store_app, name="store")
 app.add_typer(sd_app, name="semidiscrete")
 otgan_app = typer.Typer(help="OT-GAN: generator and critic on the mini-batch energy distance "
-                        "(Salimans et al., ICLR 2018), in memory.", no_args_is_help=True)
+                        "(Salimans et al., ICLR 2018).", no_args_is_help=True)
 app.add_typer(otgan_app, name="otgan")
+potgan_app = typer.Typer(help="POT-GAN: WGAN-GP with the parallel latent OT regulariser "
+                         "(Avraham et al., CVPR 2019).", no_args_is_help=True)
+app.add_typer(potgan_app, name="potgan")
 console = Console()
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -98,7 +101,8 @@ def rsr_train(
     from ootrain.engine import EngineConfig
     from ootrain.models import build_model
     from ootrain.progress import make_progress
-    from ootrain.recipes import generate, train_rsr
+    from ootrain.models import generate
+    from ootrain.recipes import train_rsr
     from ootrain.rsr import SlicedSolver
     from ootrain.data import DATASETS
 
@@ -470,8 +474,9 @@ def sd_solve(
 def plot_samples(x: np.ndarray, path: Path, real: Optional[np.ndarray] = None,
                  title: str = "", n_show: int = 100) -> bool:
     """Picture of generated samples: an image grid when ``d`` is a square (8x8 digits: 64),
-    a scatter over the real data when ``d == 2``, histograms when ``d == 1``.  Returns False
-    (nothing written) for other widths."""
+    a scatter over the real data when ``d == 2``, its three coordinate-pair projections when
+    ``d == 3``, histograms when ``d == 1``.  Returns False (nothing written) for other
+    widths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -485,6 +490,18 @@ def plot_samples(x: np.ndarray, path: Path, real: Optional[np.ndarray] = None,
             ax.scatter(r[:, 0], r[:, 1], s=2, c="0.6", label="data")
         ax.scatter(x[:5000, 0], x[:5000, 1], s=2, c="C0", label="generated")
         ax.legend(markerscale=4, fontsize=8)
+    elif d == 3:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+        for ax, (i, j) in zip(axes, ((0, 1), (0, 2), (1, 2))):
+            if real is not None:
+                r = np.asarray(real[:5000])
+                ax.scatter(r[:, i], r[:, j], s=1, c="0.6", label="data")
+            ax.scatter(x[:5000, i], x[:5000, j], s=1, c="C0", label="generated")
+            ax.set_xlabel(f"x{i}")
+            ax.set_ylabel(f"x{j}")
+            ax.set_aspect("equal")
+        axes[0].legend(markerscale=4, fontsize=8)
+        ax = axes[1]
     elif d == 1:
         fig, ax = plt.subplots(figsize=(5, 3))
         if real is not None:
@@ -581,7 +598,8 @@ def sd_train(
     from ootrain.gradual import AssignmentSolver, GradualConfig, train_gradual
     from ootrain.models import build_model
     from ootrain.progress import make_progress
-    from ootrain.recipes import generate, make_optimizer, open_shared_store
+    from ootrain.models import generate
+    from ootrain.recipes import make_optimizer, open_shared_store
 
     _set_threads(threads)
     if squash not in ("auto", "none", "sigmoid", "tanh"):
@@ -700,6 +718,14 @@ def otgan_train(
                                                       "after this many iterations."),
     steps: int = typer.Option(1000, help="Iterations (generator and critic updates)."),
     latent_dim: int = typer.Option(8, help="Latent dimension (z ~ N(0, I))."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Rows per "
+                                              "forward pass: critic features are computed "
+                                              "and replayed with autograd m rows at a time "
+                                              "against the solves' per-sample cotangents "
+                                              "(same gradient; default: the whole batch in "
+                                              "one graph)."),
+    verify: bool = typer.Option(False, help="With --micro-batch, check the replay reproduces "
+                                "the first pass (deterministic models)."),
     hidden: str = typer.Option("128,128,128", help="Generator hidden widths (ReLU MLP)."),
     layer_norm: bool = typer.Option(True, "--layer-norm/--no-layer-norm", help="LayerNorm in "
                                     "the generator's hidden layers (sharper modes sooner)."),
@@ -712,7 +738,7 @@ def otgan_train(
     threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default). On a "
                                 "small shared machine 1 avoids OpenMP stalls."),
 ) -> None:
-    """Train a generator against a learned critic by OT-GAN's Algorithm 1 (in memory).
+    """Train a generator against a learned critic by OT-GAN's Algorithm 1.
 
     Each iteration draws X, X' real and Y, Y' generated (each --batch samples), computes the
     mini-batch energy distance of their critic features with the cosine cost (six log-domain
@@ -720,8 +746,8 @@ def otgan_train(
     iteration, until --freeze-critic-after) or the generator (descent).
     """
     from ootrain.metrics import ring8_modes, ring_metrics
-    from ootrain.otgan import (OTGANConfig, data_sampler, generate, make_critic,
-                               make_generator)
+    from ootrain.models import generate
+    from ootrain.otgan import OTGANConfig, data_sampler, make_critic, make_generator
     from ootrain.otgan import train_otgan as _train
 
     _set_threads(threads)
@@ -731,7 +757,8 @@ def otgan_train(
                           sinkhorn_max_iter=sinkhorn_max_iter, backend=backend,
                           warm_start=warm_start, warm_start_method=warm_start_method,
                           critic_freeze_after=freeze_critic_after, steps=steps,
-                          latent_dim=latent_dim, seed=seed)
+                          latent_dim=latent_dim, seed=seed, micro_batch=micro_batch,
+                          verify=verify)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     if n_samples < 1:
@@ -746,7 +773,8 @@ def otgan_train(
         raise typer.BadParameter(f"--data {data!r}: {e}") from None
     G = make_generator(latent_dim, d, g_hidden, layer_norm=layer_norm, seed=seed)
     C = make_critic(d, feature_dim, c_hidden, seed=seed + 1)
-    console.print(f"OT-GAN on {what}; 4 x {batch} samples per iteration, {steps} iterations")
+    console.print(f"OT-GAN on {what}; 4 x {batch} samples per iteration, {steps} iterations"
+                  + (f", micro-batches of {micro_batch}" if micro_batch else ", in memory"))
     history = _train(G, C, sampler, cfg, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     x = generate(G, n_samples, latent_dim, seed=seed + 12345)
@@ -786,6 +814,134 @@ def _plot_losses_otgan(history: list, path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.set_ylabel("mini-batch energy distance D²")
     ax.legend(fontsize=7, markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- POT-GAN
+@potgan_app.command("train")
+def potgan_train(
+    out: Path = typer.Option(..., help="Output folder: samples.npy, samples.png, loss.png, "
+                             "history.json, metrics.json."),
+    data: str = typer.Option("ring8", help="Real data: ring8 (8 Gaussians on a circle), "
+                             "gaussian:D (D=3: the paper's ball), mog:D:K[:S], mog1d (exact "
+                             "draws), or digits / a .npy/.npz/zarr array (rows drawn with "
+                             "replacement)."),
+    method: str = typer.Option("potgan", help="potgan | wgan-gp (the baseline: the same "
+                               "training without L_POT)."),
+    steps: int = typer.Option(4000, help="Generator updates."),
+    batch: int = typer.Option(256, "--batch", "-b", help="Real and generated samples per "
+                              "update."),
+    n_critic: int = typer.Option(5, help="Critic updates per generator update."),
+    gp_weight: float = typer.Option(10.0, help="Gradient-penalty weight lambda."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate of generator and critic."),
+    latent_dim: int = typer.Option(2, help="Generator noise dimension."),
+    pot_weight: float = typer.Option(0.01, help="lambda_POT (L_POT is a sum over the batch)."),
+    matching: str = typer.Option("argmin", help="argmin (per real latent) | exact "
+                                 "(one-to-one)."),
+    backend: str = typer.Option("torch", help="Argmin backend: auto | torch | keops | faiss."),
+    forest_steps: int = typer.Option(5, help="Algorithm 2 steps on F per generator update."),
+    forest_lr: float = typer.Option(1e-2, help="Adam learning rate of F."),
+    forest_trees: int = typer.Option(8, help="Trees of F."),
+    forest_depth: int = typer.Option(3, help="Depth of each tree of F."),
+    vae_latent: int = typer.Option(2, help="VAE latent dimension (the space of L_POT)."),
+    vae_steps: int = typer.Option(1500, help="VAE training steps (before the GAN)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Rows per "
+                                              "forward pass (cotangent mode; default: the "
+                                              "whole batch)."),
+    seed: int = typer.Option(0, help="Seed of the models' init, real draws and latents."),
+    n_samples: int = typer.Option(5000, help="Samples written and scored."),
+    bandwidth: Optional[float] = typer.Option(None, help="Parzen bandwidth of the reverse KL "
+                                              "(default: ring8 0.02, else Scott's rule)."),
+    progress: bool = typer.Option(True, help="Progress bars."),
+    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)."),
+) -> None:
+    """Train WGAN-GP with (potgan) or without (wgan-gp) the latent OT regulariser.
+
+    POT-GAN first trains a VAE on the data and freezes its encoder Q; each generator update
+    then fits the Latent Transformation Forest F (Algorithm 2), matches every real latent to
+    its nearest transformed generated latent and adds lambda_POT |Q(X_r) - F(Q(G(Z)))|^2
+    over the matched pairs to the WGAN-GP generator loss.  Scores: Parzen reverse
+    KL(P_g || P_r) on --n-samples generated vs as many real samples, and mode metrics on
+    ring8.
+    """
+    from ootrain.metrics import ring8_modes, ring_metrics
+    from ootrain.models import generate
+    from ootrain.otgan import data_sampler
+    from ootrain.parzen import parzen_reverse_kl, scott_bandwidth
+    from ootrain.potgan import POTConfig
+    from ootrain.recipes import GAN_METHODS, train_potgan
+    from ootrain.vae import VAEConfig
+    from ootrain.wgan import WGANConfig
+
+    _set_threads(threads)
+    if method not in GAN_METHODS:
+        raise typer.BadParameter(f"--method must be one of {', '.join(GAN_METHODS)}, got "
+                                 f"{method!r}")
+    try:
+        wcfg = WGANConfig(batch=batch, n_critic=n_critic, gp_weight=gp_weight, lr_gen=lr,
+                          lr_critic=lr, steps=steps, latent_dim=latent_dim, seed=seed,
+                          micro_batch=micro_batch)
+        pcfg = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
+                         matching=matching, backend=backend)
+        vcfg = VAEConfig(steps=vae_steps, seed=seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    for name, v in (("--n-samples", n_samples), ("--vae-latent", vae_latent),
+                    ("--forest-trees", forest_trees), ("--forest-depth", forest_depth)):
+        if v < 1:
+            raise typer.BadParameter(f"{name} must be >= 1, got {v}")
+    if bandwidth is not None and not bandwidth > 0:
+        raise typer.BadParameter(f"--bandwidth must be > 0, got {bandwidth}")
+    try:
+        sampler, d, what = data_sampler(data)
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(f"--data {data!r}: {e}") from None
+    console.print(f"{method} on {what}; batch {batch}, {steps} generator updates")
+    run = train_potgan(sampler, d, method=method, wgan=wcfg, pot=pcfg, vae=vcfg,
+                       vae_latent=vae_latent, forest_trees=forest_trees,
+                       forest_depth=forest_depth, seed=seed, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    x = generate(run.generator, n_samples, latent_dim, seed=seed + 12345)
+    real = np.asarray(sampler(n_samples, np.random.default_rng([seed, 3])))
+    h = bandwidth if bandwidth is not None else (0.02 if data == "ring8"
+                                                 else scott_bandwidth(real))
+    np.save(out / "samples.npy", x)
+    wrote = plot_samples(x, out / "samples.png", real, f"{method}, {steps} updates")
+    _plot_losses_potgan(run.history, out / "loss.png")
+    (out / "history.json").write_text(json.dumps(
+        {"method": method, "data": data, "wgan": wcfg.to_dict(), "pot": pcfg.to_dict(),
+         "vae": vcfg.to_dict(), "history": run.history, "vae_history": run.vae_history},
+        indent=1) + "\n")
+    summary = {"method": method, "data": data, "steps": steps, "n_samples": n_samples,
+               "bandwidth": h, "reverse_kl": parzen_reverse_kl(x, real, h),
+               "wall_s": run.history[-1]["time_s"] if run.history else 0.0,
+               "ring_metrics": ring_metrics(x, ring8_modes()) if data == "ring8" else None}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"Parzen reverse KL(P_g || P_r) = {summary['reverse_kl']:.4f} (bandwidth "
+                  f"{h:.3g})")
+    if summary["ring_metrics"] is not None:
+        m = summary["ring_metrics"]
+        console.print(f"modes covered {m['modes_covered']}/{m['n_modes']}  high-quality "
+                      f"{100 * m['high_quality_fraction']:.1f} %")
+    console.print(f"wrote {out / 'samples.npy'}, history.json, metrics.json, loss.png"
+                  + (", samples.png" if wrote else ""))
+
+
+def _plot_losses_potgan(history: list, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps = [r["step"] for r in history]
+    ax.plot(steps, [r["wasserstein"] for r in history], lw=0.8, label="critic's W estimate")
+    if history and "reg" in history[0]:
+        ax.plot(steps, [r["reg"] for r in history], lw=0.8, label="L_POT")
+    ax.set_xlabel("generator update")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,16 +26,17 @@ no batch statistics): ``verify=True`` compares ReRun's embeddings with Run's and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ootrain.engine import NondeterministicModelError
 
-__all__ = ["Population", "embed", "backward_cotangents", "cotangent_step"]
+__all__ = ["Population", "embed", "backward_cotangents", "cotangent_step", "frozen_parameters"]
 
 
 @dataclass
@@ -124,3 +125,17 @@ def cotangent_step(populations: Sequence[Population],
         if p.backward:
             backward_cotangents(p, g, micro_batch, e if verify else None)
     return value
+
+
+@contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Within the block, backward passes go *through* ``module`` (to its inputs) without
+    accumulating its parameters' gradients: e.g. a generator's ReRun through a critic."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)

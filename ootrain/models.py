@@ -20,8 +20,9 @@ import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,8 +34,10 @@ __all__ = [
     "Identity",
     "RandomFeatures",
     "build_model",
+    "generate",
     "load_checkpoint",
     "save_checkpoint",
+    "seeded",
 ]
 
 #: Activation name -> module factory.
@@ -47,6 +50,17 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 #: The identity embedding (accepts and ignores constructor arguments).
 Identity = nn.Identity
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded(seed: int, build: Callable[[], M]) -> M:
+    """``build()`` with torch's global RNG seeded by ``seed`` inside a fork: the model's
+    initialisation is reproducible and the caller's RNG stream is neither used nor changed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 class MLP(nn.Module):
@@ -248,3 +262,16 @@ def load_checkpoint(
             raise ValueError(f"{path} holds no optimizer state")
         optimizer.load_state_dict(payload["optimizer"])
     return payload["meta"]
+
+
+def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345,
+             batch: int = 65536) -> np.ndarray:
+    """``n`` samples ``G(z)``, ``z ~ N(0, I)``, in batches, without grad: [n, out_dim]."""
+    rng = np.random.default_rng(seed)
+    dtype = next(generator.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            z = torch.as_tensor(rng.standard_normal((min(batch, n - i), latent_dim)), dtype=dtype)
+            out.append(generator(z).numpy())
+    return np.concatenate(out)

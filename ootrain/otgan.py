@@ -62,7 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ootrain.models import ACTIVATIONS, MLP
+from ootrain.microbatch import Population, cotangent_step, embed, frozen_parameters
+from ootrain.models import ACTIVATIONS, MLP, seeded
 from ootrain.progress import make_progress
 from ootrain.sinkhorn import (DENSE_MAX_ENTRIES, ENERGY_TERMS, SINKHORN_BACKENDS,
                               EnergyDistanceResult, SinkhornResult, sinkhorn)
@@ -75,7 +76,6 @@ __all__ = [
     "make_critic",
     "train_otgan",
     "array_sampler",
-    "generate",
     "energy_step",
     "data_sampler",
 ]
@@ -117,6 +117,13 @@ class OTGANConfig:
         steps: iterations (generator and critic updates together).
         latent_dim: dimension of ``z ~ N(0, I)``.
         seed: seed of the real draws and the latents (model init is the caller's).
+        micro_batch: None: one autograd graph over the whole batch (in memory); an integer
+            ``m``: the engine's cotangent mode (:mod:`ootrain.microbatch`): critic features
+            are computed ``m`` rows at a time without autograd, the six Sinkhorn problems
+            are solved on them, and ``m`` rows at a time are replayed with autograd against
+            the per-sample cotangents; same gradient, activations of ``m`` rows only.
+        verify: with ``micro_batch``, check that the replay reproduces the first pass's
+            features (raises :class:`ootrain.engine.NondeterministicModelError`).
     """
 
     batch: int = 200
@@ -135,6 +142,8 @@ class OTGANConfig:
     steps: int = 1000
     latent_dim: int = 8
     seed: int = 0
+    micro_batch: Optional[int] = None
+    verify: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -184,6 +193,12 @@ class OTGANConfig:
             raise ValueError(f"latent_dim must be an integer >= 1, got {self.latent_dim!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        m = self.micro_batch
+        if m is not None and (not _is_int(m) or m < 1):
+            raise ValueError(f"micro_batch must be None (in memory) or an integer >= 1, got "
+                             f"{m!r}")
+        if not isinstance(self.verify, bool):
+            raise ValueError(f"verify must be a bool, got {self.verify!r}")
 
     def player(self, step: int) -> str:
         """Who updates at 0-based iteration ``step`` (the paper's ``t = step + 1``)."""
@@ -217,25 +232,19 @@ class Critic(nn.Module):
         return F.normalize(self.features(x), dim=1, eps=1e-12)
 
 
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):  # init must not touch the global RNG
-        torch.manual_seed(seed)
-        return build()
-
-
 def make_generator(latent_dim: int = 8, out_dim: int = 2, hidden: Sequence[int] = (128, 128),
                    activation: str = "relu", layer_norm: bool = False, seed: int = 0) -> MLP:
     """The toy generator ``MLP(latent_dim -> hidden -> out_dim)`` (linear output; each hidden
     layer Linear -> LayerNorm if ``layer_norm`` -> activation), initialised from ``seed``
     without touching the global torch RNG."""
-    return _seeded(seed, lambda: MLP(latent_dim, out_dim, hidden=hidden, activation=activation,
+    return seeded(seed, lambda: MLP(latent_dim, out_dim, hidden=hidden, activation=activation,
                                      layer_norm=layer_norm))
 
 
 def make_critic(in_dim: int = 2, feature_dim: int = 32, hidden: Sequence[int] = (128, 128),
                 activation: str = "leaky_relu", seed: int = 0) -> Critic:
     """A :class:`Critic`, initialised from ``seed`` without touching the global torch RNG."""
-    return _seeded(seed, lambda: Critic(in_dim, feature_dim, hidden, activation))
+    return seeded(seed, lambda: Critic(in_dim, feature_dim, hidden, activation))
 
 
 def array_sampler(data: Any) -> Callable[[int, np.random.Generator], np.ndarray]:
@@ -248,14 +257,6 @@ def array_sampler(data: Any) -> Callable[[int, np.random.Generator], np.ndarray]
         return arr[rng.integers(0, arr.shape[0], size=n)]
 
     return draw
-
-
-def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345) -> np.ndarray:
-    """``n`` samples ``G(z)``, ``z ~ N(0, I)`` from ``numpy.random.default_rng(seed)``."""
-    z = np.random.default_rng(seed).standard_normal((n, latent_dim))
-    dtype = next(generator.parameters()).dtype
-    with torch.no_grad():
-        return generator(torch.as_tensor(z, dtype=dtype)).numpy()
 
 
 # ----------------------------------------------------------------------------------
@@ -325,6 +326,90 @@ def energy_step(feats: dict[str, Tensor], cfg: OTGANConfig,
         state[key] = _Prev(units[a], units[b], res.f, res.g)
     value = sum(c * results[key].cost for key, _, _, c in ENERGY_TERMS)
     return EnergyDistanceResult(value=value, results=results), state, warm
+
+
+def _checked_generator(generator: nn.Module, width: int) -> Callable[[Tensor], Tensor]:
+    def forward(z: Tensor) -> Tensor:
+        y = generator(z)
+        if y.ndim != 2 or y.shape[0] != z.shape[0] or y.shape[1] != width:
+            raise ValueError(f"generator output must be [n, {width}] (the real data's "
+                             f"width), got {tuple(y.shape)} for {z.shape[0]} latents")
+        return y
+    return forward
+
+
+_Batch = tuple[Tensor, Tensor, Tensor]   # X [n, D], X' [n, D], Z [2n, latent_dim]
+
+
+def _in_memory_gradients(generator: nn.Module, critic: nn.Module, batch: _Batch, player: str,
+                         cfg: OTGANConfig, prev: Optional[dict[str, _Prev]],
+                         params: list[Tensor]
+                         ) -> tuple[EnergyDistanceResult, dict[str, _Prev], bool, float]:
+    """One autograd graph over the whole batch; sets ``.grad`` of ``params`` (the updating
+    player's) to the gradient of ``D^2`` (generator) or ``-D^2`` (critic)."""
+    x, x2, z = batch
+    n = x.shape[0]
+    gen = _checked_generator(generator, x.shape[1])
+    with torch.no_grad() if player == "critic" else nullcontext():
+        y = gen(z)
+    if player == "critic":
+        feats = {"x": critic(x), "x2": critic(x2), "y": critic(y[:n]), "y2": critic(y[n:])}
+    else:
+        with torch.no_grad():
+            fx, fx2 = critic(x), critic(x2)
+        fy = critic(y)
+        feats = {"x": fx, "x2": fx2, "y": fy[:n], "y2": fy[n:]}
+    t1 = time.perf_counter()
+    res, state, warm = energy_step(feats, cfg, prev)
+    sink_s = time.perf_counter() - t1
+    objective = -res.value if player == "critic" else res.value
+    grads = torch.autograd.grad(objective, params, allow_unused=True)
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.detach()
+    return res, state, warm, sink_s
+
+
+def _micro_batched_gradients(generator: nn.Module, critic: nn.Module, batch: _Batch,
+                             player: str, cfg: OTGANConfig, prev: Optional[dict[str, _Prev]],
+                             params: list[Tensor]
+                             ) -> tuple[EnergyDistanceResult, dict[str, _Prev], bool, float]:
+    """The same gradients as :func:`_in_memory_gradients` through
+    :func:`ootrain.microbatch.cotangent_step`: the four sets' critic features ``m`` rows at a
+    time without autograd, the six solves on them, per-feature cotangents ``±dD^2/dv`` (the
+    envelope gradient, by autograd through the solves' frozen-plan costs on detached
+    features), and a replay of the updating player's rows with autograd.  Critic turn:
+    ``Y = G(Z)`` is generated without autograd and all four sets replayed through the critic;
+    generator turn: only ``Y, Y'`` are replayed, through ``critic(G(z))`` with the critic's
+    parameters not accumulating gradients."""
+    x, x2, z = batch
+    n, m = x.shape[0], cfg.micro_batch
+    gen = _checked_generator(generator, x.shape[1])
+    if player == "critic":
+        y = embed(Population(gen, z), m)
+        pops = [Population(critic, x), Population(critic, x2), Population(critic, y[:n]),
+                Population(critic, y[n:])]
+        guard = nullcontext()
+    else:
+        def fake(zz: Tensor) -> Tensor:
+            return critic(gen(zz))
+        pops = [Population(critic, x, backward=False), Population(critic, x2, backward=False),
+                Population(fake, z[:n]), Population(fake, z[n:])]
+        guard = frozen_parameters(critic)
+    sign = -1.0 if player == "critic" else 1.0
+    out: dict[str, Any] = {}
+
+    def solve(*features: Tensor) -> tuple[EnergyDistanceResult, Sequence[Tensor]]:
+        leaves = {k: f.detach().requires_grad_(True) for k, f in zip(("x", "x2", "y", "y2"),
+                                                                      features)}
+        t1 = time.perf_counter()
+        res, out["state"], out["warm"] = energy_step(leaves, cfg, prev)
+        out["sink_s"] = time.perf_counter() - t1
+        return res, torch.autograd.grad(sign * res.value, list(leaves.values()))
+
+    with guard:
+        res = cotangent_step(pops, solve, m, verify=cfg.verify)
+    return res, out["state"], out["warm"], out["sink_s"]
+
 
 
 def _as_tensor(x: Any, n: int, dtype: torch.dtype, what: str) -> Tensor:
@@ -399,27 +484,13 @@ def train_otgan(generator: nn.Module, critic: nn.Module,
             x = _as_tensor(real_sampler(n, rng_real), n, dtype, "real_sampler")
             x2 = _as_tensor(real_sampler(n, rng_real), n, dtype, "real_sampler")
             z = torch.as_tensor(rng_z.standard_normal((2 * n, cfg.latent_dim)), dtype=dtype)
-            with torch.no_grad() if player == "critic" else nullcontext():
-                y = generator(z)
-            if y.ndim != 2 or y.shape[0] != 2 * n or y.shape[1] != x.shape[1]:
-                raise ValueError(f"generator output must be [n, {x.shape[1]}] (the real "
-                                 f"data's width), got {tuple(y.shape)}")
-            if player == "critic":
-                feats = {"x": critic(x), "x2": critic(x2), "y": critic(y[:n]),
-                         "y2": critic(y[n:])}
-            else:
-                with torch.no_grad():
-                    fx, fx2 = critic(x), critic(x2)
-                fy = critic(y)
-                feats = {"x": fx, "x2": fx2, "y": fy[:n], "y2": fy[n:]}
-            t1 = time.perf_counter()
-            res, prev, warm = energy_step(feats, cfg, prev)
-            sink_s = time.perf_counter() - t1
             params, opt = (cparams, opt_c) if player == "critic" else (gparams, opt_g)
-            objective = -res.value if player == "critic" else res.value
-            grads = torch.autograd.grad(objective, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = None if g is None else g.detach()
+            for p in gparams + cparams:
+                p.grad = None
+            gradients = _in_memory_gradients if cfg.micro_batch is None \
+                else _micro_batched_gradients
+            res, prev, warm, sink_s = gradients(generator, critic, (x, x2, z), player, cfg,
+                                                prev, params)
             opt.step()
             iters = [r.iterations for r in res.results.values()]
             now = time.perf_counter()

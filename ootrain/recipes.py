@@ -1,4 +1,5 @@
-"""Ready-made training runs that wire models, data, store, solver and engine together.
+"""Ready-made training runs that wire models, data, store, solver and engine together
+(Run-Sort-ReRun; POT-GAN and its WGAN-GP baseline).
 
 Used by the CLI, the demo and the pipelines; a library user can equally build an
 :class:`~ootrain.engine.Engine` directly.
@@ -7,17 +8,21 @@ Used by the CLI, the demo and the pipelines; a library user can equally build an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-import torch.distributed as dist
-
 from ootrain.engine import Engine, EngineConfig, StepResult, rank_world
+from ootrain.forest import LatentTransformForest
+from ootrain.models import MLP, seeded
+from ootrain.potgan import POTConfig, POTRegulariser
 from ootrain.rsr import SlicedSolver
 from ootrain.store import Store
+from ootrain.vae import VAEConfig, frozen_encoder, make_vae, train_vae
+from ootrain.wgan import WGANConfig, make_wgan_critic, train_wgan_gp
 
 
 @dataclass
@@ -66,14 +71,53 @@ def open_shared_store(path: str, config: dict[str, Any], overwrite: bool = False
     return store if store is not None else Store(path, config, mode="a", lock=False)
 
 
-def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345,
-             batch: int = 65536) -> np.ndarray:
-    """``n`` samples ``G(z)``, ``z ~ N(0, I)``, in batches, without grad: [n, out_dim]."""
-    rng = np.random.default_rng(seed)
-    dtype = next(generator.parameters()).dtype
-    out = []
-    with torch.no_grad():
-        for i in range(0, n, batch):
-            z = torch.as_tensor(rng.standard_normal((min(batch, n - i), latent_dim)), dtype=dtype)
-            out.append(generator(z).numpy())
-    return np.concatenate(out)
+@dataclass
+class GANRun:
+    """Outcome of :func:`train_potgan`: the trained models and their histories (``encoder``,
+    ``forest``, ``vae_history`` are None for plain WGAN-GP)."""
+
+    method: str
+    generator: nn.Module
+    critic: nn.Module
+    history: list[dict[str, Any]]
+    encoder: nn.Module | None = None
+    forest: nn.Module | None = None
+    vae_history: list[dict[str, Any]] | None = None
+
+
+GAN_METHODS = ("potgan", "wgan-gp")
+
+
+def train_potgan(sampler: Callable[[int, np.random.Generator], Any], dim: int, *,
+                 method: str = "potgan", wgan: WGANConfig | None = None,
+                 pot: POTConfig | None = None, vae: VAEConfig | None = None,
+                 vae_latent: int = 2, vae_hidden: Sequence[int] = (64, 64),
+                 hidden: Sequence[int] = (128, 128, 128),
+                 critic_hidden: Sequence[int] = (128, 128, 128), forest_trees: int = 8,
+                 forest_depth: int = 3, seed: int = 0, progress: Any = None) -> GANRun:
+    """POT-GAN (``method="potgan"``: VAE → frozen encoder ``Q`` → WGAN-GP with the latent OT
+    regulariser, :mod:`ootrain.potgan`) or its baseline (``"wgan-gp"``) on data of width
+    ``dim`` drawn by ``sampler(n, rng)``.
+
+    Both methods build the generator ``MLP(latent -> hidden -> dim)`` and the critic
+    ``MLP(dim -> critic_hidden -> 1)`` (ReLU) from ``seed`` and see the same real draws and
+    latents (:func:`ootrain.wgan.train_wgan_gp` seeds them from ``wgan.seed``): they differ
+    only by ``lambda_POT * L_POT``.  The VAE (``vae_latent``, ``vae_hidden``) and the forest
+    (``forest_trees`` of depth ``forest_depth``) are POT-GAN's only.
+    """
+    if method not in GAN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
+    wgan = wgan if wgan is not None else WGANConfig(seed=seed)
+    G = seeded(seed, lambda: MLP(wgan.latent_dim, dim, hidden=hidden))
+    D = make_wgan_critic(dim, critic_hidden, seed=seed + 1)
+    if method == "wgan-gp":
+        return GANRun(method, G, D, train_wgan_gp(G, D, sampler, wgan, progress=progress))
+    model = make_vae(dim, vae_latent, vae_hidden, seed=seed + 2)
+    vae_hist = train_vae(model, sampler, vae if vae is not None else VAEConfig(seed=seed),
+                         progress=progress)
+    Q = frozen_encoder(model)
+    F = LatentTransformForest(vae_latent, n_trees=forest_trees, depth=forest_depth,
+                              seed=seed + 3)
+    reg = POTRegulariser(Q, F, pot)
+    hist = train_wgan_gp(G, D, sampler, wgan, reg, progress=progress)
+    return GANRun(method, G, D, hist, Q, F, vae_hist)

@@ -58,7 +58,8 @@ from torch import nn
 
 from ootrain.data import RING8_RADIUS, RING8_STD, sample_ring8
 from ootrain.metrics import PACGAN_N_SAMPLES, ring8_modes, ring_metrics
-from ootrain.otgan import OTGANConfig, generate, make_critic, make_generator, train_otgan
+from ootrain.models import generate
+from ootrain.otgan import OTGANConfig, make_critic, make_generator, train_otgan
 from ootrain.progress import make_progress
 from pipelines.common import one_thread
 

@@ -74,7 +74,8 @@ from ootrain.data import MOG1D_MEANS, MOG1D_STDS, MOG1D_WEIGHTS, mog1d_pdf, samp
 from ootrain.engine import EngineConfig, StepResult
 from ootrain.models import MLP
 from ootrain.progress import make_progress
-from ootrain.recipes import generate, make_optimizer, train_rsr
+from ootrain.models import generate
+from ootrain.recipes import make_optimizer, train_rsr
 from ootrain.rsr import SlicedSolver
 from ootrain.sliced import wasserstein_1d
 from pipelines.common import one_thread

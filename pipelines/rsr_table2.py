@@ -56,7 +56,8 @@ import typer
 from ootrain.data import load_dataset
 from ootrain.models import MLP
 from ootrain.progress import make_progress
-from ootrain.recipes import generate, make_optimizer
+from ootrain.models import generate
+from ootrain.recipes import make_optimizer
 from ootrain.sliced import random_directions, sliced_wasserstein
 from pipelines.common import one_thread
 

@@ -78,7 +78,8 @@ def test_linspace_bug_sampler_covers_only_seven_modes():
     ("sinkhorn_scaling", 1.5, "sinkhorn_scaling"), ("backend", "gpu", "backend"),
     ("warm_start", "yes", "warm_start"), ("warm_start_method", "copy", "warm_start_method"),
     ("critic_freeze_after", -1, "critic_freeze_after"), ("steps", -1, "steps"),
-    ("latent_dim", 0, "latent_dim"), ("seed", 1.5, "seed")])
+    ("latent_dim", 0, "latent_dim"), ("seed", 1.5, "seed"), ("micro_batch", 0, "micro_batch"),
+    ("micro_batch", 2.0, "micro_batch"), ("verify", 1, "verify")])
 def test_config_validation(field, value, match):
     with pytest.raises(ValueError, match=match):
         OTGANConfig(**{field: value})
@@ -170,6 +171,41 @@ def test_warm_start_reduces_sinkhorn_iterations():
     assert ctr < 0.75 * cold and idx < 0.75 * cold, (ctr, idx, cold)
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_micro_batched_training_equals_in_memory_training(warm_start):
+    """The engine invariant through Algorithm 1: micro-batches of 7 rows (ragged: 30 = 4·7 + 2)
+    replayed against the solves' cotangents leave the same parameters, step by step over both
+    players, as one autograd graph over the whole batch (float64)."""
+    def run(micro_batch):
+        G, C = (m.double() for m in _models())
+        cfg = OTGANConfig(batch=30, eps=0.05, n_gen=1, steps=6, latent_dim=4, lr_gen=1e-3,
+                          lr_critic=1e-3, sinkhorn_tol=1e-9, sinkhorn_max_iter=5000,
+                          micro_batch=micro_batch, verify=micro_batch is not None,
+                          warm_start=warm_start, seed=5)
+        h = train_otgan(G, C, sample_ring8, cfg, progress=False)
+        return h, [p.detach().clone() for p in (*G.parameters(), *C.parameters())]
+
+    (h_mem, w_mem), (h_mb, w_mb) = run(None), run(7)
+    assert [r["player"] for r in h_mb] == ["generator", "critic"] * 3
+    np.testing.assert_allclose([r["loss"] for r in h_mb], [r["loss"] for r in h_mem],
+                               rtol=1e-9)
+    w0 = [p.detach() for m in _models() for p in m.parameters()]
+    for a, b, c in zip(w_mb, w_mem, w0):
+        assert not torch.equal(b, c.double())            # every parameter moved …
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)   # … identically
+
+
+def test_micro_batched_training_rejects_a_nondeterministic_critic():
+    from ootrain.engine import NondeterministicModelError
+
+    G, C = _models()
+    noisy = torch.nn.Sequential(torch.nn.Dropout(0.5), C)
+    cfg = OTGANConfig(batch=16, eps=0.05, n_gen=1, steps=2, latent_dim=4, micro_batch=8,
+                      verify=True)
+    with pytest.raises(NondeterministicModelError, match="deterministic"):
+        train_otgan(G, noisy, sample_ring8, cfg, progress=False)
+
+
 def test_train_rejects_bad_inputs():
     G, C = _models()
     cfg = OTGANConfig(batch=8, steps=1, latent_dim=4)
@@ -185,9 +221,11 @@ def test_train_rejects_bad_inputs():
 
 
 # --------------------------------------------------------------------------- CLI
-def test_cli_otgan_train_writes_outputs(tmp_path):
+@pytest.mark.parametrize("micro", [[], ["--micro-batch", "6", "--verify"]])
+def test_cli_otgan_train_writes_outputs(tmp_path, micro):
     out = tmp_path / "out"
     res = runner.invoke(app, ["otgan", "train", "--out", str(out), "--steps", "5", "-b", "16",
+                              *micro,
                               "--n-samples", "300", "--hidden", "16,16", "--critic-hidden",
                               "16", "--feature-dim", "4", "--latent-dim", "3", "--no-progress",
                               "--threads", "1"])
@@ -197,6 +235,7 @@ def test_cli_otgan_train_writes_outputs(tmp_path):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
     hist = json.loads((out / "history.json").read_text())
     assert len(hist["history"]) == 5 and hist["config"]["batch"] == 16
+    assert hist["config"]["micro_batch"] == (6 if micro else None)
     assert [r["player"] for r in hist["history"]].count("critic") == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["ring_metrics"]["modes_covered"] <= 8
@@ -206,7 +245,7 @@ def test_cli_otgan_train_writes_outputs(tmp_path):
 @pytest.mark.parametrize("args,match", [
     (["-b", "1"], "batch"), (["--eps", "-1"], "eps"), (["--n-gen", "0"], "n_gen"),
     (["--data", "nope"], "nope"), (["--hidden", "a,b"], "hidden"),
-    (["--warm-start-method", "copy"], "warm_start_method")])
+    (["--warm-start-method", "copy"], "warm_start_method"), (["-m", "0"], "micro_batch")])
 def test_cli_otgan_train_rejects_bad_options(tmp_path, args, match):
     res = runner.invoke(app, ["otgan", "train", "--out", str(tmp_path / "o"), "--steps", "1",
                               "--no-progress", *args])

@@ -1,0 +1,258 @@
+"""POT-GAN vs WGAN-GP on the two toy studies of Avraham, Zuo & Drummond (CVPR 2019).
+
+Problems (the paper's Section 5.1 toys, at CPU scale):
+
+- ``ring``: the 2-D ring of 8 Gaussians (:func:`ootrain.data.sample_ring8`: radius 2, std 0.02,
+  8 distinct angles ``2 pi j / 8``), 2-D generator noise;
+- ``ball``: the 3-D standard Gaussian "ball" ``N(0, I_3)`` generated from **2-D** noise (the
+  generator must fold a plane into a ball; the reverse KL sees where it leaves mass).
+
+Both methods are trained identically by :func:`ootrain.recipes.train_potgan` (same
+generator and critic initialisation, same real draws and latents per seed); POT-GAN adds
+``lambda_POT * L_POT`` in the latent space of a VAE trained on the data first and frozen.
+
+Score: reverse ``KL(P_g || P_r)`` by Parzen windows (:func:`ootrain.parzen.parzen_reverse_kl`)
+of ``N_EVAL`` generated samples (fixed latents) against ``N_REAL`` fresh real samples, over
+several seeds; on the ring also the PacGAN mode metrics (:func:`ootrain.metrics.ring_metrics`).
+
+Choices the paper leaves open, fixed here (all in ``results.json``):
+
+- models: generator ``MLP(2 -> 128 x 3 -> D)``, critic ``MLP(D -> 128 x 3 -> 1)`` (ReLU);
+  VAE ``MLP(D -> 64 x 2 -> 2k)`` / ``MLP(k -> 64 x 2 -> D)``, latent ``k = 2`` (ring) or
+  3 (ball), 1500 Adam steps of batch 256;
+- WGAN-GP: batch 256, ``n_critic`` 5, lambda 10, Adam ``LR`` with betas (0.5, 0.9),
+  ``STEPS`` generator updates;
+- forest ``F``: 8 trees of depth 3, residual (starts as the identity), thresholds from the
+  first batch's real latents; Algorithm 2: ``FOREST_STEPS`` Adam steps (lr ``FOREST_LR``)
+  per generator update; matching per real latent (``argmin``), torch backend;
+- ``lambda_POT`` = ``POT_WEIGHT`` on ``L_POT`` summed over the batch (the paper's norm);
+- Parzen bandwidth: ``BANDWIDTH[problem]`` (ring: the modes' std, 0.02; ball: 0.2, a tenth
+  of the data's scale); the estimate is that of the bandwidth-smoothed densities
+  (:mod:`ootrain.parzen`), so values are comparable only at one bandwidth.
+
+Outputs (``--out``): ``results.json`` (config, per problem / method / seed: reverse KL, ring
+metrics, wall time; the table), ``table.md``, ``samples.npz`` (``<problem>_<method>_s<seed>``
+``[N_EVAL, D]``) and ``samples.png`` (seed 0: problems x methods over the data).
+
+Usage: ``python -m pipelines.potgan_toys --out DIR`` (about 20 min on 2 CPU cores);
+``--quick`` for a smoke run (< 1 min).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from ootrain.data import load_dataset, sample_ring8
+from ootrain.metrics import ring8_modes, ring_metrics
+from ootrain.models import generate
+from ootrain.parzen import parzen_reverse_kl
+from ootrain.potgan import POTConfig
+from ootrain.recipes import GAN_METHODS, train_potgan
+from ootrain.vae import VAEConfig
+from ootrain.wgan import WGANConfig
+
+console = Console()
+
+STEPS = 3000
+LR = 5e-4
+BATCH = 256
+POT_WEIGHT = 0.01
+FOREST_STEPS = 5
+FOREST_LR = 1e-2
+VAE_STEPS = 1500
+N_EVAL = 5000
+N_REAL = 20000
+SEEDS = (0, 1, 2)
+LATENT_DIM = 2
+BANDWIDTH = {"ring": 0.02, "ball": 0.2}
+PAPER = {"ring": {"wgan-gp": 0.0046, "potgan": 0.0020},
+         "ball": {"wgan-gp": 0.9438, "potgan": 0.7428}}
+
+
+def _ball(n: int, rng: np.random.Generator) -> np.ndarray:
+    return load_dataset("gaussian:3", n=n, seed=int(rng.integers(2**63)))
+
+
+PROBLEMS: dict[str, dict[str, Any]] = {
+    "ring": {"sampler": sample_ring8, "dim": 2, "vae_latent": 2,
+             "what": "8 Gaussians (std 0.02) on a circle of radius 2, 2-D noise"},
+    "ball": {"sampler": _ball, "dim": 3, "vae_latent": 3,
+             "what": "3-D standard Gaussian from 2-D noise"},
+}
+
+
+def run_one(problem: str, method: str, seed: int, *, steps: int, lr: float,
+            pot_weight: float, forest_steps: int, vae_steps: int, n_eval: int, n_real: int,
+            progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+    """Train ``method`` on ``problem`` from ``seed``; returns its scores and samples."""
+    spec = PROBLEMS[problem]
+    wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr,
+                      latent_dim=LATENT_DIM, seed=seed)
+    pot = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=FOREST_LR,
+                    backend="torch")
+    vae = VAEConfig(steps=vae_steps, batch=BATCH, seed=seed)
+    t0 = time.perf_counter()
+    run = train_potgan(spec["sampler"], spec["dim"], method=method, wgan=wgan, pot=pot,
+                       vae=vae, vae_latent=spec["vae_latent"], seed=seed, progress=progress)
+    wall = time.perf_counter() - t0
+    x = generate(run.generator, n_eval, LATENT_DIM, seed=10_000 + seed)
+    real = spec["sampler"](n_real, np.random.default_rng([20_000, seed]))
+    row: dict[str, Any] = {
+        "problem": problem, "method": method, "seed": seed, "wall_s": round(wall, 2),
+        "reverse_kl": parzen_reverse_kl(x, real, BANDWIDTH[problem]),
+        "final_wasserstein": float(np.mean([r["wasserstein"] for r in run.history[-50:]]))}
+    if run.history and "reg" in run.history[-1]:
+        row["final_L_POT"] = float(np.mean([r["reg"] for r in run.history[-50:]]))
+    if problem == "ring":
+        m = ring_metrics(x, ring8_modes())
+        row.update(modes_covered=m["modes_covered"],
+                   high_quality_fraction=m["high_quality_fraction"])
+    return row, x
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean / std of the reverse KL per problem and method and POT-GAN's per-seed wins."""
+    out: dict[str, Any] = {}
+    for problem in PROBLEMS:
+        per = {m: {r["seed"]: r for r in rows if r["problem"] == problem and r["method"] == m}
+               for m in GAN_METHODS}
+        if not all(per.values()):
+            continue
+        seeds = sorted(set(per["potgan"]) & set(per["wgan-gp"]))
+        entry: dict[str, Any] = {}
+        for m in GAN_METHODS:
+            kl = np.array([per[m][s]["reverse_kl"] for s in seeds])
+            entry[m] = {"reverse_kl_mean": float(kl.mean()), "reverse_kl_std": float(kl.std()),
+                        "reverse_kl": kl.tolist()}
+            if problem == "ring":
+                entry[m]["modes_covered"] = [per[m][s]["modes_covered"] for s in seeds]
+                entry[m]["high_quality_fraction"] = float(np.mean(
+                    [per[m][s]["high_quality_fraction"] for s in seeds]))
+        entry["potgan_wins"] = int(sum(per["potgan"][s]["reverse_kl"]
+                                       < per["wgan-gp"][s]["reverse_kl"] for s in seeds))
+        entry["seeds"] = seeds
+        out[problem] = entry
+    return out
+
+
+def markdown_table(summary: dict[str, Any], command: str) -> str:
+    lines = ["| problem | method | reverse KL (Parzen), mean ± std | per seed | modes "
+             "(ring) | high-quality (ring) | paper |",
+             "|---|---|---|---|---|---|---|"]
+    for problem, entry in summary.items():
+        for m in ("wgan-gp", "potgan"):
+            e = entry[m]
+            modes = "/".join(map(str, e.get("modes_covered", []))) or "–"
+            hq = f"{100 * e['high_quality_fraction']:.1f} %" if "high_quality_fraction" in e \
+                else "–"
+            per = ", ".join(f"{v:.3g}" for v in e["reverse_kl"])
+            lines.append(f"| {problem} (h = {BANDWIDTH[problem]}) | {m} | "
+                         f"{e['reverse_kl_mean']:.4g} ± {e['reverse_kl_std']:.2g} | {per} | "
+                         f"{modes} | {hq} | {PAPER[problem][m]} |")
+        lines.append(f"| | POT-GAN lower on | {entry['potgan_wins']}/{len(entry['seeds'])} "
+                     "seeds | | | | |")
+    return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
+
+
+def plot_samples(path: Path, samples: dict[str, np.ndarray], seed: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = [p for p in PROBLEMS if f"{p}_potgan_s{seed}" in samples]
+    fig, axes = plt.subplots(len(probs), 2, figsize=(8, 4 * len(probs)), squeeze=False)
+    for row, p in zip(axes, probs):
+        real = PROBLEMS[p]["sampler"](3000, np.random.default_rng(1))
+        for ax, m in zip(row, ("wgan-gp", "potgan")):
+            x = samples[f"{p}_{m}_s{seed}"]
+            ax.scatter(real[:, 0], real[:, 1], s=1, c="0.7", label="data")
+            ax.scatter(x[:3000, 0], x[:3000, 1], s=1, c="C0" if m == "potgan" else "C3",
+                       label=m)
+            ax.set_title(f"{p}: {m} (seed {seed}" + (", x0-x1 projection)" if
+                                                      PROBLEMS[p]["dim"] == 3 else ")"),
+                         fontsize=9)
+            ax.set_aspect("equal")
+            ax.legend(markerscale=5, fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_pipeline(out: Path, *, problems: tuple[str, ...] = tuple(PROBLEMS),
+                 seeds: tuple[int, ...] = SEEDS, steps: int = STEPS, lr: float = LR,
+                 pot_weight: float = POT_WEIGHT, forest_steps: int = FOREST_STEPS,
+                 vae_steps: int = VAE_STEPS, n_eval: int = N_EVAL, n_real: int = N_REAL,
+                 progress: bool = True, command: str = "") -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    samples: dict[str, np.ndarray] = {}
+    for problem in problems:
+        for seed in seeds:
+            for method in ("wgan-gp", "potgan"):
+                row, x = run_one(problem, method, seed, steps=steps, lr=lr,
+                                 pot_weight=pot_weight, forest_steps=forest_steps,
+                                 vae_steps=vae_steps, n_eval=n_eval, n_real=n_real,
+                                 progress=progress)
+                rows.append(row)
+                samples[f"{problem}_{method}_s{seed}"] = x
+                console.print(f"{problem} {method} seed {seed}: reverse KL "
+                              f"{row['reverse_kl']:.4g}"
+                              + (f", modes {row['modes_covered']}/8, HQ "
+                                 f"{100 * row['high_quality_fraction']:.1f} %"
+                                 if problem == "ring" else "") + f" ({row['wall_s']:.0f} s)")
+    summary = summarise(rows)
+    table = markdown_table(summary, command)
+    config = {"steps": steps, "lr": lr, "batch": BATCH, "pot_weight": pot_weight,
+              "forest_steps": forest_steps, "forest_lr": FOREST_LR, "vae_steps": vae_steps,
+              "n_eval": n_eval, "n_real": n_real, "bandwidth": BANDWIDTH, "seeds": list(seeds),
+              "latent_dim": LATENT_DIM,
+              "problems": {p: PROBLEMS[p]["what"] for p in problems}}
+    (out / "results.json").write_text(json.dumps(
+        {"config": config, "runs": rows, "summary": summary, "command": command},
+        indent=1) + "\n")
+    (out / "table.md").write_text(table)
+    np.savez_compressed(out / "samples.npz", **samples)
+    plot_samples(out / "samples.png", samples, seeds[0])
+    console.print(table)
+    return summary
+
+
+def main(out: Path = typer.Option(..., help="Output folder."),
+         seeds: int = typer.Option(len(SEEDS), help="Seeds 0 .. n-1."),
+         steps: int = typer.Option(STEPS, help="Generator updates per run."),
+         lr: float = typer.Option(LR, help="Adam learning rate (generator and critic)."),
+         pot_weight: float = typer.Option(POT_WEIGHT, help="lambda_POT."),
+         forest_steps: int = typer.Option(FOREST_STEPS, help="Algorithm 2 steps per update."),
+         problems: str = typer.Option("ring,ball", help="Comma-separated: ring, ball."),
+         quick: bool = typer.Option(False, help="Smoke run: 1 seed, 30 updates."),
+         progress: bool = typer.Option(True, help="Progress bars.")) -> None:
+    """POT-GAN vs WGAN-GP on the ring of 8 Gaussians and the 3-D Gaussian ball (module doc)."""
+    import torch
+
+    torch.set_num_threads(1)
+    probs = tuple(p.strip() for p in problems.split(",") if p.strip())
+    bad = [p for p in probs if p not in PROBLEMS]
+    if bad or not probs:
+        raise typer.BadParameter(f"--problems: unknown {bad}; choose from {list(PROBLEMS)}")
+    command = "python -m pipelines.potgan_toys " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if quick:
+        run_pipeline(out, problems=probs, seeds=(0,), steps=30, lr=lr, pot_weight=pot_weight,
+                     forest_steps=forest_steps, vae_steps=50, n_eval=500, n_real=1000,
+                     progress=progress, command=command)
+    else:
+        run_pipeline(out, problems=probs, seeds=tuple(range(seeds)), steps=steps, lr=lr,
+                     pot_weight=pot_weight, forest_steps=forest_steps, progress=progress,
+                     command=command)
+
+
+if __name__ == "__main__":
+    typer.run(main)
