@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from ootrain.microbatch import Population, cotangent_step, embed, frozen_parameters
 from ootrain.models import ACTIVATIONS, MLP, seeded
 from ootrain.progress import make_progress
+from ootrain.validation import check_betas, check_bool, check_micro_batch, is_int, is_num
 from ootrain.sinkhorn import (DENSE_MAX_ENTRIES, ENERGY_TERMS, SINKHORN_BACKENDS,
                               EnergyDistanceResult, SinkhornResult, sinkhorn)
 
@@ -82,15 +83,6 @@ __all__ = [
 
 WARM_START_METHODS = ("ctransform", "index")
 PLAYERS = ("generator", "critic")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(float(v))
 
 
 @dataclass
@@ -150,31 +142,28 @@ class OTGANConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if not _is_int(self.batch) or self.batch < 2:
+        if not is_int(self.batch) or self.batch < 2:
             raise ValueError(f"batch (size of each of X, X', Y, Y') must be an integer >= 2, "
                              f"got {self.batch!r}")
-        if not _is_num(self.eps) or self.eps <= 0:
+        if not is_num(self.eps) or self.eps <= 0:
             raise ValueError(f"eps must be a finite number > 0 (cosine-cost units, cost in "
                              f"[0, 2]), got {self.eps!r}")
-        if not _is_int(self.n_gen) or self.n_gen < 1:
+        if not is_int(self.n_gen) or self.n_gen < 1:
             raise ValueError(f"n_gen (generator updates per critic update) must be an integer "
                              f">= 1, got {self.n_gen!r}")
         for name in ("lr_gen", "lr_critic"):
             v = getattr(self, name)
-            if not _is_num(v) or v <= 0:
+            if not is_num(v) or v <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        b = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else None
-        if b is None or len(b) != 2 or not all(_is_num(x) and 0 <= x < 1 for x in b):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(b[0]), float(b[1]))
-        if not _is_num(self.sinkhorn_tol) or self.sinkhorn_tol < 0:
+        self.betas = check_betas(self.betas)
+        if not is_num(self.sinkhorn_tol) or self.sinkhorn_tol < 0:
             raise ValueError(f"sinkhorn_tol must be a finite number >= 0, got "
                              f"{self.sinkhorn_tol!r}")
-        if not _is_int(self.sinkhorn_max_iter) or self.sinkhorn_max_iter < 1:
+        if not is_int(self.sinkhorn_max_iter) or self.sinkhorn_max_iter < 1:
             raise ValueError(f"sinkhorn_max_iter must be an integer >= 1, got "
                              f"{self.sinkhorn_max_iter!r}")
         s = self.sinkhorn_scaling
-        if s is not None and (not _is_num(s) or not 0 < s < 1):
+        if s is not None and (not is_num(s) or not 0 < s < 1):
             raise ValueError(f"sinkhorn_scaling must be in (0, 1) or None, got {s!r}")
         if self.backend not in SINKHORN_BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(SINKHORN_BACKENDS)}, got "
@@ -185,20 +174,16 @@ class OTGANConfig:
             raise ValueError(f"warm_start_method must be one of "
                              f"{', '.join(WARM_START_METHODS)}, got {self.warm_start_method!r}")
         f = self.critic_freeze_after
-        if f is not None and (not _is_int(f) or f < 0):
+        if f is not None and (not is_int(f) or f < 0):
             raise ValueError(f"critic_freeze_after must be None or an integer >= 0, got {f!r}")
-        if not _is_int(self.steps) or self.steps < 0:
+        if not is_int(self.steps) or self.steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if not _is_int(self.latent_dim) or self.latent_dim < 1:
+        if not is_int(self.latent_dim) or self.latent_dim < 1:
             raise ValueError(f"latent_dim must be an integer >= 1, got {self.latent_dim!r}")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        m = self.micro_batch
-        if m is not None and (not _is_int(m) or m < 1):
-            raise ValueError(f"micro_batch must be None (in memory) or an integer >= 1, got "
-                             f"{m!r}")
-        if not isinstance(self.verify, bool):
-            raise ValueError(f"verify must be a bool, got {self.verify!r}")
+        check_micro_batch(self.micro_batch)
+        check_bool("verify", self.verify)
 
     def player(self, step: int) -> str:
         """Who updates at 0-based iteration ``step`` (the paper's ``t = step + 1``)."""
@@ -454,7 +439,7 @@ def train_otgan(generator: nn.Module, critic: nn.Module,
     if not isinstance(config, OTGANConfig):
         raise ValueError(f"config must be an OTGANConfig, got {type(config).__name__}")
     config.validate()
-    if not _is_int(start_step) or start_step < 0:
+    if not is_int(start_step) or start_step < 0:
         raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
     cfg = config
     gparams = [p for p in generator.parameters() if p.requires_grad]

@@ -35,7 +35,6 @@ Choices the paper leaves open, fixed here (and recorded by the pipeline):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from ootrain.argmin import BACKENDS, c_transform
 from ootrain.forest import LatentTransformForest
 from ootrain.microbatch import frozen_parameters
+from ootrain.validation import check_int, check_num
 
 __all__ = ["MATCHINGS", "POTConfig", "POTRegulariser", "match"]
 
@@ -105,15 +105,9 @@ class POTConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        for name, strict in (("weight", False), ("forest_lr", True)):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or v < 0 or (strict and v == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if strict else '>= 0'}"
-                                 f", got {v!r}")
-        fs = self.forest_steps
-        if isinstance(fs, bool) or not isinstance(fs, int) or fs < 0:
-            raise ValueError(f"forest_steps must be an integer >= 0, got {fs!r}")
+        check_num("weight", self.weight, strict=False)
+        check_num("forest_lr", self.forest_lr)
+        check_int("forest_steps", self.forest_steps, 0)
         if self.matching not in MATCHINGS:
             raise ValueError(f"matching must be one of {', '.join(MATCHINGS)}, got "
                              f"{self.matching!r}")

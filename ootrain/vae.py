@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ootrain.models import ACTIVATIONS, MLP, seeded
 from ootrain.progress import make_progress
+from ootrain.validation import check_int, check_num, is_int
 
 __all__ = [
     "LOGVAR_MIN",
@@ -56,15 +57,6 @@ __all__ = [
 LOGVAR_MIN, LOGVAR_MAX = -12.0, 8.0
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -9.0, 4.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(float(v))
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -88,9 +80,9 @@ class VAE(nn.Module):
     def __init__(self, in_dim: int, latent_dim: int = 2, hidden: Sequence[int] = (128, 128),
                  activation: str = "relu") -> None:
         super().__init__()
-        if not _is_int(in_dim) or in_dim < 1:
+        if not is_int(in_dim) or in_dim < 1:
             raise ValueError(f"in_dim must be an integer >= 1, got {in_dim!r}")
-        if not _is_int(latent_dim) or latent_dim < 1:
+        if not is_int(latent_dim) or latent_dim < 1:
             raise ValueError(f"latent_dim must be an integer >= 1, got {latent_dim!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from "
@@ -170,16 +162,11 @@ class VAEConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if not _is_int(self.steps) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if not _is_int(self.batch) or self.batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
-        if not _is_num(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not _is_num(self.beta) or self.beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_int("steps", self.steps, 0)
+        check_int("batch", self.batch, 1)
+        check_num("lr", self.lr)
+        check_num("beta", self.beta, strict=False)
+        check_int("seed", self.seed, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

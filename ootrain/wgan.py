@@ -41,18 +41,11 @@ from torch import Tensor, nn
 from ootrain.microbatch import Population, cotangent_step, embed, frozen_parameters
 from ootrain.models import MLP, seeded
 from ootrain.progress import make_progress
+from ootrain.validation import (check_betas, check_bool, check_int, check_micro_batch,
+                                check_num)
 
 __all__ = ["WGANConfig", "Regulariser", "make_wgan_critic", "gradient_penalty", "critic_loss",
            "train_wgan_gp"]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(float(v))
 
 
 @dataclass
@@ -89,28 +82,15 @@ class WGANConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        for name, low in (("batch", 2), ("n_critic", 1), ("steps", 0), ("latent_dim", 1)):
-            v = getattr(self, name)
-            if not _is_int(v) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        if not _is_num(self.gp_weight) or self.gp_weight < 0:
-            raise ValueError(f"gp_weight must be a finite number >= 0, got {self.gp_weight!r}")
-        for name in ("lr_gen", "lr_critic"):
-            v = getattr(self, name)
-            if not _is_num(v) or v <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        b = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else None
-        if b is None or len(b) != 2 or not all(_is_num(x) and 0 <= x < 1 for x in b):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(b[0]), float(b[1]))
-        if not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        m = self.micro_batch
-        if m is not None and (not _is_int(m) or m < 1):
-            raise ValueError(f"micro_batch must be None (in memory) or an integer >= 1, got "
-                             f"{m!r}")
-        if not isinstance(self.verify, bool):
-            raise ValueError(f"verify must be a bool, got {self.verify!r}")
+        for name, low in (("batch", 2), ("n_critic", 1), ("steps", 0), ("latent_dim", 1),
+                          ("seed", 0)):
+            check_int(name, getattr(self, name), low)
+        check_num("gp_weight", self.gp_weight, strict=False)
+        check_num("lr_gen", self.lr_gen)
+        check_num("lr_critic", self.lr_critic)
+        self.betas = check_betas(self.betas)
+        check_micro_batch(self.micro_batch)
+        check_bool("verify", self.verify)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
