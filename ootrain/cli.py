@@ -840,7 +840,7 @@ def potgan_train(
     pot_weight: float = typer.Option(0.01, help="lambda_POT (L_POT is a sum over the batch)."),
     matching: str = typer.Option("argmin", help="argmin (per real latent) | exact "
                                  "(one-to-one)."),
-    backend: str = typer.Option("torch", help="Argmin backend: auto | torch | keops | faiss."),
+    backend: str = typer.Option("auto", help="Argmin backend: auto | torch | keops | faiss."),
     forest_steps: int = typer.Option(5, help="Algorithm 2 steps on F per generator update."),
     forest_lr: float = typer.Option(1e-2, help="Adam learning rate of F."),
     forest_trees: int = typer.Option(8, help="Trees of F."),

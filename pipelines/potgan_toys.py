@@ -24,7 +24,7 @@ Choices the paper leaves open, fixed here (all in ``results.json``):
   ``STEPS`` generator updates;
 - forest ``F``: 8 trees of depth 3, residual (starts as the identity), thresholds from the
   first batch's real latents; Algorithm 2: ``FOREST_STEPS`` Adam steps (lr ``FOREST_LR``)
-  per generator update; matching per real latent (``argmin``), torch backend;
+  per generator update; matching per real latent (``argmin``), ``auto`` backend;
 - ``lambda_POT`` = ``POT_WEIGHT`` on ``L_POT`` summed over the batch (the paper's norm);
 - Parzen bandwidth: ``BANDWIDTH[problem]`` (ring: the modes' std, 0.02; ball: 0.2, a tenth
   of the data's scale); the estimate is that of the bandwidth-smoothed densities
@@ -98,7 +98,7 @@ def run_one(problem: str, method: str, seed: int, *, steps: int, lr: float,
     wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr,
                       latent_dim=LATENT_DIM, seed=seed)
     pot = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=FOREST_LR,
-                    backend="torch")
+                    backend="auto")
     vae = VAEConfig(steps=vae_steps, batch=BATCH, seed=seed)
     t0 = time.perf_counter()
     run = train_potgan(spec["sampler"], spec["dim"], method=method, wgan=wgan, pot=pot,

@@ -144,6 +144,8 @@ def test_auto_rule():
     assert resolve_backend("auto", Cost("sqeuclidean")) == "faiss"
     assert resolve_backend("auto", Cost("l1")) == "faiss"
     assert resolve_backend("auto", Cost("euclidean")) in ("keops", "torch")
+    assert resolve_backend("auto", Cost("sqeuclidean"), entries=256 * 256) == "torch"
+    assert resolve_backend("auto", Cost("sqeuclidean"), entries=1024 * 1024) == "faiss"
     x, y, psi = problem(4)
     for cost in COSTS:
         if resolve_backend("auto", parse_cost(cost)) == "keops" and cost not in KEOPS_FAST:
