@@ -830,19 +830,21 @@ def potgan_train(
                              "replacement)."),
     method: str = typer.Option("potgan", help="potgan | wgan-gp (the baseline: the same "
                                "training without L_POT)."),
-    steps: int = typer.Option(4000, help="Generator updates."),
+    steps: int = typer.Option(3000, help="Generator updates."),
     batch: int = typer.Option(256, "--batch", "-b", help="Real and generated samples per "
                               "update."),
     n_critic: int = typer.Option(5, help="Critic updates per generator update."),
     gp_weight: float = typer.Option(10.0, help="Gradient-penalty weight lambda."),
-    lr: float = typer.Option(1e-4, help="Adam learning rate of generator and critic."),
+    lr: float = typer.Option(5e-4, help="Adam learning rate of generator and critic "
+                             "(WGAN-GP paper: 1e-4)."),
     latent_dim: int = typer.Option(2, help="Generator noise dimension."),
     pot_weight: float = typer.Option(0.01, help="lambda_POT (L_POT is a sum over the batch)."),
     matching: str = typer.Option("argmin", help="argmin (per real latent) | exact "
                                  "(one-to-one)."),
     backend: str = typer.Option("auto", help="Argmin backend: auto | torch | keops | faiss."),
-    forest_steps: int = typer.Option(5, help="Algorithm 2 steps on F per generator update."),
-    forest_lr: float = typer.Option(1e-2, help="Adam learning rate of F."),
+    forest_steps: int = typer.Option(1, help="Algorithm 2 steps on F per generator update."),
+    forest_lr: float = typer.Option(1e-3, help="Adam learning rate of F (a fast F absorbs "
+                                    "the mismatch: see ootrain.potgan)."),
     forest_trees: int = typer.Option(8, help="Trees of F."),
     forest_depth: int = typer.Option(3, help="Depth of each tree of F."),
     vae_latent: int = typer.Option(2, help="VAE latent dimension (the space of L_POT)."),
