@@ -97,13 +97,13 @@ PROBLEMS: dict[str, dict[str, Any]] = {
 
 def run_one(problem: str, method: str, seed: int, *, steps: int, lr: float,
             pot_weight: float, forest_steps: int, forest_lr: float, vae_steps: int,
-            n_eval: int, n_real: int, progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+            n_eval: int, n_real: int, matching: str = "argmin", progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
     """Train ``method`` on ``problem`` from ``seed``; returns its scores and samples."""
     spec = PROBLEMS[problem]
     wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr,
                       latent_dim=LATENT_DIM, seed=seed)
     pot = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
-                    backend="auto")
+                    matching=matching, backend="auto")
     vae = VAEConfig(steps=vae_steps, batch=BATCH, seed=seed)
     t0 = time.perf_counter()
     run = train_potgan(spec["sampler"], spec["dim"], method=method, wgan=wgan, pot=pot,
