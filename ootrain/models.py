@@ -35,6 +35,7 @@ __all__ = [
     "RandomFeatures",
     "build_model",
     "generate",
+    "parameter_ema",
     "load_checkpoint",
     "save_checkpoint",
     "seeded",
@@ -275,3 +276,28 @@ def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345,
             z = torch.as_tensor(rng.standard_normal((min(batch, n - i), latent_dim)), dtype=dtype)
             out.append(generator(z).numpy())
     return np.concatenate(out)
+
+
+def parameter_ema(module: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """A bias-corrected exponential moving average of ``module``'s parameters (the averaged
+    generator of GAN evaluation, Yazıcı et al., ICLR 2019), as a
+    ``torch.optim.swa_utils.AveragedModel``: call ``.update_parameters(module)`` after every
+    optimiser step; ``.module`` is the averaged copy (same architecture, no grad).
+
+    After ``t`` updates with parameters ``θ_1 .. θ_t`` it holds
+
+        θ̄_t = Σ_{s=1..t} (1 - β) β^(t-s) θ_s / (1 - β^t),      β = ``decay`` in [0, 1),
+
+    by the recursion ``θ̄_1 = θ_1``, ``θ̄_t = θ̄_{t-1} + (θ_t - θ̄_{t-1}) (1 - β) / (1 - β^t)``:
+    the weights sum to one, so unlike a plain EMA started at ``θ_0`` no trace of the
+    initialisation is left (``β = 0`` keeps the last parameters).  Buffers are not averaged.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
+    beta = float(decay)
+
+    def average(avg: torch.Tensor, new: torch.Tensor, n_averaged: torch.Tensor) -> torch.Tensor:
+        t = int(n_averaged) + 1   # this is update t (a Python float weight: full precision)
+        return avg + (new - avg) * ((1 - beta) / (1 - beta ** t))
+
+    return torch.optim.swa_utils.AveragedModel(module, avg_fn=average)

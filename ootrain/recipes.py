@@ -17,7 +17,7 @@ from torch import nn
 
 from ootrain.engine import Engine, EngineConfig, StepResult, rank_world
 from ootrain.forest import LatentTransformForest
-from ootrain.models import MLP, seeded
+from ootrain.models import MLP, parameter_ema, seeded
 from ootrain.potgan import POTConfig, POTRegulariser
 from ootrain.rsr import SlicedSolver
 from ootrain.store import Store
@@ -74,7 +74,8 @@ def open_shared_store(path: str, config: dict[str, Any], overwrite: bool = False
 @dataclass
 class GANRun:
     """Outcome of :func:`train_potgan`: the trained models and their histories (``encoder``,
-    ``forest``, ``vae_history`` are None for plain WGAN-GP)."""
+    ``forest``, ``vae_history`` are None for plain WGAN-GP; ``generator_ema``, the averaged
+    generator, is None unless asked for)."""
 
     method: str
     generator: nn.Module
@@ -83,6 +84,7 @@ class GANRun:
     encoder: nn.Module | None = None
     forest: nn.Module | None = None
     vae_history: list[dict[str, Any]] | None = None
+    generator_ema: nn.Module | None = None
 
 
 GAN_METHODS = ("potgan", "wgan-gp")
@@ -94,7 +96,8 @@ def train_potgan(sampler: Callable[[int, np.random.Generator], Any], dim: int, *
                  vae_latent: int = 2, vae_hidden: Sequence[int] = (64, 64),
                  hidden: Sequence[int] = (128, 128, 128),
                  critic_hidden: Sequence[int] = (128, 128, 128), forest_trees: int = 8,
-                 forest_depth: int = 3, seed: int = 0, progress: Any = None) -> GANRun:
+                 forest_depth: int = 3, ema: float | None = None, seed: int = 0,
+                 progress: Any = None) -> GANRun:
     """POT-GAN (``method="potgan"``: VAE → frozen encoder ``Q`` → WGAN-GP with the latent OT
     regulariser, :mod:`ootrain.potgan`) or its baseline (``"wgan-gp"``) on data of width
     ``dim`` drawn by ``sampler(n, rng)``.
@@ -103,15 +106,21 @@ def train_potgan(sampler: Callable[[int, np.random.Generator], Any], dim: int, *
     ``MLP(dim -> critic_hidden -> 1)`` (ReLU) from ``seed`` and see the same real draws and
     latents (:func:`ootrain.wgan.train_wgan_gp` seeds them from ``wgan.seed``): they differ
     only by ``lambda_POT * L_POT``.  The VAE (``vae_latent``, ``vae_hidden``) and the forest
-    (``forest_trees`` of depth ``forest_depth``) are POT-GAN's only.
+    (``forest_trees`` of depth ``forest_depth``) are POT-GAN's only.  ``ema`` (a decay in
+    [0, 1)) also keeps the bias-corrected moving average of the generator's parameters over
+    its updates (:func:`ootrain.models.parameter_ema`), returned as ``generator_ema``.
     """
     if method not in GAN_METHODS:
         raise ValueError(f"method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
     wgan = wgan if wgan is not None else WGANConfig(seed=seed)
     G = seeded(seed, lambda: MLP(wgan.latent_dim, dim, hidden=hidden))
     D = make_wgan_critic(dim, critic_hidden, seed=seed + 1)
+    average = parameter_ema(G, ema) if ema is not None else None
+    callback = (lambda row: average.update_parameters(G)) if average is not None else None
+    G_ema = average.module if average is not None else None
     if method == "wgan-gp":
-        return GANRun(method, G, D, train_wgan_gp(G, D, sampler, wgan, progress=progress))
+        hist = train_wgan_gp(G, D, sampler, wgan, callback=callback, progress=progress)
+        return GANRun(method, G, D, hist, generator_ema=G_ema)
     model = make_vae(dim, vae_latent, vae_hidden, seed=seed + 2)
     vae_hist = train_vae(model, sampler, vae if vae is not None else VAEConfig(seed=seed),
                          progress=progress)
@@ -119,5 +128,5 @@ def train_potgan(sampler: Callable[[int, np.random.Generator], Any], dim: int, *
     F = LatentTransformForest(vae_latent, n_trees=forest_trees, depth=forest_depth,
                               seed=seed + 3)
     reg = POTRegulariser(Q, F, pot)
-    hist = train_wgan_gp(G, D, sampler, wgan, reg, progress=progress)
-    return GANRun(method, G, D, hist, Q, F, vae_hist)
+    hist = train_wgan_gp(G, D, sampler, wgan, reg, callback=callback, progress=progress)
+    return GANRun(method, G, D, hist, Q, F, vae_hist, G_ema)
