@@ -172,13 +172,15 @@ def test_cli_potgan_train_writes_outputs(tmp_path, method):
     assert (hist["vae_history"] is not None) == (method == "potgan")
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["reverse_kl"]) and metrics["bandwidth"] == 0.02
+    assert np.isfinite(metrics["reverse_kl_last"]) and metrics["ema"] == 0.999
     assert 0 <= metrics["ring_metrics"]["modes_covered"] <= 8
 
 
 @pytest.mark.parametrize("args,match", [
     (["--method", "gan"], "method"), (["--pot-weight", "-1"], "weight"),
     (["--matching", "greedy"], "matching"), (["-b", "1"], "batch"),
-    (["--data", "nope"], "nope"), (["--bandwidth", "0"], "bandwidth")])
+    (["--data", "nope"], "nope"), (["--bandwidth", "0"], "bandwidth"),
+    (["--ema", "1"], "ema")])
 def test_cli_potgan_train_rejects_bad_options(tmp_path, args, match):
     res = CliRunner().invoke(app, ["potgan", "train", "--out", str(tmp_path / "o"),
                                    "--steps", "1", "--no-progress", *args])
@@ -195,7 +197,9 @@ def test_pipeline_smoke(tmp_path):
     assert set(summary) == {"ring", "ball"}
     for entry in summary.values():
         assert entry["seeds"] == [0] and 0 <= entry["potgan_wins"] <= 1
-        assert all(np.isfinite(entry[m]["reverse_kl_mean"]) for m in ("potgan", "wgan-gp"))
+        assert 0 <= entry["potgan_wins_last"] <= 1
+        assert all(np.isfinite(entry[m]["reverse_kl_mean" + sfx])
+                   for m in ("potgan", "wgan-gp") for sfx in ("", "_last"))
     res = json.loads((tmp_path / "results.json").read_text())
     assert len(res["runs"]) == 4 and res["config"]["bandwidth"]["ring"] == 0.02
     assert "POT-GAN lower on" in (tmp_path / "table.md").read_text()
