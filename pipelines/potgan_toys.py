@@ -76,6 +76,7 @@ console = Console()
 STEPS = 3000
 LR = 5e-4
 BATCH = 256
+GP_WEIGHT = 10.0
 POT_WEIGHT = 0.03
 FOREST_STEPS = 1
 FOREST_LR = 1e-3
@@ -114,12 +115,12 @@ def _scores(problem: str, x: np.ndarray, real: np.ndarray, suffix: str = "") -> 
 def run_one(problem: str, method: str, seed: int, *, steps: int, lr: float,
             pot_weight: float, forest_steps: int, forest_lr: float, vae_steps: int,
             n_eval: int, n_real: int, matching: str = "argmin", ema: float = EMA,
-            progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
+            gp_weight: float = GP_WEIGHT, progress: bool = False) -> tuple[dict[str, Any], np.ndarray]:
     """Train ``method`` on ``problem`` from ``seed``; returns its scores (of the averaged
     generator, and with suffix ``_last`` of the last one) and the averaged generator's
     samples."""
     spec = PROBLEMS[problem]
-    wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr,
+    wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr, gp_weight=gp_weight,
                       latent_dim=LATENT_DIM, seed=seed)
     pot = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
                     matching=matching, backend="auto")
@@ -228,13 +229,14 @@ def run_pipeline(out: Path, *, problems: tuple[str, ...] = tuple(PROBLEMS),
                  seeds: tuple[int, ...] = SEEDS, steps: int = STEPS, lr: float = LR,
                  pot_weight: float = POT_WEIGHT, forest_steps: int = FOREST_STEPS,
                  forest_lr: float = FOREST_LR, vae_steps: int = VAE_STEPS,
-                 n_eval: int = N_EVAL, n_real: int = N_REAL,
+                 n_eval: int = N_EVAL, n_real: int = N_REAL, gp_weight: float = GP_WEIGHT,
                  progress: bool = True, command: str = "", jobs: int = 1) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     samples: dict[str, np.ndarray] = {}
     kw = dict(steps=steps, lr=lr, pot_weight=pot_weight, forest_steps=forest_steps,
-              forest_lr=forest_lr, vae_steps=vae_steps, n_eval=n_eval, n_real=n_real)
+              forest_lr=forest_lr, vae_steps=vae_steps, n_eval=n_eval, n_real=n_real,
+              gp_weight=gp_weight)
     cases = [(p, m, s) for p in problems for s in seeds for m in ("wgan-gp", "potgan")]
 
     def record(row: dict[str, Any], x: np.ndarray) -> None:
@@ -260,7 +262,8 @@ def run_pipeline(out: Path, *, problems: tuple[str, ...] = tuple(PROBLEMS),
             record(*run_one(p, m, s, progress=progress, **kw))
     summary = summarise(rows)
     table = markdown_table(summary, command)
-    config = {"steps": steps, "lr": lr, "batch": BATCH, "pot_weight": pot_weight,
+    config = {"steps": steps, "lr": lr, "batch": BATCH, "gp_weight": gp_weight,
+              "pot_weight": pot_weight,
               "forest_steps": forest_steps, "forest_lr": forest_lr, "vae_steps": vae_steps,
               "n_eval": n_eval, "n_real": n_real, "bandwidth": BANDWIDTH, "seeds": list(seeds),
               "latent_dim": LATENT_DIM, "ema": EMA,
@@ -279,6 +282,8 @@ def main(out: Path = typer.Option(..., help="Output folder."),
          seeds: int = typer.Option(len(SEEDS), help="Seeds 0 .. n-1."),
          steps: int = typer.Option(STEPS, help="Generator updates per run."),
          lr: float = typer.Option(LR, help="Adam learning rate (generator and critic)."),
+         gp_weight: float = typer.Option(GP_WEIGHT, help="Gradient-penalty weight lambda_GP "
+                                         "(WGAN-GP paper: 10; its toy code: 0.1)."),
          pot_weight: float = typer.Option(POT_WEIGHT, help="lambda_POT."),
          forest_steps: int = typer.Option(FOREST_STEPS, help="Algorithm 2 steps per update."),
          forest_lr: float = typer.Option(FOREST_LR, help="Adam learning rate of F."),
@@ -297,12 +302,12 @@ def main(out: Path = typer.Option(..., help="Output folder."),
     if quick:
         run_pipeline(out, problems=probs, seeds=(0,), steps=30, lr=lr, pot_weight=pot_weight,
                      forest_steps=forest_steps, forest_lr=forest_lr, vae_steps=50, n_eval=500,
-                     n_real=1000,
+                     n_real=1000, gp_weight=gp_weight,
                      progress=progress, command=command, jobs=jobs)
     else:
         run_pipeline(out, problems=probs, seeds=tuple(range(seeds)), steps=steps, lr=lr,
                      pot_weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
-                     progress=progress, command=command, jobs=jobs)
+                     gp_weight=gp_weight, progress=progress, command=command, jobs=jobs)
 
 
 main.__doc__ = __doc__   # --help lists every choice the paper leaves open
