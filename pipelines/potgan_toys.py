@@ -26,8 +26,9 @@ Choices the paper leaves open, fixed here (all in ``results.json``):
 - models: generator ``MLP(2 -> 128 x 3 -> D)``, critic ``MLP(D -> 128 x 3 -> 1)`` (ReLU);
   VAE ``MLP(D -> 64 x 2 -> 2k)`` / ``MLP(k -> 64 x 2 -> D)``, latent ``k = 2`` (ring) or
   3 (ball), 1500 Adam steps of batch 256;
-- WGAN-GP: batch 256, ``n_critic`` 5, lambda 10, Adam ``LR`` with betas (0.5, 0.9),
-  ``STEPS`` generator updates;
+- WGAN-GP: batch 256, ``n_critic`` 5, lambda_GP ``GP_WEIGHT`` = 10 (the paper's;
+  ``--gp-weight 0.1``: its toy code's), Adam ``LR`` with betas (0.5, 0.9), ``STEPS``
+  generator updates;
 - forest ``F``: 8 trees of depth 3, residual (starts as the identity), thresholds from the
   first batch's real latents; Algorithm 2: ``FOREST_STEPS`` Adam steps (lr ``FOREST_LR``)
   per generator update; matching per real latent (``argmin``), ``auto`` backend;
@@ -44,7 +45,7 @@ Outputs (``--out``): ``results.json`` (config, per problem / method / seed: reve
 metrics, wall time; the table), ``table.md``, ``samples.npz`` (``<problem>_<method>_s<seed>``
 ``[N_EVAL, D]``) and ``samples.png`` (seed 0: problems x methods over the data).
 
-Usage: ``python -m pipelines.potgan_toys --out DIR --jobs 2`` (about 15 min for 5 seeds on 2
+Usage: ``python -m pipelines.potgan_toys --out DIR --jobs 2`` (about 20 min for 5 seeds on 2
 CPU cores);
 ``--quick`` for a smoke run (< 1 min).
 """
