@@ -1,4 +1,4 @@
-"""Throughput and memory of the c-transform argmin backends (``ootrain.argmin.c_transform``).
+"""Throughput and memory of the c-transform argmin backends (``ootrain.ot.ctransform.c_transform``).
 
 For ``B`` queries and ``N`` targets in ``d`` dimensions, one hard c-transform evaluates
 ``B × N`` costs.  Measured side by side in one run:
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import human_bytes, loadavg, machine_header, set_threads, table  # noqa: E402
 
-from ootrain.argmin import c_transform  # noqa: E402
+from ootrain.ot.ctransform import c_transform  # noqa: E402
 
 
 def _best(fn, repeats: int) -> float:

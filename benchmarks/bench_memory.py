@@ -50,8 +50,8 @@ def child(args: argparse.Namespace) -> dict:
     import zarr
     from torch import nn
 
-    from ootrain.engine import Engine, EngineConfig
-    from ootrain.rsr import SlicedSolver, plan_pass
+    from ootrain.engine.core import Engine, EngineConfig
+    from ootrain.methods.rsr import SlicedSolver, plan_pass
     from ootrain.store import Store
 
     torch.set_num_threads(args.threads or torch.get_num_threads())

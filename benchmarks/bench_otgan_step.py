@@ -1,12 +1,12 @@
 """One OT-GAN critic step at large batch: micro-batched cotangent mode vs in-memory autograd.
 
-OT-GAN's loss (the mini-batch energy distance of critic features, ``ootrain.sinkhorn``)
+OT-GAN's loss (the mini-batch energy distance of critic features, ``ootrain.ot.sinkhorn``)
 couples the whole batch; its gradient is computed here two ways on the same inputs:
 
 - ``in-memory``: forward of all four sets (``X, X'`` real, ``Y = G(Z), Y' = G(Z')``) through
   the critic with autograd, the energy distance, ``backward()`` — what a user writes; its
   activations grow with the batch;
-- ``micro-batched``: :func:`ootrain.microbatch.cotangent_step` — Run (no grad, ``m`` rows at
+- ``micro-batched``: :func:`ootrain.engine.cotangent.cotangent_step` — Run (no grad, ``m`` rows at
   a time) → the six Sinkhorn problems on the stored features → per-sample cotangents →
   ReRun (``m`` rows at a time with grad, ``e.backward(cotangent)``): activations of ``m``
   rows only.
@@ -69,8 +69,8 @@ def _models(seed: int):
 
 def child(args) -> None:
     import torch
-    from ootrain.microbatch import Population, cotangent_step
-    from ootrain.sinkhorn import energy_distance, energy_distance_gradients
+    from ootrain.engine.cotangent import Population, cotangent_step
+    from ootrain.ot.sinkhorn import energy_distance, energy_distance_gradients
 
     set_threads(args.threads)
     G, C = _models(args.seed)

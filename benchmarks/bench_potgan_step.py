@@ -1,16 +1,16 @@
 """One POT-GAN training step at large batch: micro-batched (cotangent mode) vs in-memory autograd.
 
 A POT-GAN step is one WGAN-GP critic update and one generator update whose loss adds the
-latent OT regulariser (:mod:`ootrain.potgan`): the frozen encoder ``Q`` embeds a real batch and
+latent OT regulariser (:mod:`ootrain.methods.potgan`): the frozen encoder ``Q`` embeds a real batch and
 the generated batch, the Latent Transformation Forest ``F`` takes ``forest_steps`` Adam steps
 (Algorithm 2, re-matching each time), and ``L_POT`` pulls the generated latents onto the real
-latents matched to them.  :func:`ootrain.wgan.train_wgan_gp` runs it two ways on the same seed:
+latents matched to them.  :func:`ootrain.methods.wgan.train_wgan_gp` runs it two ways on the same seed:
 
 - ``in-memory`` (``micro_batch=None``): the critic loss and the generator loss on the whole
   batch with autograd — what a user writes; activations grow with the batch;
 - ``micro-batched`` (``micro_batch=m``): the critic by gradient accumulation over ``m``-row
   chunks (its loss is a sum of per-sample terms); the generator through
-  :func:`ootrain.microbatch.cotangent_step` — Run (no grad, ``m`` rows at a time) of the
+  :func:`ootrain.engine.cotangent.cotangent_step` — Run (no grad, ``m`` rows at a time) of the
   per-sample embeddings ``[D(G(z)), Q(G(z))]`` and ``Q(x)`` → the regulariser's solve
   (forest steps, matching) on the stored ``b × 17`` and ``b × 16`` numbers → ReRun of ``m``
   rows at a time against the cotangents.
@@ -20,7 +20,7 @@ critic 784 → 1024 → 1024 → 1 (ReLU), frozen encoder ``Q`` 784 → 512 → 
 initialisation: the timing does not depend on training), forest 8 trees of depth 3 on the
 16-d latents; ``POTConfig(weight=0.01, forest_steps=5, matching="argmin", backend="auto")``
 (the argmin matching of ``b`` real against ``b`` generated latents goes through
-:mod:`ootrain.argmin`: FAISS when installed above 2^17 pairs).  ``n_critic = 1``.  "Real"
+:mod:`ootrain.ot.ctransform`: FAISS when installed above 2^17 pairs).  ``n_critic = 1``.  "Real"
 images: fresh uniform rows in [0, 1] drawn by the sampler (the timing does not depend on
 the data).
 
@@ -70,9 +70,9 @@ def _models(seed: int):
     """Generator, critic, frozen encoder and forest, identical for a given ``seed``."""
     from torch import nn
 
-    from ootrain.forest import LatentTransformForest
-    from ootrain.models import MLP, seeded
-    from ootrain.wgan import make_wgan_critic
+    from ootrain.models.forest import LatentTransformForest
+    from ootrain.models.zoo import MLP, seeded
+    from ootrain.methods.wgan import make_wgan_critic
 
     G = seeded(seed, lambda: nn.Sequential(MLP(LATENT, IMAGE, hidden=(1024, 1024)),
                                            nn.Sigmoid()))
@@ -89,8 +89,8 @@ def child(args) -> None:
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    from ootrain.potgan import POTConfig, POTRegulariser
-    from ootrain.wgan import WGANConfig, train_wgan_gp
+    from ootrain.methods.potgan import POTConfig, POTRegulariser
+    from ootrain.methods.wgan import WGANConfig, train_wgan_gp
 
     set_threads(args.threads)
 

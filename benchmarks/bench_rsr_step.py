@@ -38,9 +38,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import dir_size, human_bytes, loadavg, machine_header, median, table  # noqa: E402
 
-from ootrain.engine import Engine, EngineConfig  # noqa: E402
-from ootrain.rsr import SlicedSolver  # noqa: E402
-from ootrain.sliced import random_directions  # noqa: E402
+from ootrain.engine.core import Engine, EngineConfig  # noqa: E402
+from ootrain.methods.rsr import SlicedSolver  # noqa: E402
+from ootrain.ot.sliced import random_directions  # noqa: E402
 from ootrain.store import Store  # noqa: E402
 
 

@@ -47,7 +47,7 @@ cost ``sqeuclidean`` (``--cost l1`` as an option).  Methods:
   ``--xla_cpu_multi_thread_eigen=false`` (one thread).
 
 Marginal error: ``||nu - P_hat||_1`` of the hard assignments ``argmin_j c(x, y_j) - psi_j``,
-computed for every method the same way (``ootrain.argmin.c_transform``, backend auto) on a
+computed for every method the same way (``ootrain.ot.ctransform.c_transform``, backend auto) on a
 fixed, seeded evaluation sample of ``M = 2 N / (pi (f target)^2)`` source points (``f`` =
 ``--floor-frac``, 1/3), so the noise floor ``sqrt(2 N / (pi M))`` = ``f × target``; capped at
 ``--eval-max`` (the floor printed per row says where that cap bites).  The estimate is biased
@@ -162,7 +162,7 @@ class Evaluator:
 
     def __init__(self, y, cost: str, target: float, m: int, seed: int, threads: tuple[int, int]):
         import torch
-        from ootrain.argmin import c_transform, parse_cost
+        from ootrain.ot.ctransform import c_transform, parse_cost
         self.torch, self.c_transform, self.cost = torch, c_transform, parse_cost(cost)
         self.y, self.n, self.d = y, y.shape[0], y.shape[1]
         self.target, self.m, self.seed = target, m, seed
@@ -264,7 +264,7 @@ def ott_batch(args, n: int) -> int:
     """OTT's batch: ``--ott-batch`` (its tutorial's 128), or 0 for ootrain's ``default_batch(N)``."""
     if args.ott_batch:
         return args.ott_batch
-    from ootrain.semidiscrete import default_batch
+    from ootrain.ot.semidiscrete import default_batch
     return default_batch(n)
 
 
@@ -363,7 +363,7 @@ def run_ott(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict) -> None:
 
 def run_ootrain(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict, oracle: bool) -> None:
     import torch
-    from ootrain.semidiscrete import SemiDiscreteOT
+    from ootrain.ot.semidiscrete import SemiDiscreteOT
 
     n, d = y.shape
     g = torch.Generator().manual_seed(args.seed * 7 + n + d)
@@ -425,7 +425,7 @@ def child(args: argparse.Namespace) -> None:
     elif args.method == "ott":
         import ott.solvers.linear.semidiscrete  # noqa: F401
     else:
-        import ootrain.semidiscrete  # noqa: F401
+        import ootrain.ot.semidiscrete  # noqa: F401
     n, d = args.child_n, args.child_d
     y = make_targets(n, d, args.seed)
     yt = torch.from_numpy(y)
@@ -452,7 +452,7 @@ def child(args: argparse.Namespace) -> None:
     elif args.method == "ott":
         batch = ott_batch(args, n)
     else:
-        from ootrain.semidiscrete import default_batch
+        from ootrain.ot.semidiscrete import default_batch
         batch = args.batch or default_batch(n)
     res = {"charged": charged, "iterations": st["iterations"],
            "samples": st["iterations"] * batch + st.get("check_samples", 0),

@@ -9,7 +9,7 @@ mean_ij C_ij`` (the mean cost, computed exactly in O((n + m) d); default 0.05), 
 
 Methods (one solver thread each: ``set_threads(1)`` and ``OMP/MKL/OPENBLAS_NUM_THREADS=1``):
 
-- ``ootrain``: ``ootrain.sinkhorn.sinkhorn(x, y, eps, tol=--tol, max_iter=--max-iter)`` with
+- ``ootrain``: ``ootrain.ot.sinkhorn.sinkhorn(x, y, eps, tol=--tol, max_iter=--max-iter)`` with
   its defaults (eps-scaling 0.5, 2 iterations per stage; backend ``auto``: dense torch below
   2^22 entries, i.e. n <= 2048 here, KeOps above).  It stops when ``||P 1 - a||_1 <= tol``.
 - ``ootrain@s``: the same, with ``tol`` = the marginal error (row + column, below) that
@@ -172,7 +172,7 @@ def make_solver(method: str, x, y, eps: float, args, tol: float):
     extra)`` in the module doc's convention (potentials of the full cost, plan from them)."""
     n, m = x.shape[0], y.shape[0]
     if method == "ootrain":
-        from ootrain.sinkhorn import sinkhorn
+        from ootrain.ot.sinkhorn import sinkhorn
 
         def solve():
             r = sinkhorn(x, y, eps, tol=tol, max_iter=args.max_iter)
@@ -281,7 +281,7 @@ def child(args) -> None:
     # forced to what it picks at this n)
     wx, wy, wc = make_problem(256, d, args.seed + 1)
     if base_method == "ootrain":
-        from ootrain.sinkhorn import DENSE_MAX_ENTRIES, sinkhorn
+        from ootrain.ot.sinkhorn import DENSE_MAX_ENTRIES, sinkhorn
         bk = "dense" if n * n <= DENSE_MAX_ENTRIES else "keops"
         float(sinkhorn(wx, wy, args.eps_rel * wc, tol=1e-2, backend=bk).cost)
     else:

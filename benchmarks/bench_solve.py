@@ -23,7 +23,7 @@ For each population size b, a local store in a temporary directory holds b gener
 
 Throughput is in elements/s with elements = b × k (generated projected values per step) for
 every line, so ratios compare the same work.  The solver breakdown is measured by timing
-wrappers around the ``ootrain.rsr`` functions the solver calls: project = ``_project_rows``
+wrappers around the ``ootrain.methods.rsr`` functions the solver calls: project = ``_project_rows``
 (in memory, inside ``_align_in_memory``) or ``_project`` (out of core, both populations);
 align = ``_align_in_memory`` minus its projection, or ``_align_external``; other = directions,
 distances, manifest bookkeeping.
@@ -47,8 +47,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import human_bytes, loadavg, machine_header, median, table  # noqa: E402
 
-from ootrain import rsr, sort  # noqa: E402
-from ootrain.engine import SolveContext  # noqa: E402
+from ootrain.methods import rsr  # noqa: E402
+
+from ootrain.ot import sort  # noqa: E402
+from ootrain.engine.core import SolveContext  # noqa: E402
 from ootrain.store import Store  # noqa: E402
 
 _TIMES: dict[str, float] = defaultdict(float)

@@ -1,4 +1,4 @@
-"""Benchmark the sort layer (ootrain.sort) against NumPy, PyTorch and Dask on the same data.
+"""Benchmark the sort layer (ootrain.ot.sort) against NumPy, PyTorch and Dask on the same data.
 
     python benchmarks/bench_sort.py [--n 10000000] [--budget 268435456] [--repeats 3]
                                     [--block N] [--scratch DIR]
@@ -6,12 +6,12 @@
 One float32 row of ``--n`` standard-normal values, sorted by:
 
 - in memory: ``np.sort`` (values only, the practical ceiling), ``np.argsort``, ``torch.sort``
-  (values + indices) and the engine's packed-key ``ootrain.sort.argsort``;
-- out of core under ``--budget`` bytes: ``ootrain.sort.external_argsort`` (sample sort through
+  (values + indices) and the engine's packed-key ``ootrain.ot.sort.argsort``;
+- out of core under ``--budget`` bytes: ``ootrain.ot.sort.external_argsort`` (sample sort through
   spill files in ``--scratch``; bucket size and spill buffer from ``sort.plan_external(budget,
   SORT_BYTES_PER_ELEMENT + 2 × 4)``, input read ``--block`` elements at a time through
   ``sort.row_blocks``), all buckets copied into a preallocated output; and the round trip back to
-  sample order through ``ootrain.sort.ExternalScatter`` (rank-ordered values added ``--block`` at a
+  sample order through ``ootrain.ot.sort.ExternalScatter`` (rank-ordered values added ``--block`` at a
   time, blocks copied into a preallocated output);
 - the alternative a user would pick for an out-of-core sort: ``dask.dataframe``
   ``sort_values(shuffle_method="disk")`` (partd spill files) on ``dd.from_dask_array`` of the same
@@ -52,8 +52,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import human_bytes, loadavg, machine_header, table  # noqa: E402
 
-from ootrain import sort  # noqa: E402
-from ootrain.sort import argsort  # noqa: E402
+from ootrain.ot import sort  # noqa: E402
+from ootrain.ot.sort import argsort  # noqa: E402
 
 
 def _malloc_trim() -> None:
@@ -174,7 +174,7 @@ def main() -> None:
     partition_size = min(n, max_bucket)
     npart = -(-n // partition_size)
 
-    print(machine_header("ootrain.sort vs np.sort / np.argsort / torch.sort / dask sort_values"))
+    print(machine_header("ootrain.ot.sort vs np.sort / np.argsort / torch.sort / dask sort_values"))
     print(f"- data: n = {n:,} float32 standard normal; time = best of {args.repeats}; "
           f"peak extra RSS sampled every 2 ms")
     print(f"- out of core: budget {human_bytes(args.budget)} -> max_bucket {max_bucket:,} "
@@ -205,11 +205,11 @@ def main() -> None:
         ("np.argsort", 1, lambda: np.argsort(x), check_perm),
         ("torch.sort (values + indices)", torch.get_num_threads(), lambda: torch.sort(xt),
          lambda r: check_values(r.values) or check_perm(r.indices)),
-        ("ootrain.sort.argsort (packed keys)", 1, lambda: argsort(x), check_perm),
-        (f"ootrain.sort.external_argsort ({ext}, into preallocated output)", 1,
+        ("ootrain.ot.sort.argsort (packed keys)", 1, lambda: argsort(x), check_perm),
+        (f"ootrain.ot.sort.external_argsort ({ext}, into preallocated output)", 1,
          lambda: external_sort(x, block, max_bucket, buffer_bytes, scratch, out_values, out_index),
          check_pair),
-        (f"ootrain.sort.ExternalScatter round trip ({ext}, into preallocated output)", 1,
+        (f"ootrain.ot.sort.ExternalScatter round trip ({ext}, into preallocated output)", 1,
          lambda: external_scatter(out_index, out_values, block, buffer_bytes, scratch, out_scatter),
          lambda r: np.testing.assert_array_equal(r, x)),
         (f"dask.dataframe sort_values, disk shuffle ({npart} partitions, .compute())",

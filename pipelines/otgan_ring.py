@@ -1,7 +1,7 @@
 """OT-GAN on the ring of 8 Gaussians (Salimans et al., ICLR 2018) at CPU scale.
 
 OT-GAN trains a generator against the mini-batch energy distance ``D^2`` of a learned critic's
-features (cosine cost, entropic OT; :mod:`ootrain.otgan`).  Two of the paper's claims are tested
+features (cosine cost, entropic OT; :mod:`ootrain.methods.otgan`).  Two of the paper's claims are tested
 on the 2-D ring (``ring8``: 8 Gaussians of std 0.02 on a circle of radius 2, the toy of the
 paper's Section 5.1):
 
@@ -16,7 +16,7 @@ paper's Section 5.1):
     **same number of iterations** (so the larger batches cost more time: the wall time is
     reported) from the same initial models.
 
-Metrics (PacGAN / VEEGAN convention, :func:`ootrain.metrics.ring_metrics`) on ``n_eval = 2500``
+Metrics (PacGAN / VEEGAN convention, :func:`ootrain.eval.ring.ring_metrics`) on ``n_eval = 2500``
 generated samples from fixed latents, snapshotted during training and **computed afterwards
 from the saved samples**: a sample is high-quality when within 3σ = 0.06 of its nearest mode; a
 mode is covered when it has at least one high-quality sample; reverse KL of the nearest-mode
@@ -57,9 +57,9 @@ from rich.console import Console
 from torch import nn
 
 from ootrain.data import RING8_RADIUS, RING8_STD, sample_ring8
-from ootrain.metrics import PACGAN_N_SAMPLES, ring8_modes, ring_metrics
-from ootrain.models import generate
-from ootrain.otgan import OTGANConfig, make_critic, make_generator, train_otgan
+from ootrain.eval.ring import PACGAN_N_SAMPLES, ring8_modes, ring_metrics
+from ootrain.models.zoo import generate
+from ootrain.methods.otgan import OTGANConfig, make_critic, make_generator, train_otgan
 from ootrain.progress import make_progress
 from pipelines.common import one_thread
 

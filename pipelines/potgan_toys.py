@@ -7,15 +7,15 @@ Problems (the paper's Section 5.1 toys, at CPU scale):
 - ``ball``: the 3-D standard Gaussian "ball" ``N(0, I_3)`` generated from **2-D** noise (the
   generator must fold a plane into a ball; the reverse KL sees where it leaves mass).
 
-Both methods are trained identically by :func:`ootrain.recipes.train_potgan` (same
+Both methods are trained identically by :func:`ootrain.methods.train.train_potgan` (same
 generator and critic initialisation, same real draws and latents per seed); POT-GAN adds
 ``lambda_POT * L_POT`` in the latent space of a VAE trained on the data first and frozen.
 
-Score: reverse ``KL(P_g || P_r)`` by Parzen windows (:func:`ootrain.parzen.parzen_reverse_kl`)
+Score: reverse ``KL(P_g || P_r)`` by Parzen windows (:func:`ootrain.eval.parzen.parzen_reverse_kl`)
 of ``N_EVAL`` generated samples (fixed latents) against ``N_REAL`` fresh real samples, over
-several seeds; on the ring also the PacGAN mode metrics (:func:`ootrain.metrics.ring_metrics`).
+several seeds; on the ring also the PacGAN mode metrics (:func:`ootrain.eval.ring.ring_metrics`).
 The headline scores are those of the **averaged generator** (bias-corrected moving average of
-its parameters over the updates, decay ``EMA`` = 0.999, :func:`ootrain.models.parameter_ema`;
+its parameters over the updates, decay ``EMA`` = 0.999, :func:`ootrain.models.zoo.parameter_ema`;
 the same for both methods); the last generator's are reported beside them (suffix ``_last``).
 Why: with Adam at ``LR`` the last generator's reverse KL swings by up to 5x between
 checkpoints 250 updates apart (ball, seeds 0-1: 1.1 to 9.7), so a last-snapshot comparison
@@ -39,7 +39,7 @@ Choices the paper leaves open, fixed here (all in ``results.json``):
   before the recorded run;
 - Parzen bandwidth: ``BANDWIDTH[problem]`` (ring: the modes' std, 0.02; ball: 0.2, a tenth
   of the data's scale); the estimate is that of the bandwidth-smoothed densities
-  (:mod:`ootrain.parzen`), so values are comparable only at one bandwidth.
+  (:mod:`ootrain.eval.parzen`), so values are comparable only at one bandwidth.
 
 Outputs (``--out``): ``results.json`` (config, per problem / method / seed: reverse KL, ring
 metrics, wall time; the table), ``table.md``, ``samples.npz`` (``<problem>_<method>_s<seed>``
@@ -64,13 +64,13 @@ import typer
 from rich.console import Console
 
 from ootrain.data import load_dataset, sample_ring8
-from ootrain.metrics import ring8_modes, ring_metrics
-from ootrain.models import generate
-from ootrain.parzen import parzen_reverse_kl
-from ootrain.potgan import POTConfig
-from ootrain.recipes import GAN_METHODS, train_potgan
-from ootrain.vae import VAEConfig
-from ootrain.wgan import WGANConfig
+from ootrain.eval.ring import ring8_modes, ring_metrics
+from ootrain.models.zoo import generate
+from ootrain.eval.parzen import parzen_reverse_kl
+from ootrain.methods.potgan import POTConfig
+from ootrain.methods.train import GAN_METHODS, train_potgan
+from ootrain.models.vae import VAEConfig
+from ootrain.methods.wgan import WGANConfig
 
 console = Console()
 

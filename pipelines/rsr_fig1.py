@@ -4,14 +4,14 @@ A generator learns the 1-D mixture of 4 Gaussians ``mog1d`` (means -6, -2, 2, 6,
 weights; see :mod:`ootrain.data`) under a memory limit of micro-batch ``m = 4`` samples per pass,
 by two routes with the same effective batch ``b = 1024``:
 
-- **RSR** — :func:`ootrain.recipes.train_rsr`: each step Runs 1024 generated samples through the
+- **RSR** — :func:`ootrain.methods.train.train_rsr`: each step Runs 1024 generated samples through the
   generator in micro-batches of 4, Sorts them against a fixed real sample of ``N_REAL = 4096``
   points (exact 1-D W2 targets; ``SlicedSolver(n_directions=1)``: in 1-D there is one direction),
   and ReRuns the micro-batches with autograd.  The accumulated gradient is exactly the gradient
   of the population loss ``W2²(1024 generated, 4096 real)``.
 - **Baseline** — plain gradient accumulation: each step draws 1024 latents and 1024 fresh real
   samples, and accumulates over the 256 micro-batches the gradient of
-  ``W2²(4 generated, 4 real)`` (exact, :func:`ootrain.sliced.wasserstein_1d`), averaged.  Same
+  ``W2²(4 generated, 4 real)`` (exact, :func:`ootrain.ot.sliced.wasserstein_1d`), averaged.  Same
   generator init, optimiser, learning rate, steps and samples seen.
 
 Why the baseline fails: the expected small-batch loss ``E W2²(μ_4, ν_4)`` is a biased estimate of
@@ -47,7 +47,7 @@ Outputs (in ``--out``):
   * ``recovered[k]``: ``mode_fraction[k] >= 0.5 * weight_k`` (the mode holds at least half of its
     expected mass); ``n_recovered``: how many are;
   * ``w2``: exact W2 (not squared) between the samples and ``N_TARGET = 200000`` fresh target
-    samples (:func:`~ootrain.sliced.wasserstein_1d`); ``w2_floor`` is the same for
+    samples (:func:`~ootrain.ot.sliced.wasserstein_1d`); ``w2_floor`` is the same for
     ``N_SAMPLES`` target samples (sampling noise of the metric);
   * ``train_loss``: last step's training loss, ``wall_s``: training time;
 
@@ -71,13 +71,13 @@ from rich.console import Console
 from torch import nn
 
 from ootrain.data import MOG1D_MEANS, MOG1D_STDS, MOG1D_WEIGHTS, mog1d_pdf, sample_mog1d
-from ootrain.engine import EngineConfig, StepResult
-from ootrain.models import MLP
+from ootrain.engine.core import EngineConfig, StepResult
+from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
-from ootrain.models import generate
-from ootrain.recipes import make_optimizer, train_rsr
-from ootrain.rsr import SlicedSolver
-from ootrain.sliced import wasserstein_1d
+from ootrain.models.zoo import generate
+from ootrain.methods.train import make_optimizer, train_rsr
+from ootrain.methods.rsr import SlicedSolver
+from ootrain.ot.sliced import wasserstein_1d
 from pipelines.common import one_thread
 
 POPULATION = 1024  # b, effective batch of both methods

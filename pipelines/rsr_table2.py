@@ -9,7 +9,7 @@ init and use the same optimiser and learning rate (no rescaling with ``b``).
 
 One step: ``b`` latents and ``b`` real samples (drawn with replacement from a fixed training set of
 ``N_TRAIN`` points), ``N_DIRECTIONS`` fresh Gaussian directions, loss = the exact sliced W2²
-between the two populations (:func:`ootrain.sliced.sliced_wasserstein`), one Adam step.
+between the two populations (:func:`ootrain.ot.sliced.sliced_wasserstein`), one Adam step.
 
 The gradient is taken in one autograd pass over the ``b`` samples.  This is the gradient that
 Run-Sort-ReRun computes with micro-batches of ``m`` (the engine's invariant: with a deterministic
@@ -54,11 +54,11 @@ import torch
 import typer
 
 from ootrain.data import load_dataset
-from ootrain.models import MLP
+from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
-from ootrain.models import generate
-from ootrain.recipes import make_optimizer
-from ootrain.sliced import random_directions, sliced_wasserstein
+from ootrain.models.zoo import generate
+from ootrain.methods.train import make_optimizer
+from ootrain.ot.sliced import random_directions, sliced_wasserstein
 from pipelines.common import one_thread
 
 TARGET = "mog:8:8"

@@ -6,7 +6,7 @@ current generator to the data) and FIT (regress the generator onto that map), an
 the alternation ("gradual") is the method: fitting once to the map of the initial generator
 gives a worse generator.  It measures progress by W1 with the l1 ground cost, to the training
 set and to held-out data (the latter exposes memorisation).  This pipeline reproduces that
-comparison at CPU scale with :func:`ootrain.gradual.train_gradual` on the engine's store:
+comparison at CPU scale with :func:`ootrain.methods.gradual.train_gradual` on the engine's store:
 
 - data: scikit-learn's digits (1797 images, 8x8 -> 64-D, pixel values / 16 in [0, 1]); a
   seeded split into ``N_TRAIN = 1500`` training images (the targets y_j) and the 297 others
@@ -17,7 +17,7 @@ comparison at CPU scale with :func:`ootrain.gradual.train_gradual` on the engine
   fit_epochs`` epochs (the same epoch budget), evaluated every ``fit_epochs`` epochs;
 - metric: after each round, exact W1 (l1 cost, uniform weights, POT's ``ot.emd2``) between a
   generated sample of the same size as the set (fixed evaluation latents) and the training set /
-  the held-out set.  Without POT the fallback is :class:`~ootrain.semidiscrete.SemiDiscreteOT`'s
+  the held-out set.  Without POT the fallback is :class:`~ootrain.ot.semidiscrete.SemiDiscreteOT`'s
   transport-cost estimate between the generator and the set (a different estimator: no
   finite-sample term from the generated side); ``metrics.json`` says which was used.
   ``reference.w1_train_subsample_to_heldout`` (297 random training images vs the held-out
@@ -50,12 +50,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ootrain.engine import Engine, EngineConfig
-from ootrain.gradual import AssignmentSolver, GradualConfig, RoundResult, train_gradual
-from ootrain.models import MLP
+from ootrain.engine.core import Engine, EngineConfig
+from ootrain.methods.gradual import AssignmentSolver, GradualConfig, RoundResult, train_gradual
+from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
-from ootrain.recipes import make_optimizer, open_shared_store
-from ootrain.semidiscrete import SemiDiscreteOT
+from ootrain.methods.train import make_optimizer, open_shared_store
+from ootrain.ot.semidiscrete import SemiDiscreteOT
 from pipelines.common import one_thread
 
 N_TRAIN = 1500  # training images; the other 297 of the 1797 are held out
@@ -69,7 +69,7 @@ ROUNDS = 10
 FIT_EPOCHS = 5
 ALPHA_FIT = 0.5
 ALPHA_STOP = 1.0
-OPTIMIZER = "adam"  # betas (0.5, 0.999), ootrain.recipes.make_optimizer
+OPTIMIZER = "adam"  # betas (0.5, 0.999), ootrain.methods.train.make_optimizer
 LR = 2e-3
 OTS = {"batch": 1024, "max_iter": 100, "tol": 0.2, "lr": 1.0}
 N_SHOW = 100  # samples per grid
@@ -285,7 +285,7 @@ def run_digits(out: Path, *, rounds: int = ROUNDS, fit_epochs: int = FIT_EPOCHS,
                progress: bool = True) -> dict[str, Any]:
     """Train both variants, write the outputs listed in the module docstring to ``out`` and
     return the content of ``metrics.json``."""
-    from ootrain.cli import plot_samples
+    from ootrain.cli.app import plot_samples
 
     if metric not in ("auto", "pot", "semidiscrete"):
         raise ValueError(f"metric must be auto, pot or semidiscrete, got {metric!r}")

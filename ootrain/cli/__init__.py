@@ -1,0 +1,1 @@
+"""The ``ootrain`` command line (Typer): one module per command group."""

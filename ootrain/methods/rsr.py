@@ -1,0 +1,388 @@
+"""The Sort step of Run-Sort-ReRun (Lezama et al., ICML 2021): out-of-core sliced W2.
+
+Given the stored generated embeddings ``X`` [b, d] and real embeddings ``Y`` [n, d], and ``k``
+unit directions ``Ω`` [d, k], the loss is
+
+    L = (1/k) Σ_j W2²(Xω_j, Yω_j),
+
+the mean over directions of the exact 1-D squared W2 between the projected empirical measures.
+With monotone coupling, the generated sample of rank ``r`` in direction ``j`` has the exact target
+``t_rj = b ∫_{r/b}^{(r+1)/b} F_{Yω_j}^{-1}(u) du`` (:func:`ootrain.ot.sliced.quantile_targets`), and
+
+    ∂L/∂e_i = (2 / (b k)) Ω (Ωᵀ e_i − t_i).
+
+Solve writes, under the step's group (all plain zarr arrays):
+
+- ``directions`` [d, k]; ``distances`` [k] (per-direction W2², for Algorithm 2 next step);
+- ``targets`` [k, b], chunks (g, rows) (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
+- ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``);
+- out of core only: ``projections`` [k, b] and ``real_projections`` [k, n] (chunks (1, rows)).
+
+:func:`plan_pass` decides from the memory budget.  When whole rows fit, Solve aligns ``g``
+directions per pass in memory: it projects both populations chunk by chunk (nothing but the
+targets is written), sorts (:func:`ootrain.ot.sort.argsort`), and overwrites each generated row in
+place with its targets.  Otherwise the projections are stored and each direction goes through
+the external sample sort (:func:`ootrain.ot.sort.external_argsort`, spill files in ``$TMPDIR``):
+targets are computed bucket by bucket in rank order and put back in sample order by
+:class:`ootrain.ot.sort.ExternalScatter`.  Peak memory is set by the budget, not by ``b`` or ``n``.
+The targets are written through the store's manifest, so a killed Solve resumes per pass (per
+direction out of core).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ootrain.ot import sliced
+
+from ootrain.ot import sort
+from ootrain.engine.core import SolveContext
+from ootrain.store import DiskFullError, Store
+
+__all__ = ["SlicedSolver", "SlicedReRunLoss", "plan_pass"]
+
+
+@dataclass
+class SlicedSolver:
+    """Sliced W2 over the whole stored population.
+
+    n_directions: k, directions per step.  directions: ``"gaussian"`` (fresh random unit
+    directions each step) or ``"algorithm2"`` (RSR Algorithm 2: keep the ``keep`` directions of
+    the previous step with the largest 1-D distance, fill the rest with normalised real − fake
+    differences).  mode: ``"target"`` or ``"cotangent"`` (what ReRun reads).
+    """
+
+    n_directions: int
+    directions: str = "gaussian"
+    keep: int = 0
+    mode: str = "target"
+    pair_samples: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.n_directions <= 0:
+            raise ValueError(f"n_directions must be positive, got {self.n_directions}")
+        if self.directions not in ("gaussian", "algorithm2"):
+            raise ValueError(f"directions must be 'gaussian' or 'algorithm2', "
+                             f"got {self.directions!r}")
+        if not 0 <= self.keep <= self.n_directions:
+            raise ValueError(f"keep r={self.keep} must be in [0, k={self.n_directions}]")
+        if self.mode not in ("target", "cotangent"):
+            raise ValueError(f"mode must be 'target' or 'cotangent', got {self.mode!r}")
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "sliced-w2", **self.__dict__}
+
+    # ------------------------------------------------------------------ directions
+    def _directions(self, ctx: SolveContext) -> np.ndarray:
+        store, path = ctx.store, f"{ctx.prefix}/directions"
+        d = ctx.embeddings.shape[1]
+        if store.has(path) and store.is_complete(path):
+            return store.array(path)[:]
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
+            [ctx.seed, ctx.step, 0x51CED]).generate_state(1)[0]))
+        tdtype = torch.float64 if ctx.embeddings.dtype == np.float64 else torch.float32
+        if self.directions == "algorithm2" and ctx.previous is not None:
+            rng = np.random.default_rng([ctx.seed, ctx.step, 0xA162])
+            real = _sample_rows(ctx.real, self.pair_samples, rng)
+            fake = _sample_rows(ctx.embeddings, self.pair_samples, rng)
+            omega = sliced.algorithm2_directions(
+                torch.as_tensor(store.array(f"{ctx.previous}/directions")[:], dtype=tdtype),
+                torch.as_tensor(store.array(f"{ctx.previous}/distances")[:], dtype=tdtype),
+                self.keep, torch.as_tensor(real, dtype=tdtype),
+                torch.as_tensor(fake, dtype=tdtype), generator=gen)
+        else:
+            omega = sliced.random_directions(d, self.n_directions, generator=gen, dtype=tdtype)
+        omega = omega.numpy().astype(ctx.embeddings.dtype)
+        store.require_array(path, omega.shape, omega.shape, omega.dtype)
+        store.write_chunk(path, (0, 0), omega)
+        return omega
+
+    # ------------------------------------------------------------------ Solve
+    def solve(self, ctx: SolveContext) -> dict[str, float]:
+        """Project, sort, align quantiles and write targets (and cotangents); see module doc."""
+        store, emb, real = ctx.store, ctx.embeddings, ctx.real
+        b, d = emb.shape
+        n = real.shape[0]
+        if real.shape[1] != d:
+            raise ValueError(f"real embeddings have width {real.shape[1]}, generated {d}")
+        k, dtype = self.n_directions, emb.dtype
+        omega = self._directions(ctx)
+        tpath, dpath = f"{ctx.prefix}/targets", f"{ctx.prefix}/distances"
+        if store.has(tpath):  # resuming: the pass size is the one the targets were laid out for
+            group = store.array(tpath).chunks[0]
+        else:
+            group = plan_pass(b, n, k, dtype.itemsize, emb.chunks[0] * d * dtype.itemsize,
+                              ctx.memory_budget)
+        if not store.has(tpath):
+            outs = k * b + (b * d if self.mode == "cotangent" else 0) + (0 if group else k * (b + n))
+            store.check_space(int(outs * dtype.itemsize * 1.05), f"step {ctx.step}: Solve")
+            if not group:  # spill files: the sort's runs and the scatter's runs of one row
+                _check_scratch(2 * b * (8 + dtype.itemsize) + n * dtype.itemsize)
+        store.require_array(tpath, (k, b), (max(group, 1), emb.chunks[0]), dtype)
+        store.require_array(dpath, (k,), (1,), np.float64)
+        done = np.repeat(store.done(tpath).reshape(-(-k // max(group, 1)), -1).all(axis=1),
+                         max(group, 1))[:k] & store.done(dpath)
+        task = ctx.progress.add_task(f"step {ctx.step}: Sort", total=k) if ctx.progress else None
+        if task is not None:
+            ctx.progress.advance(task, int(done.sum()))
+        if group:  # whole rows in memory, ``group`` directions per pass
+            for j0 in range(0, k, group):
+                j1 = min(k, j0 + group)
+                if done[j0:j1].all():
+                    continue
+                dist = _align_in_memory(store, emb, real, omega[:, j0:j1], tpath, j0,
+                                        ctx.memory_budget)
+                store.write_region(dpath, (slice(j0, j1),), dist)
+                if task is not None:
+                    ctx.progress.advance(task, j1 - j0)
+        else:  # rows out of core: stored projections, external sort per direction
+            proj = _project(store, emb, omega, f"{ctx.prefix}/projections")
+            rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections")
+            for j in np.flatnonzero(~done):
+                dist = _align_external(store, proj, rproj, tpath, int(j), ctx.memory_budget,
+                                       seed=ctx.seed + ctx.step)
+                store.write_region(dpath, (slice(int(j), int(j) + 1),), np.array([dist]))
+                if task is not None:
+                    ctx.progress.advance(task, 1)
+        if task is not None:
+            ctx.progress.remove_task(task)
+        distances = store.array(dpath)[:]
+        if self.mode == "cotangent":
+            _write_cotangents(store, emb, store.array(tpath), omega, f"{ctx.prefix}/cotangents")
+        return {"loss": float(distances.mean()), "max_distance": float(distances.max())}
+
+    def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> "SlicedReRunLoss":
+        omega = torch.as_tensor(ctx.store.array(f"{ctx.prefix}/directions")[:], dtype=dtype)
+        b = ctx.embeddings.shape[0]
+        name = "targets" if self.mode == "target" else "cotangents"
+        return SlicedReRunLoss(ctx.store.array(f"{ctx.prefix}/{name}"), omega, b, self.mode,
+                               dtype)
+
+
+class SlicedReRunLoss:
+    """ReRun loss of sliced W2: ``Σ_i ‖Ωᵀe_i − t_i‖² / (b k)`` (target mode) or ``Σ_i e_i·g_i``
+    (cotangent mode); both have gradient ``(2/(b k)) Ω(Ωᵀe_i − t_i)`` in ``e_i``.
+
+    ``load`` reads whole stored chunk columns once and serves the micro-batches inside them
+    from that block (a zarr chunk is decoded whole, so reading it per micro-batch would decode
+    it ``rows / m`` times)."""
+
+    def __init__(self, array: Any, omega: Tensor, b: int, mode: str, dtype: torch.dtype) -> None:
+        self.array, self.omega, self.b, self.mode, self.dtype = array, omega, b, mode, dtype
+        self._axis = 1 if mode == "target" else 0
+        self._cols = array.chunks[self._axis]
+        self._block: tuple[int, int, np.ndarray] | None = None
+
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        blk = self._block
+        if blk is None or not (blk[0] <= lo and hi <= blk[1]):
+            c0 = lo - lo % self._cols
+            c1 = min(self.array.shape[self._axis], -(-hi // self._cols) * self._cols)
+            data = self.array[:, c0:c1].T if self._axis == 1 else self.array[c0:c1]
+            blk = self._block = (c0, c1, np.ascontiguousarray(data))
+        return blk[2][lo - blk[0]:hi - blk[0]]
+
+    def load(self, lo: int, hi: int) -> dict[str, Tensor]:
+        key = "t" if self.mode == "target" else "g"
+        return {key: torch.as_tensor(self._rows(lo, hi), dtype=self.dtype)}
+
+    def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        if self.mode == "target":
+            k = self.omega.shape[1]
+            return ((e @ self.omega - batch["t"]) ** 2).sum() / (self.b * k)
+        return (e * batch["g"]).sum()
+
+
+# --------------------------------------------------------------------------- out-of-core pieces
+def _sample_rows(arr: Any, s: int, rng: np.random.Generator) -> np.ndarray:
+    idx = np.sort(rng.choice(arr.shape[0], size=min(s, arr.shape[0]), replace=False))
+    return arr.get_orthogonal_selection((idx, slice(None)))
+
+
+def _project(store: Store, emb: Any, omega: np.ndarray, path: str) -> Any:
+    """``emb`` [N, d] @ ``omega`` [d, k] → ``path`` [k, N], chunks (1, rows), resumable."""
+    N, rows, k = emb.shape[0], emb.chunks[0], omega.shape[1]
+    out = store.require_array(path, (k, N), (1, rows), emb.dtype)
+    done = store.done(path).reshape(k, -1)
+    om = omega.astype(emb.dtype)
+    for c in range(done.shape[1]):
+        if done[:, c].all():
+            continue
+        lo, hi = c * rows, min(N, (c + 1) * rows)
+        store.write_region(path, (slice(0, k), slice(lo, hi)), om.T @ emb[lo:hi].T)
+    return out
+
+
+def _project_rows(emb: Any, omega: np.ndarray) -> np.ndarray:
+    """``(emb @ omega)ᵀ`` [g, N] in ``emb``'s dtype, read one stored chunk at a time."""
+    N, rows = emb.shape[0], emb.chunks[0]
+    om = omega.astype(emb.dtype)
+    out = np.empty((omega.shape[1], N), dtype=emb.dtype)
+    for lo in range(0, N, rows):
+        hi = min(N, lo + rows)
+        out[:, lo:hi] = om.T @ emb[lo:hi].T  # a contiguous [g, rows] product, row copies
+    return out
+
+
+# Bytes per target of the exact quantile-target computation (sliced._merged_pieces: three int64
+# piece arrays and a float64 contribution per piece, ≤ 1 + ⌈n/b⌉ pieces per target) plus the
+# float64 target and the gathered generated value.
+def _target_bytes(b: int, n: int) -> int:
+    return 32 * (1 + -(-n // b)) + 16
+
+
+def _rank_block(b: int, n: int, budget: int) -> int:
+    """Ranks whose targets are computed at a time: 1/16 of the budget."""
+    return max(1, min(b, budget // (16 * _target_bytes(b, n))))
+
+
+def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: int) -> int:
+    """Directions aligned per in-memory pass under ``budget`` bytes (0: out of core).
+
+    A pass of ``g`` directions holds ``g`` generated rows (overwritten in place by their
+    targets), their encoded copy while zarr writes them, and ``g`` real rows (sorted in place):
+    ``g (2b + n) itemsize``; one direction's permutation and sorted values
+    ``(8 + itemsize) b`` (:func:`ootrain.ot.sort.sort_with_permutation`); the target blocks (1/16
+    of the budget); and two stored chunks being read.
+    """
+    fixed = (8 + itemsize) * b + budget // 16 + 2 * chunk_bytes
+    per_direction = (2 * b + n) * itemsize
+    return int(max(0, min(k, (budget - fixed) // per_direction))) if budget > fixed else 0
+
+
+def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath: str,
+                     j0: int, budget: int) -> np.ndarray:
+    """Targets of directions ``j0 … j0+g−1`` (``omega`` [d, g]) with whole rows in memory,
+    written to ``tpath``; returns their W2² [g]."""
+    b, n = emb.shape[0], real.shape[0]
+    x = _project_rows(emb, omega)  # [g, b], becomes the targets in place
+    y = _project_rows(real, omega)  # [g, n], sorted in place
+    r_step = _rank_block(b, n, budget)
+    dist = np.empty(omega.shape[1])
+    for i in range(omega.shape[1]):
+        y[i].sort()
+        _check_finite(y[i], "real projections")
+        y_sq = _sum_sq(y[i], r_step) / n
+        xs, perm = sort.sort_with_permutation(x[i])
+        sq_diff = t_sq = 0.0
+        for r0 in range(0, b, r_step):
+            r1 = min(b, r0 + r_step)
+            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
+            t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1, check=False)
+            sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
+            t_sq += float(np.dot(t, t))
+            x[i, perm[r0:r1]] = t
+        del xs, perm
+        dist[i] = _w2(sq_diff / b, y_sq, t_sq / b)
+    store.write_region(tpath, (slice(j0, j0 + omega.shape[1]), slice(0, b)), x)
+    return dist
+
+
+def _sum_sq(v: np.ndarray, step: int) -> float:
+    """``Σ v²`` accumulated in float64, ``step`` elements converted at a time."""
+    return sum(float(np.dot(blk, blk)) for blk in
+               (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))
+
+
+def _check_scratch(needed: int) -> None:
+    """Refuse an out-of-core Solve whose spill files cannot fit in ``$TMPDIR``."""
+    tmp = tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if needed > free:
+        raise DiskFullError(errno.ENOSPC, f"the out-of-core sort needs {needed / 2**30:.2f} GiB "
+                            f"of spill files in {tmp} ($TMPDIR) but only {free / 2**30:.2f} GiB "
+                            "are free")
+
+
+def _check_finite(v: np.ndarray, what: str) -> None:
+    if v.size and not (np.isfinite(v[0]) and np.isfinite(v[-1])):  # sorted: ends suffice
+        raise ValueError(f"{what} contain NaN or Inf")
+
+
+def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, budget: int,
+                    seed: int) -> float:
+    """Targets of direction ``j`` when its rows do not fit: the generated row through
+    :func:`ootrain.ot.sort.external_argsort`, targets computed bucket by bucket in rank order and
+    put back in sample order through :class:`ootrain.ot.sort.ExternalScatter`; the real row sorted
+    in memory if it fits a quarter of the budget, else externally into a spill file that is
+    then read in rank order.  Spill files go to the system temporary directory (``$TMPDIR``)."""
+    targets = store.array(tpath)
+    b, n = proj.shape[1], rproj.shape[1]
+    dtype = proj.dtype
+    per_elem = sort.SORT_BYTES_PER_ELEMENT + 2 * dtype.itemsize + _target_bytes(b, n)
+    max_bucket, buffer = sort.plan_external(budget, per_elem)
+    cols = targets.chunks[1]
+    block = cols * max(1, buffer // (4 * cols * (8 + dtype.itemsize)))
+    with tempfile.TemporaryDirectory(prefix="ootrain-solve-") as tmp:
+        real_blocks = sort.row_blocks(lambda lo, hi: rproj[j, lo:hi], n, rproj.chunks[1])
+        step = rproj.chunks[1]
+        if n * (8 + dtype.itemsize) <= budget // 4:
+            ys = np.sort(np.concatenate([v for v, _ in real_blocks()]))
+            _check_finite(ys, "real projections")
+            y_sq = _sum_sq(ys, step) / n
+
+            def real_slice(lo: int, hi: int) -> np.ndarray:
+                return ys[lo:hi]
+        else:  # the sorted row goes to a spill file; Σ y² is taken as it is written
+            path = os.path.join(tmp, "real_sorted")
+            rmax, rbuf = sort.plan_external(budget // 2, sort.SORT_BYTES_PER_ELEMENT
+                                            + 2 * dtype.itemsize)
+            y_sq = 0.0
+            with open(path, "wb") as f:
+                for _, v, _ in sort.external_argsort(real_blocks, n, dtype, rmax, rbuf, tmp,
+                                                     seed):
+                    _check_finite(v, "real projections")
+                    y_sq += _sum_sq(v, step)
+                    v.tofile(f)
+            y_sq /= n
+
+            def real_slice(lo: int, hi: int) -> np.ndarray:
+                return np.fromfile(path, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
+        scatter = sort.ExternalScatter(b, block, dtype, buffer, tmp)
+        sq_diff = t_sq = 0.0
+        gen_blocks = sort.row_blocks(lambda lo, hi: proj[j, lo:hi], b, proj.chunks[1])
+        for r0, xs, idx in sort.external_argsort(gen_blocks, b, dtype, max_bucket, buffer, tmp,
+                                                 seed):
+            r1 = r0 + xs.shape[0]
+            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
+            t = sliced.quantile_targets_range(real_slice(lo, hi), lo, n, b, r0, r1,
+                                               check=False)
+            sq_diff += float(np.sum((xs - t) ** 2))
+            t_sq += float(np.dot(t, t))
+            scatter.add(idx, t.astype(dtype))
+        for lo, hi, out in scatter.blocks():
+            store.write_region(tpath, (slice(j, j + 1), slice(lo, hi)), out[None])
+    return _w2(sq_diff / b, y_sq, t_sq / b)
+
+
+def _w2(sq_diff: float, y_sq: float, t_sq: float) -> float:
+    """W2² of one direction from its quantile targets (:func:`ootrain.ot.sliced.w2_from_targets`):
+    ``mean((x_(r) − t_r)²) + mean(y²) − mean(t²)``, the within-interval variance of the real
+    quantile function added to the regression residual; clamped at 0 against rounding."""
+    return max(0.0, float(sq_diff) + float(y_sq) - float(t_sq))
+
+
+def _write_cotangents(store: Store, emb: Any, targets: Any, omega: np.ndarray,
+                      path: str) -> None:
+    """g_i = (2/(b k)) Ω (Ωᵀ e_i − t_i) for every row, chunk by chunk."""
+    b, d = emb.shape
+    k = omega.shape[1]
+    store.require_array(path, (b, d), emb.chunks, emb.dtype)
+    done = store.done(path)
+    rows = emb.chunks[0]
+    om = omega.astype(np.float64)
+    for c in np.flatnonzero(~done):
+        lo, hi = c * rows, min(b, (c + 1) * rows)
+        e = np.asarray(emb[lo:hi], dtype=np.float64)
+        t = np.asarray(targets[:, lo:hi], dtype=np.float64).T
+        g = (2.0 / (b * k)) * (e @ om - t) @ om.T
+        store.write_chunk(path, (int(c), 0), g.astype(emb.dtype))

@@ -1,0 +1,207 @@
+"""POT-GAN's latent OT regulariser (ootrain.methods.potgan): matching vs brute force, Algorithm 2,
+the regulariser's gradient, micro-batched == in-memory training with it, validation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from typer.testing import CliRunner
+
+from ootrain.cli.app import app
+from ootrain.models.forest import LatentTransformForest
+from ootrain.models.zoo import MLP, seeded
+from ootrain.methods.potgan import POTConfig, POTRegulariser, match
+from ootrain.methods.wgan import WGANConfig, make_wgan_critic, train_wgan_gp
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _frozen(module):
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss", "auto"])
+def test_argmin_matching_agrees_with_brute_force(backend):
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(200, 3, generator=g), torch.randn(150, 3, generator=g)
+    rho = match(real, fake, "argmin", backend)
+    brute = ((real[:, None] - fake[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(rho, brute)
+
+
+def test_exact_matching_is_the_optimal_permutation():
+    """Against all 7! permutations, and one-to-one where argmin is not."""
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(7, 2, generator=g).double(), torch.randn(7, 2, generator=g).double()
+    C = ((real[:, None] - fake[None]) ** 2).sum(-1)
+    best = min(itertools.permutations(range(7)), key=lambda p: float(C[range(7), p].sum()))
+    rho = match(real, fake, "exact")
+    assert rho.tolist() == list(best)
+    clumped = torch.cat([real[:1] + 0.01 * i for i in range(7)])  # all nearest to one fake
+    assert len(set(match(clumped, fake, "argmin").tolist())) < 7
+    assert sorted(match(clumped, fake, "exact").tolist()) == list(range(7))
+    with pytest.raises(ValueError, match="n_r <= n_g"):
+        match(real, fake[:5], "exact")
+
+
+def _regulariser(k=2, **kw):
+    Q = _frozen(torch.nn.Identity())
+    F = LatentTransformForest(k, n_trees=4, depth=2, seed=0)
+    return POTRegulariser(Q, F, POTConfig(**{"forest_lr": 0.05, "backend": "torch", **kw}))
+
+
+def test_algorithm_2_learns_the_latent_shift():
+    """Generated latents are the real ones (4 tight clusters 4-5 apart) shifted by (1.5, 0):
+    Adam steps on F drive the matched distance down and F(z_g) onto z_r."""
+    g = torch.Generator().manual_seed(2)
+    centres = torch.tensor([[0.0, 0.0], [0.0, 4.0], [5.0, 0.0], [5.0, 4.0]])
+    real = centres[torch.randint(0, 4, (256,), generator=g)] + 0.1 * torch.randn(256, 2,
+                                                                                generator=g)
+    fake = real[torch.randperm(256, generator=g)] + torch.tensor([1.5, 0.0])
+    reg = _regulariser(forest_steps=1)
+    first = reg.prepare(real, fake)["forest_loss"]
+    for _ in range(150):
+        stats = reg.prepare(real, fake)
+    assert first > 1.0 and stats["forest_loss"] < 0.01 * first, (first, stats)
+    assert stats["matched"] > 0.3
+    moved = reg.forest(fake).detach()
+    assert (moved.mean(0) - real.mean(0)).abs().max() < 0.15
+
+
+def test_regulariser_gradient_reaches_only_the_generated_latents():
+    """With F the identity (its initial state), d L_POT / d z_g,j = 2 sum_{i: rho_i = j}
+    (z_g,j - z_r,i); F's parameters get no gradient."""
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(40, 2, generator=g).double()
+    fake = torch.randn(40, 2, generator=g).double().requires_grad_(True)
+    reg = _regulariser()
+    reg.forest.double()
+    value = reg.loss(real, fake)
+    value.backward()
+    rho = ((real[:, None] - fake.detach()[None]) ** 2).sum(-1).argmin(1)
+    expected = torch.zeros_like(fake)
+    expected.index_add_(0, rho, 2 * (fake.detach()[rho] - real))
+    torch.testing.assert_close(fake.grad, expected)
+    torch.testing.assert_close(value, ((real - fake.detach()[rho]) ** 2).sum())
+    assert all(p.grad is None for p in reg.forest.parameters())
+
+
+@pytest.mark.parametrize("matching", ["argmin", "exact"])
+def test_micro_batched_potgan_training_equals_in_memory(matching):
+    """WGAN-GP + L_POT: the generator's Run → match → ReRun in rows of 7 leaves the same
+    generator, critic and forest as one autograd graph (float64, 3 generator updates)."""
+    def run(m):
+        G = seeded(0, lambda: MLP(2, 2, hidden=(16, 16))).double()
+        D = make_wgan_critic(2, (16, 16), seed=1).double()
+        Q = _frozen(seeded(2, lambda: MLP(2, 2, hidden=(8,))).double())
+        F = LatentTransformForest(2, n_trees=3, depth=2, seed=0).double()
+        reg = POTRegulariser(Q, F, POTConfig(weight=0.05, forest_steps=2, forest_lr=1e-2,
+                                             matching=matching, backend="torch"))
+        cfg = WGANConfig(batch=24, n_critic=1, steps=3, lr_gen=1e-3, lr_critic=1e-3,
+                         micro_batch=m, seed=4)
+        h = train_wgan_gp(G, D, lambda n, rng: rng.normal(size=(n, 2)), cfg, reg,
+                          progress=False)
+        return h, [p.detach().clone() for mod in (G, D, F) for p in mod.parameters()]
+
+    (h0, w0), (h1, w1) = run(None), run(7)
+    for key in ("gen_loss", "reg", "forest_loss", "matched"):
+        np.testing.assert_allclose([r[key] for r in h1], [r[key] for r in h0], rtol=1e-9)
+    assert h0[-1]["reg"] > 0
+    for a, b in zip(w1, w0):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_regulariser_pulls_generated_samples_onto_real_modes():
+    """A generator covering one of two real modes at +-3 (1-D latents = data): WGAN-GP's
+    adversarial term switched off (weight dominates), L_POT alone moves samples onto the
+    dropped mode because every real latent pulls its nearest generated one."""
+    def real(n, rng):
+        return (rng.integers(0, 2, n) * 6.0 - 3.0)[:, None] + 0.1 * rng.standard_normal((n, 1))
+
+    G = seeded(0, lambda: MLP(1, 1, hidden=(32, 32)))
+    with torch.no_grad():  # start on the +3 mode only
+        G.net[-1].bias.fill_(3.0)
+        G.net[-1].weight.mul_(0.01)
+    D = make_wgan_critic(1, (8,), seed=1)
+    reg = POTRegulariser(_frozen(torch.nn.Identity()),
+                         LatentTransformForest(1, n_trees=2, depth=1, seed=0),
+                         POTConfig(weight=1.0, forest_steps=0, backend="torch"))
+    cfg = WGANConfig(batch=128, n_critic=1, steps=150, lr_gen=3e-3, latent_dim=1, seed=0)
+    train_wgan_gp(G, D, real, cfg, reg, progress=False)
+    with torch.no_grad():
+        y = G(torch.randn(2000, 1, generator=torch.Generator().manual_seed(5))).numpy()
+    assert 0.2 < (y < 0).mean() < 0.8, (y < 0).mean()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("weight", -1.0), ("weight", float("nan")), ("forest_steps", -1), ("forest_steps", 1.5),
+    ("forest_lr", 0.0), ("matching", "greedy"), ("backend", "cuda")])
+def test_config_validation(field, value):
+    with pytest.raises(ValueError, match=field):
+        POTConfig(**{field: value})
+
+
+def test_regulariser_rejects_a_trainable_encoder():
+    with pytest.raises(ValueError, match="frozen"):
+        POTRegulariser(torch.nn.Linear(2, 2), LatentTransformForest(2))
+    with pytest.raises(ValueError, match="latents"):
+        match(torch.zeros(3, 2), torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("method", ["potgan", "wgan-gp"])
+def test_cli_potgan_train_writes_outputs(tmp_path, method):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [
+        "potgan", "train", "--out", str(out), "--method", method, "--steps", "4", "-b", "32",
+        "--n-critic", "1", "--vae-steps", "5", "--n-samples", "200", "--forest-trees", "2",
+        "--forest-depth", "2", "--micro-batch", "10", "--no-progress", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert np.load(out / "samples.npy").shape == (200, 2)
+    for png in ("samples.png", "loss.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["history"]) == 4 and hist["wgan"]["micro_batch"] == 10
+    assert ("reg" in hist["history"][0]) == (method == "potgan")
+    assert (hist["vae_history"] is not None) == (method == "potgan")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert np.isfinite(metrics["reverse_kl"]) and metrics["bandwidth"] == 0.02
+    assert np.isfinite(metrics["reverse_kl_last"]) and metrics["ema"] == 0.999
+    assert 0 <= metrics["ring_metrics"]["modes_covered"] <= 8
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "gan"], "method"), (["--pot-weight", "-1"], "weight"),
+    (["--matching", "greedy"], "matching"), (["-b", "1"], "batch"),
+    (["--data", "nope"], "nope"), (["--bandwidth", "0"], "bandwidth"),
+    (["--ema", "1"], "ema")])
+def test_cli_potgan_train_rejects_bad_options(tmp_path, args, match):
+    res = CliRunner().invoke(app, ["potgan", "train", "--out", str(tmp_path / "o"),
+                                   "--steps", "1", "--no-progress", *args])
+    assert res.exit_code != 0
+    assert match in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_pipeline_smoke(tmp_path):
+    from pipelines.potgan_toys import run_pipeline
+
+    summary = run_pipeline(tmp_path, seeds=(0,), steps=3, vae_steps=3, n_eval=300, n_real=300,
+                           progress=False, command="test")
+    assert set(summary) == {"ring", "ball"}
+    for entry in summary.values():
+        assert entry["seeds"] == [0] and 0 <= entry["potgan_wins"] <= 1
+        assert 0 <= entry["potgan_wins_last"] <= 1
+        assert all(np.isfinite(entry[m]["reverse_kl_mean" + sfx])
+                   for m in ("potgan", "wgan-gp") for sfx in ("", "_last"))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["runs"]) == 4 and res["config"]["bandwidth"]["ring"] == 0.02
+    assert "POT-GAN lower on" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.load(tmp_path / "samples.npz")["ball_potgan_s0"].shape == (300, 3)
