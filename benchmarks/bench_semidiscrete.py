@@ -162,7 +162,8 @@ class Evaluator:
 
     def __init__(self, y, cost: str, target: float, m: int, seed: int, threads: tuple[int, int]):
         import torch
-        from ootrain.ot.ctransform import c_transform, parse_cost
+        from ootrain.ot.costs import parse_cost
+        from ootrain.ot.ctransform import c_transform
         self.torch, self.c_transform, self.cost = torch, c_transform, parse_cost(cost)
         self.y, self.n, self.d = y, y.shape[0], y.shape[1]
         self.target, self.m, self.seed = target, m, seed

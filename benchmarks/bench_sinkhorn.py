@@ -282,7 +282,7 @@ def child(args) -> None:
     wx, wy, wc = make_problem(256, d, args.seed + 1)
     if base_method == "ootrain":
         from ootrain.ot.sinkhorn import DENSE_MAX_ENTRIES, sinkhorn
-        bk = "dense" if n * n <= DENSE_MAX_ENTRIES else "keops"
+        bk = "torch" if n * n <= DENSE_MAX_ENTRIES else "keops"
         float(sinkhorn(wx, wy, args.eps_rel * wc, tol=1e-2, backend=bk).cost)
     else:
         make_solver(base_method, wx, wy, args.eps_rel * wc, args, max(tol, 1e-2))()

@@ -77,19 +77,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ootrain.ot.ctransform import (
-    _TORCH_BLOCK,
-    BACKENDS,
-    Cost,
-    TargetLike,
-    TargetSource,
-    _check_query,
-    _soft,
-    as_source,
-    c_transform,
-    parse_cost,
-    soft_assign,
-)
+from ootrain.ot.backends import BACKENDS, TORCH_BLOCK
+from ootrain.ot.checks import check_query
+from ootrain.ot.costs import Cost, parse_cost
+from ootrain.ot.ctransform import c_transform, soft_assign, soft_transform
+from ootrain.ot.targets import TargetLike, TargetSource, as_source
 from ootrain.progress import make_progress
 
 __all__ = ["SemiDiscreteOT"]
@@ -97,7 +89,7 @@ __all__ = ["SemiDiscreteOT"]
 Sampler = Union[Callable[[int], Tensor], Tensor]
 
 #: Default relative temperature per cost (0 = hard argmin).
-DEFAULT_EPS = {"sqeuclidean": 0.0, "euclidean": 0.0, "l1": 0.05, "lp": 0.0}
+DEFAULT_EPS = {"sqeuclidean": 0.0, "euclidean": 0.0, "l1": 0.05, "lp": 0.0, "cosine": 0.0}
 #: ``eta`` of the polynomial-decay average ``psi_bar += (eta + 1) / (t + eta) (psi - psi_bar)``.
 AVERAGING = 3
 #: A certifying check measures the imbalance with a noise floor of this fraction of ``tol``.
@@ -216,7 +208,7 @@ class SemiDiscreteOT:
         if not isinstance(x, Tensor):
             raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         x = x.to(self.device, self.dtype) if x.is_floating_point() else x
-        _check_query(x, self.source.d)
+        check_query(x, self.source.d)
         return x
 
     def _soft_backend(self) -> str:
@@ -228,8 +220,9 @@ class SemiDiscreteOT:
         """(c-transform value [B], mass per target [N] (sums to B), cost [B] or None)."""
         if self.soft:
             w = None if self.weights is None else nu
-            return _soft(x, src, psi, self.ground_cost, self.eps, w, self._soft_backend(), None,
-                         True, want_cost)
+            return soft_transform(x, src, psi, self.ground_cost, self.eps, weights=w,
+                                  backend=self._soft_backend(), want_mass=True,
+                                  want_cost=want_cost)
         idx, value = c_transform(x, src, psi, self.ground_cost, self.backend)
         mass = torch.bincount(idx, minlength=src.n).to(x.dtype)
         if not want_cost:
@@ -533,7 +526,7 @@ def _nearest_others(src: TargetSource, cost: Cost, dtype: torch.dtype, device: t
     q = src.take(pick, dtype=dtype, device=device)
     best = torch.full((q.shape[0],), math.inf, dtype=dtype, device=device)
     arg = torch.zeros(q.shape[0], dtype=torch.long, device=device)
-    rows = max(1, _TORCH_BLOCK // q.shape[0])
+    rows = max(1, TORCH_BLOCK // q.shape[0])
     for off, yb in src.blocks(dtype=dtype, device=device):
         for t0 in range(0, yb.shape[0], rows):
             c = cost.matrix(q, yb[t0:t0 + rows])

@@ -2,10 +2,13 @@
 
 Points ``x [n, d]`` with weights ``a [n]`` and ``y [m, d]`` with weights ``b [m]`` (both
 normalised to sum 1; uniform by default), a ground cost ``C_ij = c(x_i, y_j)`` and a
-temperature ``eps > 0`` (absolute, in cost units).  Costs (:data:`SINKHORN_COSTS`):
+temperature ``eps > 0`` (absolute, in cost units).  Costs: the registry of
+:mod:`ootrain.ot.costs` (shared with the c-transform), among them
 
     sqeuclidean   c(x, y) = ||x - y||_2^2           (no 1/2: POT's ``ot.dist`` default)
     cosine        c(x, y) = 1 - <x, y> / (|x| |y|)  (OT-GAN's cost on critic features)
+
+and ``euclidean``, ``l1``, ``lp:<p>``.
 
 Entropic OT and its dual (potentials ``f [n]``, ``g [m]``):
 
@@ -25,8 +28,9 @@ so the stopping test ``||P 1 - a||_1 <= tol`` costs nothing extra.
 
 eps-scaling (``scaling`` = q in (0, 1)): the updates first run at ``eps_0, eps_0 q,
 eps_0 q^2, ...`` (while above ``eps``; :data:`STAGE_ITERS` = 2 iterations each), where
-``eps_0`` bounds the largest cost (sqeuclidean: ``(max_i |x_i - z| + max_j |y_j - z|)^2``
-with ``z`` the centre of the two means, O((n + m) d); cosine: 2), then at ``eps`` until
+``eps_0`` bounds the largest cost (:meth:`~ootrain.ot.costs.Cost.bound`; sqeuclidean:
+``(max_i |x_i - z| + max_j |y_j - z|)^2`` with ``z`` the centre of the two means,
+O((n + m) d); cosine: 2), then at ``eps`` until
 the tolerance or ``max_iter``.  (Measured on 200 points: the iterations to the tolerance
 change by ~10 % with q in [0.3, 0.7] or 1-3 iterations per stage; the linear rate at the
 final eps dominates.)  A warm start (``init``: the potentials of a previous result) skips
@@ -39,11 +43,12 @@ the other side; both costs are symmetric):
     lse_i   = log sum_j exp(h_i + k_j - C_ij / eps),
     sums_i  = sum_j exp(h_i + k_j - C_ij / eps) [w_j, C_ij],
 
-by a dense ``[n, m]`` cost matrix in torch (backend ``dense``) or by KeOps LazyTensor
+by a dense ``[n, m]`` cost matrix in torch (backend ``torch``) or by KeOps LazyTensor
 reductions in ``O((n + m) d)`` memory (``keops``, float32/float64, CPU or CUDA: KeOps
-compiles one module per formula, dtype and ``d``, ~5 s each on a cold cache).  ``auto``
-picks ``dense`` while ``n m <= DENSE_MAX_ENTRIES`` (2^22: on one CPU core the dense
-log-sum-exp is as fast as KeOps at 2000 x 2000, and its temporaries already take ~100 MB
+compiles one module per formula, dtype and ``d``, ~5 s each on a cold cache).  The
+backend names are those of :mod:`ootrain.ot.backends` (:data:`SINKHORN_BACKENDS` =
+``auto``, ``torch``, ``keops``).  ``auto`` picks ``torch`` while ``n m <=
+DENSE_MAX_ENTRIES`` (2^22: on one CPU core the dense log-sum-exp is as fast as KeOps at 2000 x 2000, and its temporaries already take ~100 MB
 in float64) or when pykeops is unavailable, else ``keops``.
 
 Transport cost and gradients: ``SinkhornResult.cost = <P, C> = sum_ij P_ij C_ij`` (OT-GAN's
@@ -55,7 +60,9 @@ Transport cost and gradients: ``SinkhornResult.cost = <P, C> = sum_ij P_ij C_ij`
     cosine:       = -(s_i - <x^_i, s_i> x^_i) / |x_i|,           s_i = sum_j P_ij y^_j,
 
 with ``x^ = x / |x|``; both are ``sums`` reductions with ``w = [y, 1]`` (the same
-reduction also gives ``<P, C>``), never an ``[n, m, d]`` tensor.  :func:`cost_gradients`
+reduction also gives ``<P, C>``), never an ``[n, m, d]`` tensor.  The other costs
+(euclidean, l1, lp) get theirs by torch autograd of ``sum_ij P_ij c(x_i, y_j)`` over row
+blocks of ``TORCH_BLOCK`` entries with ``P`` frozen (whatever the backend).  :func:`cost_gradients`
 returns them without autograd; the weights ``a``, ``b`` get no gradient.
 
 :func:`energy_distance` is OT-GAN's mini-batch energy distance (Salimans et al. 2018,
@@ -66,6 +73,18 @@ generated one:
 
 ``W`` the ``cost`` of the entropic plan; zero in expectation when the two distributions
 are equal.
+
+Points that do not fit in memory: :func:`ootrain.ot.streamed.sinkhorn_streamed`.
+
+Example::
+
+    >>> import torch
+    >>> from ootrain.ot.sinkhorn import sinkhorn, cost_gradients
+    >>> x, y = torch.randn(50, 3, dtype=torch.float64), torch.randn(40, 3, dtype=torch.float64)
+    >>> r = sinkhorn(x, y, 0.1, "cosine", tol=1e-8)
+    >>> r.converged, r.backend
+    (True, 'torch')
+    >>> gx, gy = cost_gradients(x, y, r)      # [50, 3], [40, 3]
 """
 
 from __future__ import annotations
@@ -78,10 +97,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ootrain.ot.ctransform import Cost, _check_eps, _keops_ok
+from ootrain.ot.backends import SOFT_BACKENDS, TORCH_BLOCK, check_backend, keops_available
+from ootrain.ot.checks import check_eps
+from ootrain.ot.costs import Cost, parse_cost
 
 __all__ = [
-    "SINKHORN_COSTS",
     "SINKHORN_BACKENDS",
     "DENSE_MAX_ENTRIES",
     "STAGE_ITERS",
@@ -94,9 +114,9 @@ __all__ = [
     "energy_distance_gradients",
 ]
 
-SINKHORN_COSTS = ("sqeuclidean", "cosine")
-SINKHORN_BACKENDS = ("auto", "dense", "keops")
-#: ``backend="auto"`` uses the dense path while ``n * m`` is at most this.
+#: Backends of :func:`sinkhorn` (:data:`ootrain.ot.backends.SOFT_BACKENDS`).
+SINKHORN_BACKENDS = SOFT_BACKENDS
+#: ``backend="auto"`` uses the dense torch path while ``n * m`` is at most this.
 DENSE_MAX_ENTRIES = 2**22
 #: Iterations per eps-scaling stage.
 STAGE_ITERS = 2
@@ -144,11 +164,11 @@ class _Dense:
 class _KeOps:
     """The reductions over ``j`` as KeOps LazyTensor formulas, ``O((n + m) d)`` memory."""
 
-    def __init__(self, xf: Tensor, yf: Tensor, cost: str) -> None:
+    def __init__(self, xf: Tensor, yf: Tensor, cost: Cost) -> None:
         from pykeops.torch import LazyTensor
         self.xf, self.yf, self.cost = xf, yf, cost
         X, Y = LazyTensor(xf[:, None, :]), LazyTensor(yf[None, :, :])
-        self.C = X.sqdist(Y) if cost == "sqeuclidean" else 1 - (X | Y)
+        self.C = cost.keops(X, Y)
 
     @property
     def T(self) -> _KeOps:
@@ -173,11 +193,12 @@ class _KeOps:
 
 @dataclass(frozen=True)
 class _Points:
-    """Both point sets prepared for a cost: ``sqeuclidean`` centred on ``z`` (the cost is
-    translation invariant; less cancellation in the gradient), ``cosine`` normalised, with
-    the norms kept for the gradient.  Detached; ``kind`` is ``dense`` or ``keops``."""
+    """Both point sets prepared for a cost: ``cosine`` normalised (the norms kept for the
+    gradient), the norm costs (translation invariant) centred on ``z``, the centre of the
+    two means (less cancellation in the gradient).  Detached; ``kind`` is ``torch`` or
+    ``keops``."""
 
-    cost: str
+    cost: Cost
     kind: str
     xf: Tensor
     yf: Tensor
@@ -185,9 +206,9 @@ class _Points:
     yn: Tensor | None = None
 
     @staticmethod
-    def of(x: Tensor, y: Tensor, cost: str, kind: str) -> _Points:
+    def of(x: Tensor, y: Tensor, cost: Cost, kind: str) -> _Points:
         x, y = x.detach(), y.detach()
-        if cost == "sqeuclidean":
+        if cost.name != "cosine":
             z = (x.mean(0) + y.mean(0)) / 2
             return _Points(cost, kind, (x - z).contiguous(), (y - z).contiguous())
         xn, yn = x.norm(dim=1), y.norm(dim=1)
@@ -201,17 +222,23 @@ class _Points:
 
     def scale(self) -> float:
         """An upper bound on the largest cost (eps_0 of the eps-scaling)."""
-        if self.cost == "cosine":
-            return 2.0
-        return float(self.xf.norm(dim=1).max() + self.yf.norm(dim=1).max()) ** 2
+        p = self.cost.norm_p
+        return self.cost.bound(float(self.xf.norm(p=p, dim=1).max()),
+                               float(self.yf.norm(p=p, dim=1).max()))
+
+    def matrix(self, xf: Tensor, yf: Tensor) -> Tensor:
+        """Dense costs between prepared rows."""
+        if self.cost.name == "cosine":
+            return 1 - xf @ yf.T
+        if self.cost.name == "sqeuclidean":
+            C = torch.cdist(xf, yf, compute_mode="donot_use_mm_for_euclid_dist")
+            return C * C
+        return self.cost.matrix(xf, yf)
 
     def kernel(self) -> _Dense | _KeOps:
         if self.kind == "keops":
             return _KeOps(self.xf, self.yf, self.cost)
-        if self.cost == "sqeuclidean":
-            C = torch.cdist(self.xf, self.yf, compute_mode="donot_use_mm_for_euclid_dist")
-            return _Dense(C * C)
-        return _Dense(1 - self.xf @ self.yf.T)
+        return _Dense(self.matrix(self.xf, self.yf))
 
     def grad_side(self, K: _Dense | _KeOps, h: Tensor, k: Tensor, s: float,
                   transpose: bool = False) -> tuple[Tensor, Tensor]:
@@ -219,14 +246,44 @@ class _Points:
         ``(x, y)``; with ``transpose`` (``K`` over ``(y, x)``, ``h``/``k`` swapped) the
         same for ``y``."""
         xf, yf, xn = (self.yf, self.xf, self.yn) if transpose else (self.xf, self.yf, self.xn)
+        if self.cost.name not in ("sqeuclidean", "cosine"):
+            return envelope_rows(self.cost.matrix, xf, [(0, yf)], h, k, s)
         d = xf.shape[1]
         S = K.sums(h, k, s, torch.cat([yf, torch.ones_like(yf[:, :1])], dim=1))
         py, r, pc = S[:, :d], S[:, d], S[:, d + 1]
-        if self.cost == "sqeuclidean":
+        if self.cost.name == "sqeuclidean":
             grad = 2 * (xf * r[:, None] - py)
         else:
             grad = -(py - (xf * py).sum(1, keepdim=True) * xf) / xn[:, None]
         return grad, pc
+
+
+def envelope_rows(matrix: Any, xb: Tensor, y_blocks: Any, h: Tensor, k: Tensor, s: float
+                  ) -> tuple[Tensor, Tensor]:
+    """``(sum_j P_ij grad_1 c(x_i, y_j) [B, d], sum_j P_ij c(x_i, y_j) [B])`` for the rows
+    ``xb [B, d]``, ``P_ij = exp(h_i + k_j - s c(x_i, y_j))`` frozen, by torch autograd of
+    ``sum P * C`` on ``[rows, block]`` pieces (``TORCH_BLOCK`` entries at most).
+
+    ``matrix(x, y)`` is the differentiable cost matrix; ``y_blocks`` yields ``(offset,
+    y[offset:offset + rows])`` once; ``h [B]``, ``k [m]`` (all of ``y``'s rows).  Any registry cost: no closed-form gradient needed.
+    """
+    B = xb.shape[0]
+    grad = torch.zeros_like(xb)
+    pc = torch.zeros(B, dtype=xb.dtype, device=xb.device)
+    for off, yb in y_blocks:
+        m_rows = yb.shape[0]
+        rows = max(1, TORCH_BLOCK // max(1, m_rows))
+        for q0 in range(0, B, rows):
+            q1 = min(B, q0 + rows)
+            with torch.enable_grad():
+                xq = xb[q0:q1].detach().requires_grad_(True)
+                C = matrix(xq, yb)
+                P = torch.exp(h[q0:q1, None] + k[None, off:off + m_rows] - s * C.detach())
+                PC = P * C
+                (gq,) = torch.autograd.grad(PC.sum(), xq)
+            grad[q0:q1] += gq
+            pc[q0:q1] += PC.detach().sum(1)
+    return grad, pc
 
 
 def _log(w: Tensor) -> Tensor:
@@ -238,18 +295,6 @@ def _log(w: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------
 # input checks
 # ----------------------------------------------------------------------------------
-def _check_cost(cost: str | Cost) -> str:
-    if isinstance(cost, Cost):
-        cost = str(cost)
-    if not isinstance(cost, str):
-        raise ValueError(f"cost must be a str, got {type(cost).__name__}")
-    name = cost.strip().lower()
-    if name not in SINKHORN_COSTS:
-        raise ValueError(f"unknown Sinkhorn cost {cost!r}; expected one of "
-                         f"{', '.join(SINKHORN_COSTS)}")
-    return name
-
-
 def _check_points(x: Any, y: Any, xname: str = "x", yname: str = "y") -> None:
     for name, t in ((xname, x), (yname, y)):
         if not isinstance(t, Tensor):
@@ -290,19 +335,18 @@ def _check_weights(w: Any, n: int, like: Tensor, name: str) -> Tensor:
 
 
 def _resolve_backend(backend: str, n: int, m: int) -> str:
-    if backend not in SINKHORN_BACKENDS:
-        raise ValueError(f"unknown Sinkhorn backend {backend!r}; expected one of "
+    if backend == "dense":
+        raise ValueError("unknown Sinkhorn backend 'dense' (renamed 'torch'); expected one of "
                          f"{', '.join(SINKHORN_BACKENDS)}")
-    if backend == "keops" and not _keops_ok():
-        raise ValueError("backend 'keops' requested but pykeops cannot be imported")
+    check_backend(backend, SINKHORN_BACKENDS, "Sinkhorn backend")
     if backend != "auto":
         return backend
     if n * m <= DENSE_MAX_ENTRIES:
-        return "dense"
-    if not _keops_ok():
+        return "torch"
+    if not keops_available():
         warnings.warn(f"pykeops is unavailable: Sinkhorn on {n} x {m} points builds a dense "
                       "cost matrix", stacklevel=3)
-        return "dense"
+        return "torch"
     return "keops"
 
 
@@ -340,7 +384,7 @@ class SinkhornResult:
         cost: ``<P, C>`` (scalar), differentiable in ``x`` and ``y`` with ``P`` held fixed.
         dual: the entropic dual value ``<a, f> + <b, g> - eps (sum P - 1)`` (detached;
             equals ``<P, C> + eps KL(P | a b^T)`` at convergence).
-        ground_cost, backend: the cost name and the backend used (``dense`` / ``keops``).
+        ground_cost, backend: the cost name and the backend used (``torch`` / ``keops``).
         a, b: the normalised weights.
     """
 
@@ -360,7 +404,7 @@ class SinkhornResult:
 
     def plan(self) -> Tensor:
         """The dense plan ``P [n, m]`` (``O(n m)`` memory: small problems only)."""
-        pts = _Points(self._points.cost, "dense", self._points.xf, self._points.yf)
+        pts = _Points(self._points.cost, "torch", self._points.xf, self._points.yf)
         h, k, s = _hks(self)
         return pts.kernel().plan(h, k, s)
 
@@ -403,14 +447,15 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
     Args:
         x, y: ``[n, d]``, ``[m, d]`` points, float32 or float64, same dtype and device.
         eps: temperature ``> 0`` in cost units (e.g. ``1e-2 * max C``).
-        cost: ``"sqeuclidean"`` (``||x - y||^2``) or ``"cosine"``.
+        cost: a registry cost (:func:`~ootrain.ot.costs.parse_cost`), e.g. ``"sqeuclidean"``
+            (``||x - y||^2``) or ``"cosine"``.
         a, b: non-negative weights ``[n]``, ``[m]`` with positive sums (normalised);
             uniform when None.
         tol: stop when ``||P 1 - a||_1 <= tol``.
         max_iter: most iterations at the target ``eps`` (the eps-scaling stages come on
             top); at least 1.
         scaling: eps-scaling factor in ``(0, 1)``, None to start at ``eps`` directly.
-        backend: ``"auto"``, ``"dense"`` or ``"keops"`` (module doc).
+        backend: ``"auto"``, ``"torch"`` or ``"keops"`` (module doc).
         init: warm start, the potentials ``(f, g)`` or a previous :class:`SinkhornResult`
             (of the same sizes); the eps-scaling stages are then skipped.
 
@@ -421,9 +466,9 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
         ValueError: bad shapes, dtypes, devices, NaN/Inf, weights, eps, tol, max_iter,
             scaling, cost, backend or init.
     """
-    name = _check_cost(cost)
+    cost = parse_cost(cost)
     _check_points(x, y)
-    eps = _check_eps(eps)
+    eps = check_eps(eps)
     n, m = x.shape[0], y.shape[0]
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0 \
             or not math.isfinite(tol):
@@ -436,7 +481,7 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
     a_w, b_w = _check_weights(a, n, x, "a"), _check_weights(b, m, x, "b")
     start = _check_init(init, n, m, x)
     kind = _resolve_backend(backend, n, m)
-    pts = _Points.of(x, y, name, kind)
+    pts = _Points.of(x, y, cost, kind)
     stages: list[float] = []
     if start is None and scaling is not None:
         e = pts.scale()
@@ -475,7 +520,7 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
             K.release()   # the result keeps K for the gradient: drop the s C working copy
     value = _EnvelopeCost.apply(x, y, pts, K, la + f / eps, lb + g / eps, 1.0 / eps)
     return SinkhornResult(f=f, g=g, eps=eps, iterations=iters, marginal_error=err,
-                          converged=err <= tol, cost=value, dual=dual, ground_cost=name,
+                          converged=err <= tol, cost=value, dual=dual, ground_cost=str(cost),
                           backend=kind, a=a_w, b=b_w, _points=pts)
 
 
@@ -492,7 +537,7 @@ def cost_gradients(x: Tensor, y: Tensor, result: SinkhornResult) -> tuple[Tensor
     if x.shape[0] != result.f.shape[0] or y.shape[0] != result.g.shape[0]:
         raise ValueError(f"x, y have {x.shape[0]}, {y.shape[0]} rows but the result's "
                          f"potentials have {result.f.shape[0]}, {result.g.shape[0]}")
-    pts = _Points.of(x, y, result.ground_cost, result.backend)
+    pts = _Points.of(x, y, result._points.cost, result.backend)
     h, k, s = _hks(result)
     with torch.no_grad():
         K = pts.kernel()

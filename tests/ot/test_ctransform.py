@@ -11,11 +11,10 @@ import torch
 import zarr
 
 import ootrain.ot.ctransform as am
+from ootrain.ot.costs import Cost, parse_cost
+from ootrain.ot.targets import TargetSource
 from ootrain.ot.ctransform import (
-    Cost,
-    TargetSource,
     c_transform,
-    parse_cost,
     resolve_backend,
     soft_assign,
     soft_c_transform,
@@ -24,11 +23,11 @@ from ootrain.ot.ctransform import (
 )
 
 F64 = torch.float64
-COSTS = ["sqeuclidean", "euclidean", "l1", "lp:3", "lp:1.5"]
-FAISS_COSTS = ["sqeuclidean", "l1", "lp:3", "lp:1.5"]
+COSTS = ["sqeuclidean", "euclidean", "l1", "lp:3", "lp:1.5", "cosine"]
+FAISS_COSTS = ["sqeuclidean", "l1", "lp:3", "lp:1.5", "cosine"]
 # KeOps compiles one module per formula and dtype (~5 s each on a cold cache): the fast
 # suite covers two costs, the slow suite the rest.
-KEOPS_FAST = ["sqeuclidean", "l1"]
+KEOPS_FAST = ["sqeuclidean", "l1", "cosine"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -101,7 +100,8 @@ def test_parse_cost_forms():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda: parse_cost("cosine"), "unknown cost"),
+    (lambda: parse_cost("cosinus"), "unknown cost"),
+    (lambda: Cost("cosine", 2), "takes no exponent"),
     (lambda: parse_cost("lp"), "p >= 1"),
     (lambda: parse_cost("lp:0.5"), "p >= 1"),
     (lambda: parse_cost("lp:abc"), "exponent"),
@@ -123,7 +123,10 @@ def test_backend_matches_brute_force(cost, backend):
     idx, value = c_transform(x, y, psi, cost, backend)
     assert idx.dtype == torch.long and value.dtype == F64
     assert torch.equal(idx, ref_i)
-    assert torch.equal(value, ref_v)   # values are recomputed with the reference kernel
+    if cost == "cosine":   # pairwise (a dot product) vs matrix (a GEMM): equal to rounding
+        torch.testing.assert_close(value, ref_v, rtol=0, atol=1e-14)
+    else:
+        assert torch.equal(value, ref_v)   # values are recomputed with the reference kernel
 
 
 @pytest.mark.parametrize("backend", ["faiss", "keops"])
@@ -155,7 +158,7 @@ def test_auto_rule():
 
 def test_torch_chunking(monkeypatch):
     """Dense blocks far smaller than B x N give the same result."""
-    monkeypatch.setattr(am, "_TORCH_BLOCK", 64)
+    monkeypatch.setattr(am, "TORCH_BLOCK", 64)
     x, y, psi = problem(5, b=130, n=170)
     for cost in ["sqeuclidean", "l1"]:
         idx, value = c_transform(x, y, psi, cost, "torch")
@@ -333,7 +336,9 @@ def test_bad_input_errors(tmp_path):
         (lambda: c_transform(x, nan_y, psi), "targets contain non-finite"),
         (lambda: c_transform(nan_x, y, psi), "x contains non-finite"),
         (lambda: c_transform(x, y, psi * float("nan")), "psi contains non-finite"),
-        (lambda: c_transform(x, y, psi, "cosine"), "unknown cost"),
+        (lambda: c_transform(x, y, psi, "cosinus"), "unknown cost"),
+        (lambda: c_transform(x * 0, y, psi, "cosine"), "non-zero rows"),
+        (lambda: c_transform(x, y * 0, psi, "cosine", "torch"), "non-zero rows"),
         (lambda: c_transform(x, y, psi, backend="cuda"), "unknown backend"),
         (lambda: c_transform(x, y, psi, "euclidean", "faiss"), "not euclidean"),
         (lambda: c_transform(x.long(), y, psi), "floating dtype"),

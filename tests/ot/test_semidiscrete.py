@@ -173,7 +173,7 @@ def test_bad_input_errors():
     sd = SemiDiscreteOT(y)
     cases = [
         (lambda: SemiDiscreteOT(nan_y), "targets contain non-finite"),
-        (lambda: SemiDiscreteOT(y, cost="cosine"), "unknown cost"),
+        (lambda: SemiDiscreteOT(y, cost="cosinus"), "unknown cost"),
         (lambda: SemiDiscreteOT(y, backend="gpu"), "unknown backend"),
         (lambda: SemiDiscreteOT(y, cost="l1", backend="faiss"), "no soft c-transform"),
         (lambda: SemiDiscreteOT(y, eps=-1.0), "eps must be"),

@@ -69,7 +69,7 @@ def test_matches_pot_log_sinkhorn(cost):
     P_pot = ot.sinkhorn(a.numpy(), b.numpy(), M_pot, eps, method="sinkhorn_log",
                         stopThr=1e-10, numItermax=100000)
     r = sinkhorn(x, y, eps, cost, a, b, tol=1e-10, max_iter=100000)
-    assert r.converged and r.marginal_error <= 1e-10 and r.backend == "dense"
+    assert r.converged and r.marginal_error <= 1e-10 and r.backend == "torch"
     ref = float((P_pot * M_pot).sum())
     assert abs(float(r.cost) - ref) <= 1e-6 * ref
     P = r.plan()
@@ -196,9 +196,9 @@ def test_unrolled_gradient_differs(cost):
 def test_dense_equals_keops(cost):
     x, y, a, b = problem(6, n=300, m=200)
     eps = 0.05 if cost == "cosine" else 0.2
-    rd = sinkhorn(x, y, eps, cost, a, b, tol=1e-9, backend="dense")
+    rd = sinkhorn(x, y, eps, cost, a, b, tol=1e-9, backend="torch")
     rk = sinkhorn(x, y, eps, cost, a, b, tol=1e-9, backend="keops")
-    assert rd.backend == "dense" and rk.backend == "keops"
+    assert rd.backend == "torch" and rk.backend == "keops"
     assert rd.iterations == rk.iterations and rk.converged
     torch.testing.assert_close(rk.f, rd.f, rtol=1e-5, atol=1e-10)
     torch.testing.assert_close(rk.g, rd.g, rtol=1e-5, atol=1e-10)
@@ -215,7 +215,7 @@ def test_dense_equals_keops(cost):
 
 def test_auto_backend_threshold(monkeypatch):
     x, y, _, _ = problem(7, n=300, m=200)
-    assert sinkhorn(x, y, 1.0, max_iter=1).backend == "dense"
+    assert sinkhorn(x, y, 1.0, max_iter=1).backend == "torch"
     monkeypatch.setattr(sk, "DENSE_MAX_ENTRIES", 300 * 200 - 1)
     assert sinkhorn(x, y, 1.0, max_iter=1).backend == "keops"
 
@@ -333,7 +333,8 @@ BAD = [
     ("zero b", lambda p: sinkhorn(p.x, p.y, 1.0, b=0 * p.b), "weights b must have a positive sum"),
     ("shape a", lambda p: sinkhorn(p.x, p.y, 1.0, a=p.b), r"weights a must have shape \[6\]"),
     ("nan b", lambda p: sinkhorn(p.x, p.y, 1.0, b=p.b / 0 * 0), "weights b contain non-finite"),
-    ("cost", lambda p: sinkhorn(p.x, p.y, 1.0, "l7"), "unknown Sinkhorn cost"),
+    ("cost", lambda p: sinkhorn(p.x, p.y, 1.0, "l7"), "unknown cost 'l7'"),
+    ("dense", lambda p: sinkhorn(p.x, p.y, 1.0, backend="dense"), "renamed 'torch'"),
     ("backend", lambda p: sinkhorn(p.x, p.y, 1.0, backend="gpu"), "unknown Sinkhorn backend"),
     ("scaling", lambda p: sinkhorn(p.x, p.y, 1.0, scaling=1.5), "scaling must be in"),
     ("tol", lambda p: sinkhorn(p.x, p.y, 1.0, tol=-1), "tol must be"),

@@ -1,0 +1,39 @@
+"""Input checks shared by the OT kernels; each raises ``ValueError`` naming what it got.
+
+Example::
+
+    >>> from ootrain.ot.checks import check_eps
+    >>> check_eps(0.5)
+    0.5
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_eps", "check_query"]
+
+
+def check_eps(eps: Any) -> float:
+    """A temperature: a finite number ``> 0`` (in cost units), as a float."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+            or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+def check_query(x: Any, d: int) -> None:
+    """``x`` is a finite floating ``[B, d]`` tensor (``d`` the targets' dimension)."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"x must have shape [B, d] with d = {d} (the targets' dimension), "
+                         f"got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must have a floating dtype, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains non-finite values (NaN or Inf)")
