@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ __all__ = [
     "sample_mixture",
     "sample_mog1d",
     "sample_ring8",
+    "load_targets",
+    "row_sampler",
+    "source_sampler",
 ]
 
 MOG1D_MEANS: tuple[float, ...] = (-6.0, -2.0, 2.0, 6.0)
@@ -360,3 +363,86 @@ def load_data(
     x = _subsample(x, n, seed, spec)
     check_array(x, spec)
     return x
+
+
+# --------------------------------------------------------------------------- #
+# Populations and samplers of the stand-alone semi-discrete solver
+# --------------------------------------------------------------------------- #
+
+
+def load_targets(spec: str, n: int | None = None, seed: int = 0,
+                 array: str | None = None) -> Any:
+    """Points a command reads as a population: a built-in set, in memory (sampled sets need
+    ``n``; ``digits`` gives all rows of its split, or ``n`` of them), or a user's array, left
+    on disk when it is zarr (``array`` names it inside a group; see :func:`load_data`)."""
+    if spec.split(":")[0] in DATASETS:
+        return load_data(spec, n=n, seed=seed)
+    return load_data(spec, array=array, lazy=True)
+
+
+def row_sampler(data: Any, seed: int, dtype: torch.dtype) -> Callable[[int], torch.Tensor]:
+    """Draws of rows of ``data`` (numpy array, memory map or zarr array) with replacement;
+    each draw reads only the rows it needs.
+
+    ``sampler(k)`` returns a ``[k, d]`` tensor of ``dtype`` (the sampler convention of
+    :class:`~ootrain.ot.semidiscrete.SemiDiscreteOT`); the draws come from
+    ``numpy.random.default_rng(seed)``.
+    """
+    n = int(data.shape[0])
+    rng = np.random.default_rng(seed)
+    lazy = hasattr(data, "get_orthogonal_selection")
+
+    def draw(k: int) -> torch.Tensor:
+        uniq, inv = np.unique(rng.integers(0, n, size=k), return_inverse=True)
+        rows = data.get_orthogonal_selection((uniq, slice(None))) if lazy else data[uniq]
+        rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
+        return rows[torch.from_numpy(inv.reshape(-1))].to(dtype)
+
+    return draw
+
+
+def source_sampler(spec: str, seed: int = 0, dtype: torch.dtype | None = None,
+                   array: str | None = None) -> tuple[Callable[[int], torch.Tensor], int, str]:
+    """``(sampler, d, description)`` for a source spec of ``ootrain semidiscrete solve``.
+
+    ``sampler(k)`` returns a ``[k, d]`` tensor of i.i.d. source draws (``dtype``, default
+    float32):
+
+    - ``gaussian:D`` — N(0, I_D); ``uniform:D`` — uniform on the cube [0, 1]^D;
+    - the other sampled built-ins (``mog1d``, ``ring8``, ``mog:D:K[:S]``) — exact draws;
+    - ``digits[:split]``, a ``.npy``/``.npz`` file or a zarr array/group (path or URL) — the
+      empirical distribution of its rows, sampled with replacement (a zarr array stays on
+      disk; each draw reads only its rows; see :func:`row_sampler`).
+
+    Raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the spec.
+    """
+    dtype = dtype or torch.float32
+    name, *args = spec.split(":")
+    if name in ("gaussian", "uniform"):
+        if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
+            raise ValueError(f"source {spec!r}: expected '{name}:D' with an integer D >= 1")
+        d = int(args[0])
+        gen = torch.Generator().manual_seed(seed)
+        fn = torch.rand if name == "uniform" else torch.randn
+
+        def draw(k: int) -> torch.Tensor:
+            return fn(k, d, generator=gen, dtype=torch.float64).to(dtype)
+
+        what = "N(0, I)" if name == "gaussian" else "uniform on [0, 1]^D"
+        return draw, d, f"{spec}: {what}, exact draws"
+    if name in DATASETS and name != "digits":
+        d = int(load_dataset(spec, n=1).shape[1])          # validates the spec
+        rng = np.random.default_rng(seed)
+
+        def draw_builtin(k: int) -> torch.Tensor:
+            x = load_dataset(spec, n=k, seed=int(rng.integers(2**63)))
+            return torch.from_numpy(x).to(dtype)
+
+        return draw_builtin, d, f"{spec}: exact draws"
+    try:
+        data = load_data(spec) if name == "digits" else load_data(spec, array=array, lazy=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"source {spec!r}: {e}") from None
+    n, d = (int(s) for s in data.shape)
+    return row_sampler(data, seed, dtype), d, \
+        f"{spec}: empirical distribution of {n} rows, drawn with replacement"

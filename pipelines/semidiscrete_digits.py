@@ -285,7 +285,7 @@ def run_digits(out: Path, *, rounds: int = ROUNDS, fit_epochs: int = FIT_EPOCHS,
                progress: bool = True) -> dict[str, Any]:
     """Train both variants, write the outputs listed in the module docstring to ``out`` and
     return the content of ``metrics.json``."""
-    from ootrain.cli.app import plot_samples
+    from ootrain.eval.plots import plot_samples
 
     if metric not in ("auto", "pot", "semidiscrete"):
         raise ValueError(f"metric must be auto, pot or semidiscrete, got {metric!r}")

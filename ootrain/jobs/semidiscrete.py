@@ -1,0 +1,220 @@
+"""``ootrain semidiscrete``: the stand-alone solver (``solve``) and OTS + FIT generator
+training (``train``) from spec strings, with their summaries."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ootrain.data import DATASETS, load_targets, source_sampler
+from ootrain.engine.core import Engine, EngineConfig
+from ootrain.eval.plots import plot_samples
+from ootrain.eval.semidiscrete import evaluate_semidiscrete
+from ootrain.jobs.common import InputError, default_rows, input_errors
+from ootrain.methods.gradual import AssignmentSolver, GradualConfig, train_gradual
+from ootrain.methods.train import make_optimizer, open_shared_store
+from ootrain.models.zoo import build_model, generate
+from ootrain.ot.semidiscrete import SemiDiscreteOT, default_batch
+from ootrain.progress import make_progress
+
+__all__ = ["SQUASHES", "SolveJob", "GradualJob", "make_ot", "solve_semidiscrete",
+           "train_semidiscrete"]
+
+#: Output layers ``train_semidiscrete`` can append to the generator.
+SQUASHES = ("auto", "none", "sigmoid", "tanh")
+
+
+def make_ot(targets: Any, cost: str, backend: str, eps: Optional[float],
+            dtype: str = "auto") -> SemiDiscreteOT:
+    """``SemiDiscreteOT(targets, ...)`` with ``dtype`` one of ``auto`` (the targets'),
+    ``float32``, ``float64``; bad arguments raise :class:`InputError`."""
+    if dtype not in ("auto", "float32", "float64"):
+        raise InputError(f"--dtype must be auto, float32 or float64, got {dtype!r}")
+    with input_errors():
+        return SemiDiscreteOT(targets, cost=cost, backend=backend, eps=eps,
+                              dtype=None if dtype == "auto" else getattr(torch, dtype))
+
+
+@dataclass
+class SolveJob:
+    """What :func:`solve_semidiscrete` did: the fitted solver, the samples per ascent
+    iteration it used, and the summary stored with the potentials."""
+
+    ot: SemiDiscreteOT
+    batch: int
+    summary: dict[str, Any]
+
+
+def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "potentials",
+                       cost: str = "sqeuclidean", backend: str = "auto",
+                       eps: Optional[float] = None, batch: Optional[int] = None,
+                       max_iter: int = 20000, tol: float = 0.05, lr: Optional[float] = None,
+                       check_every: Optional[int] = None, grow: bool = False, n0: int = 1024,
+                       n_target: Optional[int] = None, target_array: Optional[str] = None,
+                       source_array: Optional[str] = None, n_eval: int = 65536,
+                       dtype: str = "auto", seed: int = 0, progress: bool = True) -> SolveJob:
+    """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
+
+    ``source`` is a spec of :func:`ootrain.data.source_sampler`; ``target`` a built-in
+    (``digits[:split]``, or a sampled one with ``n_target`` rows, drawn with seed
+    ``seed + 1``) or a user's array (zarr stays on disk and is streamed in blocks).  Runs
+    :meth:`SemiDiscreteOT.fit` (``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
+    of the target count), writes the potentials ψ with ``SemiDiscreteOT.save`` to the zarr
+    group ``out`` as ``name``, and stores the summary (:func:`evaluate_semidiscrete` on
+    ``n_eval`` fresh source samples, the fit's iterations and time, ...) in that array's
+    ``solve`` attribute.  Bad input raises :class:`InputError` before the fit.
+    """
+    if n_eval < 1:
+        raise InputError(f"--n-eval must be >= 1, got {n_eval}")
+    if target.split(":")[0] in DATASETS and n_target is None and not target.startswith("digits"):
+        raise InputError(f"target {target!r} is a sampled built-in: pass --n-target (rows to "
+                         "draw)")
+    with input_errors(f"target {target!r}: "):
+        targets = load_targets(target, n=n_target, seed=seed + 1, array=target_array)
+    ot = make_ot(targets, cost, backend, eps, dtype)
+    try:
+        sampler, d, described = source_sampler(source, seed, ot.dtype, source_array)
+    except (ValueError, FileNotFoundError) as e:
+        raise InputError(str(e)) from None
+    if d != ot.source.d:
+        raise InputError(f"source {source!r} has dimension {d}, targets {target!r} have "
+                         f"{ot.source.d}")
+    calls = [0]
+
+    def counted(k: int) -> torch.Tensor:
+        calls[0] += 1
+        return sampler(k)
+
+    fit_kw: dict[str, Any] = {"batch": batch, "max_iter": max_iter, "tol": tol, "grow": grow,
+                              "n0": n0, "check_every": check_every,
+                              "generator": torch.Generator().manual_seed(seed)}
+    if lr is not None:
+        fit_kw["lr"] = lr
+    t = time.perf_counter()
+    with input_errors():
+        ot.fit(counted, progress=progress, **fit_kw)
+    fit_s = time.perf_counter() - t
+    used_batch = default_batch(ot.n_targets) if batch is None else batch
+    t = time.perf_counter()
+    est = evaluate_semidiscrete(ot, sampler, n_eval=n_eval, batch=used_batch, seed=seed + 7)
+    summary = {
+        "source": described, "target": target, "n_targets": ot.n_targets, "d": d,
+        "cost": str(ot.ground_cost), "eps_rel": ot.eps_rel, "eps": ot.eps,
+        "iterations": calls[0], "fit_s": round(fit_s, 3),
+        **est,
+        "imbalance_fit": ot.history[-1]["imbalance"] if ot.history else None,
+        "n_eval": n_eval, "eval_s": round(time.perf_counter() - t, 3),
+    }
+    ot.save(out, name)
+    import zarr
+    zarr.open_group(out, mode="a")[name].attrs.update({"solve": summary})
+    return SolveJob(ot=ot, batch=used_batch, summary=summary)
+
+
+@dataclass
+class GradualJob:
+    """What :func:`train_semidiscrete` did: the rounds of this call, the rounds in the store
+    with their history, and the files written (``wrote_plot``: ``samples.png`` among them)."""
+
+    rounds_this_call: int
+    rounds_in_store: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    wrote_plot: bool = False
+
+
+def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int] = None,
+                       data_array: Optional[str] = None, generator: str = "mlp",
+                       generator_args: Optional[dict[str, Any]] = None, squash: str = "auto",
+                       latent_dim: int = 16, population: int = 2048, micro_batch: int = 128,
+                       rounds: int = 10, fit_epochs: int = 5, alpha_fit: float = 0.5,
+                       alpha_stop: float = 1.0, alternate: bool = True, cost: str = "l1",
+                       backend: str = "auto", eps: Optional[float] = None,
+                       ots_batch: int = 1024, ots_max_iter: int = 100, ots_tol: float = 0.2,
+                       ots_lr: Optional[float] = 1.0, lr: float = 2e-3,
+                       optimizer: str = "adam", memory_budget: int = 2**30, seed: int = 0,
+                       verify: bool = False, overwrite: bool = False,
+                       out: Optional[Path] = None, n_samples: Optional[int] = None,
+                       progress: bool = True) -> GradualJob:
+    """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
+
+    Each round fits the semi-discrete potentials between the current generator and the data
+    (OTS, warm-started), stores b generated samples with their assigned data points, and
+    regresses the generator onto that map (FIT) with micro-batch SGD; each round is logged on
+    the progress console.  ``squash`` appends an output layer (``auto``: sigmoid for digits,
+    none otherwise).  With ``out``, writes ``samples.npy`` (``n_samples``, default as many as
+    data rows, at most 100000), ``rounds.json`` and, for a picturable width, ``samples.png``.
+    Bad input raises :class:`InputError` before training.
+    """
+    if squash not in SQUASHES:
+        raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
+    with input_errors(f"--data {data!r}: "):
+        real = load_targets(data, n=default_rows(data, n_real), seed=seed + 1,
+                            array=data_array)
+    if squash == "auto":
+        squash = "sigmoid" if data.startswith("digits") else "none"
+    torch.manual_seed(seed)
+    gkw = {"in_dim": latent_dim, "out_dim": int(real.shape[1]), **(generator_args or {})}
+    G = build_model(generator, **gkw)
+    if squash != "none":
+        G = nn.Sequential(G, nn.Sigmoid() if squash == "sigmoid" else nn.Tanh())
+    ot = make_ot(real, cost, backend, eps)
+    ots: dict[str, Any] = {"batch": ots_batch, "max_iter": ots_max_iter, "tol": ots_tol}
+    if ots_lr is not None:
+        ots["lr"] = ots_lr
+    with input_errors():
+        cfg = EngineConfig(population=population, micro_batch=micro_batch,
+                           latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
+                           verify=verify)
+        gcfg = GradualConfig(rounds=rounds, alternate=alternate, fit_epochs=fit_epochs,
+                             alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=ots, ots_seed=seed)
+        opt = make_optimizer(G.parameters(), optimizer, lr)
+    solver = AssignmentSolver(ot)
+    store_cfg = Engine.store_config(cfg, solver, json.dumps([generator, gkw, squash]),
+                                    "identity", real)
+    # what determines the stored rounds; `rounds` only when FIT's epochs depend on it
+    store_cfg["gradual"] = {"alternate": alternate, "fit_epochs": fit_epochs,
+                            "alpha_fit": alpha_fit, "ots": ots, "ots_seed": seed,
+                            **({} if alternate else {"rounds": rounds})}
+    store_cfg["optimizer"] = {"name": optimizer, "lr": lr}
+    history: list[dict[str, Any]] = []
+    with make_progress(progress) as bars, \
+            open_shared_store(str(store), store_cfg, overwrite) as st:
+        eng = Engine(G, nn.Identity(), solver, real, st, opt, cfg, progress=bars)
+
+        def report(res: Any) -> None:
+            it = res.ots_checks[-1]["iteration"] if res.ots_checks else None
+            bars.console.log(f"round {res.round}: transport cost {res.transport_cost:.5g}  "
+                             f"imbalance {res.imbalance:.3f}  OTS "
+                             f"{'-' if it is None else it} it.  FIT {len(res.fit_losses)} "
+                             f"epochs → {res.fit_losses[-1]:.5g}")
+
+        results = train_gradual(eng, gcfg, callback=report)
+        done = eng.completed_steps()
+        for k in range(done):
+            attrs = st.group[f"steps/{k}"].attrs
+            metrics = dict(attrs.get("metrics", {}))
+            history.append({"round": k, "transport_cost": metrics.get("loss"),
+                            "imbalance": metrics.get("imbalance"),
+                            "fit_losses": list(attrs.get("fit_losses", []))})
+    job = GradualJob(rounds_this_call=len(results), rounds_in_store=done, history=history)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        k = n_samples if n_samples is not None else min(int(real.shape[0]), 100_000)
+        x = generate(G, k, latent_dim, seed=seed + 12345)
+        np.save(out / "samples.npy", x)
+        (out / "rounds.json").write_text(json.dumps(history, indent=2) + "\n")
+        ref = np.asarray(real[:min(int(real.shape[0]), 100_000)])
+        job.wrote_plot = plot_samples(x, out / "samples.png", ref,
+                                      f"OTS + FIT, {done} rounds, cost {cost}")
+        job.files = [out / "samples.npy", out / "rounds.json"] + \
+            ([out / "samples.png"] if job.wrote_plot else [])
+    return job
