@@ -7,7 +7,8 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from ootrain.cli.app import app, parse_bytes
+from ootrain.cli import app
+from ootrain.cli.options import parse_bytes
 from ootrain.store import Store
 
 runner = CliRunner()

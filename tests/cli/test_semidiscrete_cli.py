@@ -11,7 +11,7 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from ootrain.cli.app import app
+from ootrain.cli import app
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 from ootrain.store import Store
 

@@ -1,4 +1,4 @@
-"""OT-GAN in memory (ootrain.methods.otgan), ring mode metrics (ootrain.eval.ring), ``ootrain otgan
+"""OT-GAN on the engine (ootrain.methods.otgan), ring mode metrics (ootrain.eval.ring), ``ootrain otgan
 train`` and the ring pipeline's smoke run."""
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ootrain.cli.app import app
+from ootrain.cli import app
 from ootrain.data import RING8_RADIUS, RING8_STD, sample_ring8
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.methods.otgan import (OTGANConfig, _Prev, _ctransform, _unit, energy_step, make_critic,
-                           make_generator, train_otgan)
+from ootrain.engine import Engine, EngineConfig, NondeterministicModelError
+from ootrain.methods import train
+from ootrain.methods.otgan import (OTGAN, OTGANConfig, _Prev, _ctransform, _unit, energy_step,
+                                   make_critic, make_generator)
+from ootrain.store import Store
 from ootrain.ot.sinkhorn import sinkhorn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,15 +74,12 @@ def test_linspace_bug_sampler_covers_only_seven_modes():
 
 # --------------------------------------------------------------------------- config
 @pytest.mark.parametrize("field,value,match", [
-    ("batch", 1, "batch"), ("batch", 2.5, "batch"), ("eps", 0.0, "eps"),
-    ("eps", float("nan"), "eps"), ("n_gen", 0, "n_gen"), ("lr_gen", -1e-3, "lr_gen"),
-    ("lr_critic", 0, "lr_critic"), ("betas", (0.5, 1.0), "betas"), ("betas", (0.5,), "betas"),
+    ("eps", 0, "eps"), ("eps", float("nan"), "eps"), ("n_gen", 0, "n_gen"),
     ("sinkhorn_tol", -1, "sinkhorn_tol"), ("sinkhorn_max_iter", 0, "sinkhorn_max_iter"),
     ("sinkhorn_scaling", 1.5, "sinkhorn_scaling"), ("backend", "gpu", "backend"),
+    ("backend", "dense", "backend"),
     ("warm_start", "yes", "warm_start"), ("warm_start_method", "copy", "warm_start_method"),
-    ("critic_freeze_after", -1, "critic_freeze_after"), ("steps", -1, "steps"),
-    ("latent_dim", 0, "latent_dim"), ("seed", 1.5, "seed"), ("micro_batch", 0, "micro_batch"),
-    ("micro_batch", 2.0, "micro_batch"), ("verify", 1, "verify")])
+    ("critic_freeze_after", -1, "critic_freeze_after")])
 def test_config_validation(field, value, match):
     with pytest.raises(ValueError, match=match):
         OTGANConfig(**{field: value})
@@ -98,33 +98,43 @@ def _models(seed=0, latent=4):
             make_critic(2, 8, (32, 32), seed=seed + 1))
 
 
-def _fixed_batch_d2(G, C, cfg, x, x2):
-    """D^2 on the batch train_otgan draws at its first iteration (the same x, x2 and z)."""
-    z = torch.as_tensor(np.random.default_rng([cfg.seed, 2]).standard_normal(
-        (2 * cfg.batch, cfg.latent_dim)), dtype=torch.float32)
+def _method(G, C, cfg, sampler=sample_ring8, lr=1e-4):
+    return OTGAN(G, C, sampler, torch.optim.Adam(G.parameters(), lr, betas=(0.5, 0.999)),
+                 torch.optim.Adam(C.parameters(), lr, betas=(0.5, 0.999)), cfg)
+
+
+def _engine_cfg(b=32, m=16, seed=3, **kw):
+    return EngineConfig(population=b, micro_batch=m, latent_dim=4, seed=seed, **kw)
+
+
+def _d2_of_step(method, ecfg, step):
+    """D^2 of step ``step``'s inputs (regenerated from the engine's keys) under the current
+    models, solved tightly."""
+    eng = Engine(method, Store(None, Engine.store_config(ecfg, method)), ecfg)
+    plan = method.plan(step)
+    u = {p.name: eng.inputs(step, i, p, 0, ecfg.population)
+         for i, p in enumerate(plan.populations)}
+    tight = OTGANConfig(**{**method.cfg.to_dict(), "sinkhorn_tol": 1e-6,
+                           "sinkhorn_max_iter": 5000})
     with torch.no_grad():
-        y = G(z)
-        feats = {"x": C(x), "x2": C(x2), "y": C(y[:cfg.batch]), "y2": C(y[cfg.batch:])}
-        cold = OTGANConfig(**{**cfg.to_dict(), "warm_start": False, "sinkhorn_tol": 1e-6,
-                              "sinkhorn_max_iter": 5000})
-        return float(energy_step(feats, cold)[0].value)
+        feats = {"x": method.C(u["x"]), "x2": method.C(u["x2"]),
+                 "y": method.C(method.G(u["y"])), "y2": method.C(method.G(u["y2"]))}
+        return float(energy_step(feats, tight)[0].value)
 
 
-@pytest.mark.parametrize("player", ["critic", "generator"])
-def test_one_update_moves_d2_the_right_way_on_a_fixed_batch(player):
+@pytest.mark.parametrize("step", [0, 1])   # n_gen = 1: step 0 updates the generator, 1 the critic
+def test_one_update_moves_d2_the_right_way(step):
     G, C = _models()
-    cfg = OTGANConfig(batch=64, eps=0.05, n_gen=1, lr_gen=1e-4, lr_critic=1e-4, steps=1,
-                      latent_dim=4, sinkhorn_tol=1e-6, sinkhorn_max_iter=5000, seed=3)
-    x, x2 = (torch.as_tensor(sample_ring8(64, np.random.default_rng(s))) for s in (10, 11))
-    calls = iter([x, x2])
-    before = _fixed_batch_d2(G, C, cfg, x, x2)
-    # n_gen = 1: iteration 0 (t = 1) updates the generator, iteration 1 (t = 2) the critic
-    hist = train_otgan(G, C, lambda n, rng: next(calls), cfg, progress=False,
-                       start_step=1 if player == "critic" else 0)
-    assert hist[0]["player"] == player
-    assert hist[0]["loss"] == pytest.approx(before, abs=1e-4)
-    after = _fixed_batch_d2(G, C, cfg, x, x2)
-    if player == "critic":
+    cfg = OTGANConfig(eps=0.05, n_gen=1, sinkhorn_tol=1e-6, sinkhorn_max_iter=5000)
+    method, ecfg = _method(G, C, cfg), _engine_cfg(b=64)
+    method.bind(ecfg)
+    before = _d2_of_step(method, ecfg, step)
+    eng = Engine(method, Store(None, Engine.store_config(ecfg, method)), ecfg)
+    res = eng.step(step)
+    assert res.metrics["player"] == cfg.player(step)
+    assert res.metrics["loss"] == pytest.approx(before, abs=1e-4)
+    after = _d2_of_step(method, ecfg, step)
+    if cfg.player(step) == "critic":
         assert after > before + 1e-4
     else:
         assert after < before - 1e-4
@@ -133,9 +143,8 @@ def test_one_update_moves_d2_the_right_way_on_a_fixed_batch(player):
 def test_training_is_deterministic_for_a_seed():
     def run(seed):
         G, C = _models()
-        cfg = OTGANConfig(batch=32, eps=0.05, steps=8, latent_dim=4, seed=seed,
-                          sinkhorn_tol=1e-2)
-        h = train_otgan(G, C, sample_ring8, cfg, progress=False)
+        h = train(_method(G, C, OTGANConfig(eps=0.05, sinkhorn_tol=1e-2)), 8,
+                  _engine_cfg(seed=seed)).history
         return [r["loss"] for r in h], [r["player"] for r in h], \
             torch.cat([p.detach().flatten() for p in (*G.parameters(), *C.parameters())])
 
@@ -160,10 +169,9 @@ def test_warm_start_reduces_sinkhorn_iterations():
     start from the previous iteration's (moved) potentials instead of eps-scaling."""
     def iters(warm, method="ctransform"):
         G, C = _models()
-        cfg = OTGANConfig(batch=64, eps=0.05, steps=12, latent_dim=4, lr_gen=1e-4,
-                          critic_freeze_after=0, warm_start=warm, warm_start_method=method,
-                          sinkhorn_tol=1e-3)
-        h = train_otgan(G, C, sample_ring8, cfg, progress=False)
+        cfg = OTGANConfig(eps=0.05, critic_freeze_after=0, warm_start=warm,
+                          warm_start_method=method, sinkhorn_tol=1e-3)
+        h = train(_method(G, C, cfg), 12, _engine_cfg(b=64, m=64)).history
         assert not h[0]["warm"] and all(r["warm"] == warm for r in h[1:])
         return sum(r["sinkhorn_iterations"] for r in h[1:])
 
@@ -171,53 +179,43 @@ def test_warm_start_reduces_sinkhorn_iterations():
     assert ctr < 0.75 * cold and idx < 0.75 * cold, (ctr, idx, cold)
 
 
-@pytest.mark.parametrize("warm_start", [False, True])
-def test_micro_batched_training_equals_in_memory_training(warm_start):
-    """The engine invariant through Algorithm 1: micro-batches of 7 rows (ragged: 30 = 4·7 + 2)
-    replayed against the solves' cotangents leave the same parameters, step by step over both
-    players, as one autograd graph over the whole batch (float64)."""
-    def run(micro_batch):
+def test_resumed_training_is_bit_identical(tmp_path):
+    """Six alternating steps in one go == three, then a new process-like restart (fresh models
+    and optimisers) resuming from the store to six."""
+    def fresh():
         G, C = (m.double() for m in _models())
-        cfg = OTGANConfig(batch=30, eps=0.05, n_gen=1, steps=6, latent_dim=4, lr_gen=1e-3,
-                          lr_critic=1e-3, sinkhorn_tol=1e-9, sinkhorn_max_iter=5000,
-                          micro_batch=micro_batch, verify=micro_batch is not None,
-                          warm_start=warm_start, seed=5)
-        h = train_otgan(G, C, sample_ring8, cfg, progress=False)
-        return h, [p.detach().clone() for p in (*G.parameters(), *C.parameters())]
+        return G, C, _method(G, C, OTGANConfig(eps=0.05, n_gen=1, sinkhorn_tol=1e-6))
 
-    (h_mem, w_mem), (h_mb, w_mb) = run(None), run(7)
-    assert [r["player"] for r in h_mb] == ["generator", "critic"] * 3
-    np.testing.assert_allclose([r["loss"] for r in h_mb], [r["loss"] for r in h_mem],
-                               rtol=1e-9)
-    w0 = [p.detach() for m in _models() for p in m.parameters()]
-    for a, b, c in zip(w_mb, w_mem, w0):
-        assert not torch.equal(b, c.double())            # every parameter moved …
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)   # … identically
+    ecfg = _engine_cfg(b=30, m=7, chunk_rows=14, dtype="float64")
+    G, C, m = fresh()
+    train(m, 6, ecfg, store=str(tmp_path / "a.zarr"))
+    G2, C2, m2 = fresh()
+    train(m2, 3, ecfg, store=str(tmp_path / "b.zarr"))
+    G3, C3, m3 = fresh()
+    more = train(m3, 6, ecfg, store=str(tmp_path / "b.zarr"))
+    assert [r.step for r in more.results] == [3, 4, 5]
+    for a, b in zip((*G.parameters(), *C.parameters()), (*G3.parameters(), *C3.parameters())):
+        assert torch.equal(a, b)
 
 
-def test_micro_batched_training_rejects_a_nondeterministic_critic():
-    from ootrain.engine.core import NondeterministicModelError
-
+def test_a_nondeterministic_critic_is_refused_before_any_work():
     G, C = _models()
     noisy = torch.nn.Sequential(torch.nn.Dropout(0.5), C)
-    cfg = OTGANConfig(batch=16, eps=0.05, n_gen=1, steps=2, latent_dim=4, micro_batch=8,
-                      verify=True)
-    with pytest.raises(NondeterministicModelError, match="deterministic"):
-        train_otgan(G, noisy, sample_ring8, cfg, progress=False)
+    with pytest.raises(NondeterministicModelError, match="Dropout"):
+        train(_method(G, noisy, OTGANConfig(eps=0.05)), 2, _engine_cfg())
 
 
 def test_train_rejects_bad_inputs():
     G, C = _models()
-    cfg = OTGANConfig(batch=8, steps=1, latent_dim=4)
-    with pytest.raises(ValueError, match="OTGANConfig"):
-        train_otgan(G, C, sample_ring8, {"batch": 8}, progress=False)
     with pytest.raises(ValueError, match="rows"):
-        train_otgan(G, C, lambda n, rng: sample_ring8(n + 1, rng), cfg, progress=False)
+        train(_method(G, C, OTGANConfig(), lambda n, rng: sample_ring8(n + 1, rng)), 1,
+              _engine_cfg())
     with pytest.raises(ValueError, match="width"):
-        train_otgan(G, C, lambda n, rng: np.zeros((n, 3), np.float32), cfg, progress=False)
+        train(_method(G, C, OTGANConfig(), lambda n, rng: np.zeros((n, 3), np.float32)), 1,
+              _engine_cfg())
     with pytest.raises(ValueError, match="non-finite"):
-        train_otgan(G, C, lambda n, rng: np.full((n, 2), np.nan, np.float32), cfg,
-                    progress=False)
+        train(_method(G, C, OTGANConfig(), lambda n, rng: np.full((n, 2), np.nan, np.float32)),
+              1, _engine_cfg())
 
 
 # --------------------------------------------------------------------------- CLI

@@ -12,7 +12,7 @@ import torch
 
 from typer.testing import CliRunner
 
-from ootrain.cli.app import app
+from ootrain.cli import app
 from ootrain.models.forest import LatentTransformForest
 from ootrain.models.zoo import MLP, seeded
 from ootrain.methods.potgan import POTConfig, POTRegulariser, match

@@ -1,0 +1,79 @@
+"""What the command groups share: option parsing (sizes, JSON kwargs, width lists, thread
+counts), the console, and turning a job's :class:`~ootrain.jobs.common.InputError` into a
+one-line usage error."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+__all__ = ["console", "THREADS_HELP", "parse_bytes", "json_kwargs", "int_list", "set_threads",
+           "usage_errors"]
+
+console = Console()
+
+#: Help of every command's ``--threads``.
+THREADS_HELP = ("torch intra-op threads (0: torch's default). On a small shared machine 1 "
+                "avoids OpenMP stalls.")
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MiB', '2G', '1e9' → bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise typer.BadParameter(f"not a size: {text!r} (e.g. 512MiB, 2GiB, 1e9)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def json_kwargs(text: str) -> dict:
+    """A JSON object of keyword arguments ('' → {})."""
+    try:
+        out = json.loads(text) if text else {}
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"not JSON: {text!r} ({e})") from None
+    if not isinstance(out, dict):
+        raise typer.BadParameter(f"expected a JSON object, got {text!r}")
+    return out
+
+
+def int_list(text: str, option: str) -> tuple:
+    """Comma-separated positive integers ('128,128') → a tuple; ``option`` names the option
+    in the error."""
+    try:
+        out = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") \
+            from None
+    if not out or min(out) < 1:
+        raise typer.BadParameter(f"{option} must list positive widths, got {text!r}")
+    return out
+
+
+def set_threads(threads: int) -> None:
+    """``--threads``: torch's intra-op threads (0 leaves torch's default)."""
+    if threads < 0:
+        raise typer.BadParameter(f"--threads must be >= 0, got {threads}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Show a job's :class:`~ootrain.jobs.common.InputError` as a usage error (one line)."""
+    from ootrain.jobs.common import InputError
+
+    try:
+        yield
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None

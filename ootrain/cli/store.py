@@ -1,0 +1,51 @@
+"""``ootrain store``: inspect, verify and unlock sample stores."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from ootrain.cli.options import console
+
+__all__ = ["app", "store_info", "store_verify", "store_unlock"]
+
+app = typer.Typer(help="Inspect, verify and unlock sample stores.", no_args_is_help=True)
+
+
+@app.command("info")
+def store_info(path: str = typer.Argument(..., help="Store path or URL.")) -> None:
+    """Layout, sizes and completion of every array in a store."""
+    from ootrain.jobs.store import store_info as job
+
+    info = job(path)
+    console.print(f"[bold]{path}[/]  fingerprint {info.fingerprint[:16]}…")
+    console.print_json(json.dumps(info.config))
+    table = Table("array", "shape", "chunks", "dtype", "complete chunks")
+    for a in info.arrays:
+        table.add_row(a.name, str(a.shape), str(a.chunks), a.dtype, f"{a.complete}/{a.total}")
+    console.print(table)
+
+
+@app.command("verify")
+def store_verify(path: str = typer.Argument(..., help="Store path or URL."),
+                 finite: bool = typer.Option(True, help="Also scan values for NaN/Inf.")) -> None:
+    """Check every array is complete and finite; exits 1 listing the problems."""
+    from ootrain.jobs.store import verify_store
+
+    problems = verify_store(path, finite=finite)
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/] {p}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {path}: all arrays complete" + (" and finite" if finite else ""))
+
+
+@app.command("unlock")
+def store_unlock(path: str = typer.Argument(..., help="Store path or URL.")) -> None:
+    """Remove the writer lock of a store whose writer is known to be gone."""
+    from ootrain.jobs.store import unlock_store
+
+    held = unlock_store(path)
+    console.print("no lock held" if held is None else f"removed lock of {held}")
