@@ -1,19 +1,22 @@
-"""One POT-GAN training step at large batch: micro-batched (cotangent mode) vs in-memory autograd.
+"""One POT-GAN training cycle at large batch: the engine vs in-memory autograd of the same loss.
 
-A POT-GAN step is one WGAN-GP critic update and one generator update whose loss adds the
-latent OT regulariser (:mod:`ootrain.methods.potgan`): the frozen encoder ``Q`` embeds a real batch and
-the generated batch, the Latent Transformation Forest ``F`` takes ``forest_steps`` Adam steps
-(Algorithm 2, re-matching each time), and ``L_POT`` pulls the generated latents onto the real
-latents matched to them.  :func:`ootrain.methods.wgan.train_wgan_gp` runs it two ways on the same seed:
+A POT-GAN cycle is one WGAN-GP critic update and one generator update whose loss adds the
+latent OT regulariser (:mod:`ootrain.methods.potgan`): the frozen encoder ``Q`` embeds a real
+batch and the generated batch, the Latent Transformation Forest ``F`` takes ``forest_steps``
+Adam steps (Algorithm 2, re-matching each time), and ``L_POT`` pulls the generated latents
+onto the real latents matched to them.  It runs two ways from the same models and on the same
+inputs:
 
-- ``in-memory`` (``micro_batch=None``): the critic loss and the generator loss on the whole
-  batch with autograd — what a user writes; activations grow with the batch;
-- ``micro-batched`` (``micro_batch=m``): the critic by gradient accumulation over ``m``-row
-  chunks (its loss is a sum of per-sample terms); the generator through
-  :func:`ootrain.engine.cotangent.cotangent_step` — Run (no grad, ``m`` rows at a time) of the
-  per-sample embeddings ``[D(G(z)), Q(G(z))]`` and ``Q(x)`` → the regulariser's solve
-  (forest steps, matching) on the stored ``b × 17`` and ``b × 16`` numbers → ReRun of ``m``
-  rows at a time against the cotangents.
+- ``engine``: :class:`ootrain.methods.wgan.WGANGP` trained by
+  :func:`ootrain.methods.training.train` (two engine steps per cycle, each Run → Solve →
+  ReRun in ``m``-row micro-batches: the critic's loss is a sum of per-sample terms, the
+  generator's goes through the per-sample embeddings ``[D(G(z)), Q(G(z))]`` and ``Q(x)``,
+  the regulariser's solve (forest steps, matching) on the stored ``b × 17`` and ``b × 16``
+  numbers, then the ReRun against the cotangents);
+- ``in-memory``: the same two losses on the whole batch with one autograd graph each — what
+  a user writes; activations grow with the batch.  Its inputs are the engine's: each
+  population's rows drawn micro-batch by micro-batch from the engine's keys
+  (:func:`ootrain.engine.core.latent_key`) and concatenated.
 
 Models sized like an MNIST GAN's MLPs: generator 64 → 1024 → 1024 → 784 (ReLU, sigmoid),
 critic 784 → 1024 → 1024 → 1 (ReLU), frozen encoder ``Q`` 784 → 512 → 16 (random
@@ -25,9 +28,9 @@ images: fresh uniform rows in [0, 1] drawn by the sampler (the timing does not d
 the data).
 
 Per (mode, batch) a fresh subprocess (:func:`_common.run_watched`: RSS sampled every 20 ms,
-killed past ``--mem-limit`` GiB or ``--wall-limit`` s) runs ``1 + --repeats`` steps; the
-step times are the history rows' ``step_s`` (both updates, the real / latent draws
-included): the first step (lazy initialisation, the forest's data-dependent thresholds) is
+killed past ``--mem-limit`` GiB or ``--wall-limit`` s) runs ``1 + --repeats`` cycles; the
+cycle times are the sums of the two steps' times (engine: its phase timings; in-memory:
+the wall time of the step, the draws included): the first step (lazy initialisation, the forest's data-dependent thresholds) is
 reported separately and the minimum of the others is the step time.  "POT part" is the wall
 time inside the regulariser's ``prepare`` (Algorithm 2: ``forest_steps`` forest forward /
 backward / Adam steps with a matching each, then one more matching) and ``loss`` (forest
@@ -37,9 +40,9 @@ on the step with the minimum time.  Peak RSS: the kernel's high-water mark of th
 
 Cross-check: both modes start from identical models and draw identical batches (same seed).
 Two numbers, each the largest difference between the modes relative to the largest
-magnitude: the first step's gradients of the generator and of the critic (copied by an
-optimizer step pre-hook, so at identical parameters: float32 rounding of two summation
-orders), and the generator's and critic's parameters after all the steps, with the count of
+magnitude: the first critic update's gradient (at identical parameters: float32 rounding of
+two summation orders) and the first generator update's (after that critic update), copied by
+an optimizer step pre-hook, and the generator's and critic's parameters after all the steps, with the count of
 elements differing by more than 1e-6 (= 0.01 learning rate).  Adam's first update is
 ``lr * g / (|g| + 1e-8)``, so where a gradient is ~1e-9 a rounding-level difference moves the
 parameter by a sizeable fraction of ``lr`` (1e-4): the parameter difference is dominated by
@@ -83,14 +86,57 @@ def _models(seed: int):
     return G, D, Q, F
 
 
+def _reference_step(method, engine_cfg, step: int) -> dict:
+    """One step of ``method`` by in-memory autograd of the engine's loss on the inputs the
+    engine draws for ``step`` (the same keys per micro-batch, concatenated)."""
+    import numpy as np
+    import torch
+
+    from ootrain.engine.core import frozen_parameters, latent_key
+    from ootrain.methods.wgan import critic_loss
+
+    plan = method.plan(step)
+    m, b = engine_cfg.micro_batch, engine_cfg.population
+    inputs = [torch.cat([torch.as_tensor(np.asarray(pop.draw(min(m, b - i), latent_key(
+        engine_cfg.seed, step, i // m, k)))) for i in range(0, b, m)]).float()
+        for k, pop in enumerate(plan.populations)]
+    G, D, reg = method.G, method.D, method.reg
+    for opt in (method.opt_g, method.opt_c):
+        opt.zero_grad(set_to_none=True)
+    if method.cfg.player(step) == "critic":
+        u = inputs[0]
+        width = u.shape[1] - method.latent_dim - 1
+        x, z, a = u[:, :width], u[:, width:-1], u[:, -1]
+        with torch.no_grad():
+            y = G(z)
+        loss, sums = critic_loss(D, x, y, a, method.cfg.gp_weight)
+        loss.backward()
+        method.opt_c.step()
+        n = x.shape[0]
+        return {"player": "critic", "loss": float(loss.detach()),
+                "wasserstein": (sums["d_real"] - sums["d_fake"]) / n}
+    z, x = inputs
+    with frozen_parameters(D):
+        y = G(z)
+        adv = -D(y).mean()
+        fake_e, real_e = reg.encoder(y), reg.encoder(x)
+        reg.prepare(real_e.detach(), fake_e.detach())
+        loss = adv + reg.weight * reg.loss(real_e, fake_e)
+        loss.backward()
+    method.opt_g.step()
+    return {"player": "generator", "loss": float(loss.detach())}
+
+
 def child(args) -> None:
     import numpy as np
     import psutil
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+    from ootrain.engine import EngineConfig
     from ootrain.methods.potgan import POTConfig, POTRegulariser
-    from ootrain.methods.wgan import WGANConfig, train_wgan_gp
+    from ootrain.methods.training import train
+    from ootrain.methods.wgan import WGANGP, WGANConfig
 
     set_threads(args.threads)
 
@@ -116,18 +162,17 @@ def child(args) -> None:
     G, D, Q, F = _models(args.seed)
     reg = TimedPOT(Q, F, POTConfig(weight=0.01, forest_steps=5, matching="argmin",
                                    backend="auto"))
-    cfg = WGANConfig(batch=args.child_batch, n_critic=1, steps=1 + args.repeats,
-                     latent_dim=LATENT, seed=args.seed,
-                     micro_batch=args.m if args.mode == "micro-batched" else None)
     sampler = lambda n, rng: rng.random((n, IMAGE), dtype=np.float32)  # noqa: E731
-    pot_s: list[float] = []
+    method = WGANGP(G, D, sampler, torch.optim.Adam(G.parameters(), 1e-4, betas=(0.5, 0.9)),
+                    torch.optim.Adam(D.parameters(), 1e-4, betas=(0.5, 0.9)),
+                    WGANConfig(n_critic=1), reg, real_spec="uniform")
+    cfg = EngineConfig(population=args.child_batch, micro_batch=args.m, latent_dim=LATENT,
+                       seed=args.seed)
+    method.bind(cfg)
+    n_steps = 2 * (1 + args.repeats)    # engine steps: (critic, generator) per cycle
 
-    def callback(row) -> None:
-        pot_s.append(reg.spent)
-        reg.spent = 0.0
-
-    # the first step's gradients of both players, copied when their Adam steps (the forest's
-    # optimizer is skipped): the one comparison between the modes at identical parameters
+    # the first critic's and the first generator's gradients, copied when their Adam steps
+    # (the forest's optimizer is skipped)
     first_grads: dict[str, torch.Tensor] = {}
     owners = {id(next(G.parameters())): "G", id(next(D.parameters())): "D"}
 
@@ -139,19 +184,33 @@ def child(args) -> None:
 
     hook = register_optimizer_step_pre_hook(grab)
     base = psutil.Process().memory_info().rss
-    hist = train_wgan_gp(G, D, sampler, cfg, reg, callback, progress=False)
+    rows: list[dict] = []
+    if args.mode == "engine":
+        def callback(r) -> None:
+            rows.append({**r.metrics, "step_s": sum(r.timings.values()), "pot": reg.spent})
+            reg.spent = 0.0
+
+        train(method, n_steps, cfg, callback=callback)
+    else:
+        for step in range(n_steps):
+            t0 = time.perf_counter()
+            row = _reference_step(method, cfg, step)
+            rows.append({**row, "step_s": time.perf_counter() - t0, "pot": reg.spent})
+            reg.spent = 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
     hook.remove()
     params = torch.cat([p.detach().reshape(-1) for p in
                         list(G.parameters()) + list(D.parameters())])
     torch.save({"params": params, "grad_G": first_grads["G"], "grad_D": first_grads["D"]},
                args.param_out)
-    steps = [r["step_s"] for r in hist]
+    steps = [rows[i]["step_s"] + rows[i + 1]["step_s"] for i in range(0, n_steps, 2)]
+    pot = [rows[i]["pot"] + rows[i + 1]["pot"] for i in range(0, n_steps, 2)]
     best = 1 + min(range(len(steps) - 1), key=lambda i: steps[1 + i])
     print(json.dumps({"warmup": steps[0], "time": steps[best], "steps": steps,
-                      "pot": pot_s[best], "pot_all": pot_s, "base": base, "peak": peak,
-                      "gen_loss": [r["gen_loss"] for r in hist],
-                      "wasserstein": [r["wasserstein"] for r in hist]}))
+                      "pot": pot[best], "pot_all": pot, "base": base, "peak": peak,
+                      "gen_loss": [r["loss"] for r in rows if r["player"] == "generator"],
+                      "wasserstein": [r["wasserstein"] for r in rows
+                                      if r["player"] == "critic"]}))
 
 
 def _error(r: dict, args) -> str:
@@ -187,7 +246,7 @@ def main() -> None:
     import torch
 
     set_threads(args.threads)
-    print(machine_header("POT-GAN step: micro-batched cotangent mode vs in-memory autograd"))
+    print(machine_header("POT-GAN step: the engine (Run → Solve → ReRun) vs in-memory autograd"))
     print(f"- micro-batch m = {args.m}; n_critic 1; POT weight 0.01, forest_steps 5, argmin "
           f"matching, backend auto; threads {args.threads}; {args.repeats} timed steps after "
           f"1 warm-up; limits {args.mem_limit:g} GiB, {args.wall_limit:g} s per child\n")
@@ -196,7 +255,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for b in args.batch:
             out = {}
-            for mode in ("in-memory", "micro-batched"):
+            for mode in ("in-memory", "engine"):
                 ppath = os.path.join(tmp, f"{mode}-{b}.pt")
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode,
                        "--child-batch", str(b), "--param-out", ppath, "--m", str(args.m),
@@ -217,7 +276,7 @@ def main() -> None:
                       f"{human_bytes(r['base'])}, peak {human_bytes(r['peak'])} (sampled "
                       f"{human_bytes(w['peak'])}), child wall {w['wall']:.0f} s, load "
                       f"{loadavg()}", flush=True)
-            a, c = out["in-memory"], out["micro-batched"]
+            a, c = out["in-memory"], out["engine"]
             diff = gdiff = "—"
             if "params" in a and "params" in c:
                 sa, sc = torch.load(a["params"]), torch.load(c["params"])
@@ -231,15 +290,15 @@ def main() -> None:
                 print(f"  batch {b}: params max rel diff {diff}; first-step gradients max "
                       f"rel diff {gdiff}; gen_loss max rel diff over the steps {gl:.1e}",
                       flush=True)
-            for mode, r in (("in-memory", a), ("micro-batched", c)):
+            for mode, r in (("in-memory", a), ("engine", c)):
                 if "error" in r:
                     rows.append([b, mode, "—", r["error"], "—", "—", "—", "", ""])
                     continue
                 rows.append([b, mode, f"{r['warmup']:.2f}", f"{r['time']:.2f}",
                              f"{r['time'] / a['time']:.2f}" if "time" in a else "—",
                              f"{r['pot']:.2f}", human_bytes(r["peak"] - r["base"]),
-                             gdiff if mode == "micro-batched" else "",
-                             diff if mode == "micro-batched" else ""])
+                             gdiff if mode == "engine" else "",
+                             diff if mode == "engine" else ""])
     print()
     print(table(["batch b", "mode", "first step (s)", "step time (s)", "÷ in-memory",
                  "of which POT part (s)", "peak RSS above baseline",

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import dir_size, human_bytes, loadavg, machine_header, median, table  # noqa: E402
 
 from ootrain.engine.core import Engine, EngineConfig  # noqa: E402
-from ootrain.methods.rsr import SlicedSolver  # noqa: E402
+from ootrain.methods.rsr import RSR, SlicedSolver  # noqa: E402
 from ootrain.ot.sliced import random_directions  # noqa: E402
 from ootrain.store import Store  # noqa: E402
 
@@ -148,14 +148,16 @@ def main(argv: list[str] | None = None) -> None:
                            memory_budget=args.budget, chunk_bytes=args.chunk_bytes)
         solver = SlicedSolver(n_directions=k, mode=args.mode)
         opt_rsr = torch.optim.Adam(G_rsr.parameters(), lr=1e-4)
-        store = Store(os.path.join(tmp, "store"),
-                      Engine.store_config(cfg, solver, "bench-mlp", "identity", real))
-        eng = Engine(G_rsr, E, solver, real, store, opt_rsr, cfg)
+        method = RSR(G_rsr, real, opt_rsr, embedding=E, solver=solver,
+                     generator_spec="bench-mlp", embedding_spec="identity")
+        store = Store(os.path.join(tmp, "store"), Engine.store_config(cfg, method))
+        eng = Engine(method, store, cfg)  # keep_steps=2: older steps' arrays are dropped
         t = time.perf_counter()
         eng.embed_real()
         t_real = time.perf_counter() - t
-        print(f"- embed_real (once, not in the step): {t_real:.2f} s; chunk_rows={eng.chunk_rows}"
-              f", n_chunks={eng.n_chunks}")
+        chunk_rows = eng._chunk_rows(method.plan(0).populations[0], args.d)
+        print(f"- embed_real (once, not in the step): {t_real:.2f} s; chunk_rows={chunk_rows}"
+              f", n_chunks={math.ceil(b / chunk_rows)}")
 
         # process CPU time per phase (all threads of this process), next to the engine's wall
         # timings: CPU time is far less sensitive to other jobs on the machine than wall time
@@ -200,10 +202,9 @@ def main(argv: list[str] | None = None) -> None:
             rsr.append({**res.timings, "wall": wall, "cpu_step": time.process_time() - c,
                         **{f"cpu_{kk}": v for kk, v in cpu.items()},
                         "loss": res.metrics["loss"]})
+            # disk use stays bounded: the engine (keep_steps=2) dropped the previous step's
+            # arrays at the end of this step (inside its wall time)
             step_bytes = dir_size(os.path.join(tmp, "store", "steps", str(rep)))
-            if rep > 0:  # keep disk use bounded: drop the previous step's arrays
-                shutil.rmtree(os.path.join(tmp, "store", "steps", str(rep - 1)),
-                              ignore_errors=True)
             acc.append(acc_run(G_acc, opt_acc, "argsort"))
             if not args.no_torchsort:
                 ts.append(acc_run(G_ts, opt_ts, "torchsort"))

@@ -113,8 +113,8 @@ def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int,
                external: bool) -> dict:
     global _FORCE_EXTERNAL
     prefix = f"solve/{tag}{rep}"
-    ctx = SolveContext(store, step=rep, prefix=prefix, previous=None, embeddings=emb, real=real,
-                       chunk_rows=emb.chunks[0], memory_budget=budget, seed=0)
+    ctx = SolveContext(store, step=rep, prefix=prefix, previous=None,
+                       arrays={"embeddings": emb}, real=real, memory_budget=budget, seed=0)
     store.group.require_group(prefix)
     _TIMES.clear()
     _FORCE_EXTERNAL = external

@@ -112,7 +112,8 @@ class Store:
     Parameters
     ----------
     url:
-        Local path or fsspec URL of the group.
+        Local path or fsspec URL of the group; ``None`` for a store in memory (a zarr
+        ``MemoryStore``, gone with the object).
     config:
         JSON-serialisable dict of everything that determines the stored data (population size,
         micro-batch, seeds, model specs, solver settings...). ``None`` opens an existing store
@@ -123,22 +124,26 @@ class Store:
         Take the writer lock (refuses a second writer). Ignored in read-only mode.
     """
 
-    def __init__(self, url: str | os.PathLike[str], config: dict[str, Any] | None = None,
-                 mode: str = "a", lock: bool = True) -> None:
-        self.url = os.fspath(url)
+    def __init__(self, url: str | os.PathLike[str] | None,
+                 config: dict[str, Any] | None = None, mode: str = "a",
+                 lock: bool = True) -> None:
+        self.in_memory = url is None
+        self.url = "<memory>" if url is None else os.fspath(url)
         self.mode = mode
         self.config = config
         self._lock: Lock | None = None
         if mode not in ("a", "w", "r"):
             raise ValueError(f"mode must be 'a', 'w' or 'r', got {mode!r}")
+        if self.in_memory and mode == "r":
+            raise ValueError("a store in memory cannot be opened read-only (it has no content)")
         if mode == "r":
             self.group = zarr.open_group(self.url, mode="r")
             self._check_format(None)
             return
         if config is None:
             raise ValueError("a writable store needs the run's config (for its fingerprint)")
-        self._zstore = _open_zstore(self.url)
-        if lock:
+        self._zstore = zarr.storage.MemoryStore() if self.in_memory else _open_zstore(self.url)
+        if lock and not self.in_memory:
             self._acquire_lock()
         try:
             exists = self._exists()
@@ -326,6 +331,42 @@ class Store:
                                     "resume") from e
             raise
 
+    # ----------------------------------------------------------------- plain keys
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under the plain key ``key`` (not a zarr node: e.g. a checkpoint)."""
+        try:
+            sync(self._zstore.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DiskFullError(errno.ENOSPC, f"disk full while writing {key!r} to "
+                                    f"{self.url}; free space and resume") from e
+            raise
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes under the plain key ``key``, or None."""
+        raw = sync(self.group.store.get(key, prototype=default_buffer_prototype()))
+        return None if raw is None else raw.to_bytes()
+
+    def delete(self, key: str) -> None:
+        """Remove the plain key ``key`` (no error when absent)."""
+        sync(self._zstore.delete(key))
+
+    def delete_arrays(self, path: str) -> None:
+        """Delete every array under the group ``path`` and their manifests; the group and its
+        attributes stay."""
+        group = self.group[path]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            members = [(name, node) for name, node in group.members()]
+        for name, node in members:
+            sub = f"{path}/{name}"
+            if isinstance(node, zarr.Group):
+                self.delete_arrays(sub)
+                continue
+            del self.group[sub]
+            if self.has(f"manifest/{sub}"):
+                del self.group[f"manifest/{sub}"]
+
     def reset(self, path: str) -> None:
         """Forget the completion flags of ``path`` (its chunks will be recomputed)."""
         self._manifest(path)[:] = 0
@@ -347,8 +388,8 @@ class Store:
         yield from rec(self.group, "")
 
     def free_bytes(self) -> int | None:
-        """Free space of the store's file system (None for remote stores)."""
-        if not _is_local(self.url):
+        """Free space of the store's file system (None for remote and in-memory stores)."""
+        if self.in_memory or not _is_local(self.url):
             return None
         import shutil
         return shutil.disk_usage(self.url.removeprefix("file://")).free

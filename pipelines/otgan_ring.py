@@ -59,7 +59,10 @@ from torch import nn
 from ootrain.data import RING8_RADIUS, RING8_STD, sample_ring8
 from ootrain.eval.ring import PACGAN_N_SAMPLES, ring8_modes, ring_metrics
 from ootrain.models.zoo import generate
-from ootrain.methods.otgan import OTGANConfig, make_critic, make_generator, train_otgan
+from ootrain.engine.core import StepResult
+from ootrain.jobs.otgan import history_row, otgan_engine_config, otgan_method
+from ootrain.methods.otgan import OTGANConfig, make_critic, make_generator
+from ootrain.methods.training import train
 from ootrain.progress import make_progress
 from pipelines.common import one_thread
 
@@ -98,9 +101,39 @@ def make_models(seed: int) -> tuple[nn.Module, nn.Module]:
 
 
 def _config(**kw: Any) -> OTGANConfig:
-    base = {"eps": EPS, "n_gen": N_GEN, "lr_gen": LR, "lr_critic": LR, "betas": (0.5, 0.999),
-            "sinkhorn_tol": SINKHORN_TOL, "latent_dim": LATENT_DIM, "warm_start": WARM_START}
+    base = {"eps": EPS, "n_gen": N_GEN, "sinkhorn_tol": SINKHORN_TOL, "warm_start": WARM_START}
     return OTGANConfig(**{**base, **kw})
+
+
+def _run_config(cfg: OTGANConfig, batch: int, steps: int, seed: int) -> dict[str, Any]:
+    """What results.json records of one training run: OTGANConfig's fields and the run's."""
+    return {**cfg.to_dict(), "batch": batch, "steps": steps, "seed": seed, "lr_gen": LR,
+            "lr_critic": LR, "betas": [0.5, 0.999], "latent_dim": LATENT_DIM,
+            "micro_batch": batch}
+
+
+def train_ring(G: nn.Module, C: nn.Module, cfg: OTGANConfig, *, batch: int, steps: int,
+               seed: int, callback: Optional[Any] = None, bars: Any = None
+               ) -> list[dict[str, Any]]:
+    """``steps`` OT-GAN iterations on ring8 on the engine (in memory, whole batch per pass);
+    returns the history rows (:func:`ootrain.jobs.otgan.history_row`, plus ``time_s``: wall
+    seconds since the start, and ``sinkhorn_s``: the Solve phase), each passed to
+    ``callback`` as it completes."""
+    method = otgan_method(G, C, sample_ring8, cfg, lr_gen=LR, lr_critic=LR,
+                          betas=(0.5, 0.999), real_spec="ring8")
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def on_step(res: StepResult) -> None:
+        row = history_row(res)
+        row.update(time_s=time.perf_counter() - t0, sinkhorn_s=row.get("solve_s", 0.0))
+        rows.append(row)
+        if callback is not None:
+            callback(row)
+
+    train(method, steps, otgan_engine_config(batch, LATENT_DIM, seed), progress=bars,
+          callback=on_step)
+    return rows
 
 
 class Snapshots:
@@ -163,9 +196,9 @@ def run_consistency(out: Path, *, batch: int, train_steps: int, frozen_steps: in
             if (row["step"] + 1) % eval_every:
                 snaps.take(train_steps, row["time_s"])
 
-    cfg = _config(batch=batch, steps=train_steps + frozen_steps,
-                  critic_freeze_after=train_steps, seed=seed)
-    hist = train_otgan(G, C, sample_ring8, cfg, cb, progress=bars)
+    cfg = _config(critic_freeze_after=train_steps)
+    hist = train_ring(G, C, cfg, batch=batch, steps=train_steps + frozen_steps, seed=seed,
+                      callback=cb, bars=bars)
     if snaps.steps[-1] != len(hist):
         snaps.take(len(hist), hist[-1]["time_s"] if hist else 0.0)
     steps = np.array(snaps.steps)
@@ -179,7 +212,8 @@ def run_consistency(out: Path, *, batch: int, train_steps: int, frozen_steps: in
     i_freeze = int(np.flatnonzero(steps == train_steps)[0])
     frozen_rows = [m for s, m in zip(steps, mets) if s > train_steps]
     summary = {
-        "config": cfg.to_dict(), "train_steps": train_steps, "frozen_steps": frozen_steps,
+        "config": _run_config(cfg, batch, train_steps + frozen_steps, seed),
+        "train_steps": train_steps, "frozen_steps": frozen_steps,
         "curve": [{"step": int(s), "frozen": bool(s > train_steps), **_short(m)}
                   for s, m in zip(steps, mets)],
         "at_freeze": {"step": train_steps, **_short(mets[i_freeze]),
@@ -202,8 +236,9 @@ def run_batch_sizes(out: Path, *, totals: tuple[int, ...], steps: int, eval_ever
     for total in totals:
         G, C = make_models(seed)
         snaps = Snapshots(G, n_eval, eval_every)
-        cfg = _config(batch=total // 4, steps=steps, seed=seed)
-        hist = train_otgan(G, C, sample_ring8, cfg, snaps, progress=bars)
+        cfg = _config()
+        hist = train_ring(G, C, cfg, batch=total // 4, steps=steps, seed=seed, callback=snaps,
+                          bars=bars)
         if snaps.steps[-1] != len(hist):
             snaps.take(len(hist), hist[-1]["time_s"] if hist else 0.0)
         key = f"b{total}"
@@ -211,7 +246,7 @@ def run_batch_sizes(out: Path, *, totals: tuple[int, ...], steps: int, eval_ever
                        f"{key}_steps": np.array(snaps.steps),
                        f"{key}_times": np.array(snaps.times)})
         (out / f"history_batch_{total}.json").write_text(json.dumps(hist) + "\n")
-        runs[key] = {"total": total, "per_set": total // 4, "config": cfg.to_dict(),
+        runs[key] = {"total": total, "per_set": total // 4, "config": _run_config(cfg, total // 4, steps, seed),
                      "sinkhorn": _sinkhorn_stats(hist),
                      "wall_s": hist[-1]["time_s"] if hist else 0.0}
     np.savez(out / "batch_size_samples.npz", **arrays)
@@ -241,10 +276,9 @@ def run_warm_ablation(state: dict[str, Any], *, batch: int, steps: int, seed: in
             G, C = make_models(seed)
             G.load_state_dict(state["G"])
             C.load_state_dict(state["C"])
-            cfg = _config(batch=batch, steps=steps, critic_freeze_after=freeze,
-                          seed=seed + 7, **kw)
-            res[phase][name] = _sinkhorn_stats(train_otgan(G, C, sample_ring8, cfg,
-                                                           progress=bars))
+            cfg = _config(critic_freeze_after=freeze, **kw)
+            res[phase][name] = _sinkhorn_stats(train_ring(G, C, cfg, batch=batch, steps=steps,
+                                                          seed=seed + 7, bars=bars))
         cold = res[phase]["none"]["mean_iterations_per_step"]
         for name in ("index", "ctransform"):
             res[phase][name]["iteration_saving"] = \

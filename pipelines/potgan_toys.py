@@ -7,7 +7,8 @@ Problems (the paper's Section 5.1 toys, at CPU scale):
 - ``ball``: the 3-D standard Gaussian "ball" ``N(0, I_3)`` generated from **2-D** noise (the
   generator must fold a plane into a ball; the reverse KL sees where it leaves mass).
 
-Both methods are trained identically by :func:`ootrain.methods.train.train_potgan` (same
+Both methods are trained identically on the engine by :func:`ootrain.jobs.potgan.train_gan`
+(:func:`ootrain.methods.potgan.build_potgan` and :func:`ootrain.methods.training.train`: same
 generator and critic initialisation, same real draws and latents per seed); POT-GAN adds
 ``lambda_POT * L_POT`` in the latent space of a VAE trained on the data first and frozen.
 
@@ -26,7 +27,7 @@ Choices the paper leaves open, fixed here (all in ``results.json``):
 - models: generator ``MLP(2 -> 128 x 3 -> D)``, critic ``MLP(D -> 128 x 3 -> 1)`` (ReLU);
   VAE ``MLP(D -> 64 x 2 -> 2k)`` / ``MLP(k -> 64 x 2 -> D)``, latent ``k = 2`` (ring) or
   3 (ball), 1500 Adam steps of batch 256;
-- WGAN-GP: batch 256, ``n_critic`` 5, lambda_GP ``GP_WEIGHT`` = 10 (the paper's;
+- WGAN-GP: batch 256 (one forward pass per population: ``micro_batch`` = batch), ``n_critic`` 5, lambda_GP ``GP_WEIGHT`` = 10 (the paper's;
   ``--gp-weight 0.1``: its toy code's), Adam ``LR`` with betas (0.5, 0.9), ``STEPS``
   generator updates;
 - forest ``F``: 8 trees of depth 3, residual (starts as the identity), thresholds from the
@@ -67,8 +68,8 @@ from ootrain.data import load_dataset, sample_ring8
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.models.zoo import generate
 from ootrain.eval.parzen import parzen_reverse_kl
-from ootrain.methods.potgan import POTConfig
-from ootrain.methods.train import GAN_METHODS, train_potgan
+from ootrain.jobs.potgan import train_gan
+from ootrain.methods.potgan import GAN_METHODS, POTConfig
 from ootrain.models.vae import VAEConfig
 from ootrain.methods.wgan import WGANConfig
 
@@ -77,6 +78,7 @@ console = Console()
 STEPS = 3000
 LR = 5e-4
 BATCH = 256
+N_CRITIC = 5
 GP_WEIGHT = 10.0
 POT_WEIGHT = 0.03
 FOREST_STEPS = 1
@@ -121,15 +123,15 @@ def run_one(problem: str, method: str, seed: int, *, steps: int, lr: float,
     generator, and with suffix ``_last`` of the last one) and the averaged generator's
     samples."""
     spec = PROBLEMS[problem]
-    wgan = WGANConfig(batch=BATCH, steps=steps, lr_gen=lr, lr_critic=lr, gp_weight=gp_weight,
-                      latent_dim=LATENT_DIM, seed=seed)
+    wgan = WGANConfig(n_critic=N_CRITIC, gp_weight=gp_weight)
     pot = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
                     matching=matching, backend="auto")
     vae = VAEConfig(steps=vae_steps, batch=BATCH, seed=seed)
     t0 = time.perf_counter()
-    run = train_potgan(spec["sampler"], spec["dim"], method=method, wgan=wgan, pot=pot,
-                       vae=vae, vae_latent=spec["vae_latent"], ema=ema, seed=seed,
-                       progress=progress)
+    run = train_gan(spec["sampler"], spec["dim"], method=method, steps=steps, batch=BATCH,
+                    wgan=wgan, pot=pot, vae=vae, lr=lr, latent_dim=LATENT_DIM,
+                    vae_latent=spec["vae_latent"], ema=ema, seed=seed, real_spec=problem,
+                    progress=progress)
     wall = time.perf_counter() - t0
     x = generate(run.generator_ema, n_eval, LATENT_DIM, seed=10_000 + seed)
     x_last = generate(run.generator, n_eval, LATENT_DIM, seed=10_000 + seed)
@@ -263,7 +265,8 @@ def run_pipeline(out: Path, *, problems: tuple[str, ...] = tuple(PROBLEMS),
             record(*run_one(p, m, s, progress=progress, **kw))
     summary = summarise(rows)
     table = markdown_table(summary, command)
-    config = {"steps": steps, "lr": lr, "batch": BATCH, "gp_weight": gp_weight,
+    config = {"steps": steps, "lr": lr, "batch": BATCH, "micro_batch": BATCH,
+              "n_critic": N_CRITIC, "gp_weight": gp_weight,
               "pot_weight": pot_weight,
               "forest_steps": forest_steps, "forest_lr": forest_lr, "vae_steps": vae_steps,
               "n_eval": n_eval, "n_real": n_real, "bandwidth": BANDWIDTH, "seeds": list(seeds),

@@ -57,7 +57,7 @@ from ootrain.data import load_dataset
 from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
 from ootrain.models.zoo import generate
-from ootrain.methods.train import make_optimizer
+from ootrain.methods.training import make_optimizer
 from ootrain.ot.exact import exact_wasserstein
 from ootrain.ot.sliced import random_directions, sliced_wasserstein
 from pipelines.common import one_thread

@@ -6,7 +6,7 @@ current generator to the data) and FIT (regress the generator onto that map), an
 the alternation ("gradual") is the method: fitting once to the map of the initial generator
 gives a worse generator.  It measures progress by W1 with the l1 ground cost, to the training
 set and to held-out data (the latter exposes memorisation).  This pipeline reproduces that
-comparison at CPU scale with :func:`ootrain.methods.gradual.train_gradual` on the engine's store:
+comparison at CPU scale with :class:`ootrain.methods.gradual.OTSFIT` on the engine's store:
 
 - data: scikit-learn's digits (1797 images, 8x8 -> 64-D, pixel values / 16 in [0, 1]); a
   seeded split into ``N_TRAIN = 1500`` training images (the targets y_j) and the 297 others
@@ -50,11 +50,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from ootrain.engine.core import Engine, EngineConfig
-from ootrain.methods.gradual import AssignmentSolver, GradualConfig, RoundResult, train_gradual
+from ootrain.engine.core import Engine, EngineConfig, StepResult
+from ootrain.methods.gradual import OTSFIT, GradualConfig
 from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
-from ootrain.methods.train import make_optimizer, open_shared_store
+from ootrain.methods.training import make_optimizer, open_shared_store
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 from pipelines.common import one_thread
 
@@ -69,7 +69,7 @@ ROUNDS = 10
 FIT_EPOCHS = 5
 ALPHA_FIT = 0.5
 ALPHA_STOP = 1.0
-OPTIMIZER = "adam"  # betas (0.5, 0.999), ootrain.methods.train.make_optimizer
+OPTIMIZER = "adam"  # betas (0.5, 0.999), ootrain.methods.training.make_optimizer
 LR = 2e-3
 OTS = {"batch": 1024, "max_iter": 100, "tol": 0.2, "lr": 1.0}
 N_SHOW = 100  # samples per grid
@@ -153,20 +153,15 @@ class W1Metric:
 
 # --------------------------------------------------------------------------- training
 def _engine(G: nn.Module, train: np.ndarray, store: Path, population: int, micro_batch: int,
-            lr: float, seed: int, alternate: bool, gcfg: GradualConfig, progress: Any
+            lr: float, seed: int, rounds: int, gcfg: GradualConfig, progress: Any
             ) -> tuple[Engine, Any]:
     ot = SemiDiscreteOT(torch.from_numpy(train), cost=COST, backend="torch")
     cfg = EngineConfig(population=population, micro_batch=micro_batch,
                        latent_dim=G[0].in_dim, seed=seed)
-    solver = AssignmentSolver(ot)
-    store_cfg = Engine.store_config(cfg, solver, json.dumps(["digits-mlp", HIDDEN, seed]),
-                                    "identity", train)
-    store_cfg["gradual"] = {"alternate": alternate, "fit_epochs": gcfg.fit_epochs,
-                            "alpha_fit": gcfg.alpha_fit, "rounds": gcfg.rounds,
-                            "ots": gcfg.ots}
-    st = open_shared_store(str(store), store_cfg, overwrite=True)
-    opt = make_optimizer(G.parameters(), OPTIMIZER, lr)
-    return Engine(G, nn.Identity(), solver, train, st, opt, cfg, progress=progress), st
+    method = OTSFIT(G, ot, make_optimizer(G.parameters(), OPTIMIZER, lr), gcfg, rounds=rounds,
+                    generator_spec=json.dumps(["digits-mlp", HIDDEN, seed]))
+    st = open_shared_store(str(store), Engine.store_config(cfg, method), overwrite=True)
+    return Engine(method, st, cfg, progress=progress), st
 
 
 def _count_ots_iterations(ot: SemiDiscreteOT, counter: list[int]) -> None:
@@ -191,14 +186,13 @@ def train_variant(alternate: bool, train: np.ndarray, store: Path, evaluate: Cal
     ``alternate=False``: every ``fit_epochs`` epochs of the single FIT).  Returns the generator,
     the per-round records and the wall time without evaluation."""
     G = make_generator(seed)
-    gcfg = GradualConfig(rounds=rounds, alternate=alternate, fit_epochs=fit_epochs,
-                         alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=dict(OTS),
-                         ots_seed=seed)
-    eng, st = _engine(G, train, store, population, micro_batch, lr, seed, alternate, gcfg,
+    gcfg = GradualConfig(alternate=alternate, fit_epochs=fit_epochs, alpha_fit=alpha_fit,
+                         alpha_stop=alpha_stop, ots=dict(OTS), ots_seed=seed)
+    eng, st = _engine(G, train, store, population, micro_batch, lr, seed, rounds, gcfg,
                       progress)
     records: list[dict[str, Any]] = []
     ots_calls = [0]
-    _count_ots_iterations(eng.solver.ot, ots_calls)
+    _count_ots_iterations(eng.method.ot, ots_calls)
     t0, eval_s, epochs_done = time.perf_counter(), [0.0], [0]
 
     def measure(**extra: Any) -> dict[str, Any]:
@@ -221,21 +215,22 @@ def train_variant(alternate: bool, train: np.ndarray, store: Path, evaluate: Cal
 
         eng.replay = replay_with_eval  # type: ignore[method-assign]
 
-    def on_round(res: RoundResult) -> None:
-        info = {"transport_cost": res.transport_cost, "imbalance": res.imbalance,
+    def on_round(res: StepResult) -> None:
+        m = res.metrics
+        info = {"transport_cost": m["loss"], "imbalance": m["imbalance"],
                 "ots_iterations": ots_calls[0]}
         ots_calls[0] = 0
         if alternate:
-            epochs_done[0] += len(res.fit_losses)
-            records.append(measure(round=res.round + 1, fit_epochs_total=epochs_done[0],
-                                   fit_loss=res.fit_losses[-1], **info))
+            epochs_done[0] += len(m["fit_losses"])
+            records.append(measure(round=res.step + 1, fit_epochs_total=epochs_done[0],
+                                   fit_loss=m["fit_losses"][-1], **info))
         else:  # one OTS for the whole run, before the first evaluation; none after it
             for k, rec in enumerate(records):
                 rec.update(info if k == 0 else {"transport_cost": None, "imbalance": None,
                                                 "ots_iterations": 0})
 
     with st:
-        train_gradual(eng, gcfg, callback=on_round)
+        eng.train(rounds if alternate else 1, callback=on_round)
     wall = time.perf_counter() - t0 - eval_s[0]
     return G, records, wall
 

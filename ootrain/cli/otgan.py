@@ -52,9 +52,14 @@ def otgan_train(
                                               "and replayed with autograd m rows at a time "
                                               "against the solves' per-sample cotangents "
                                               "(same gradient; default: the whole batch in "
-                                              "one graph)."),
-    verify: bool = typer.Option(False, help="With --micro-batch, check the replay reproduces "
-                                "the first pass (deterministic models)."),
+                                              "one pass)."),
+    verify: bool = typer.Option(False, help="Check the replay reproduces the first pass "
+                                "(deterministic models)."),
+    store: Optional[str] = typer.Option(None, help="Store of the run (local path or fsspec "
+                                        "URL): a run with a store resumes from it up to "
+                                        "--steps.  Default: in memory (or a temporary folder "
+                                        "for big batches), not resumable."),
+    overwrite: bool = typer.Option(False, help="Discard an existing store at --store."),
     hidden: str = typer.Option("128,128,128", help="Generator hidden widths (ReLU MLP)."),
     layer_norm: bool = typer.Option(True, "--layer-norm/--no-layer-norm", help="LayerNorm in "
                                     "the generator's hidden layers (sharper modes sooner)."),
@@ -70,8 +75,9 @@ def otgan_train(
 
     Each iteration draws X, X' real and Y, Y' generated (each --batch samples), computes the
     mini-batch energy distance of their critic features with the cosine cost (six log-domain
-    Sinkhorn solves, warm-started), and updates the critic (ascent, every n_gen+1-th
-    iteration, until --freeze-critic-after) or the generator (descent).
+    Sinkhorn solves), and updates the critic (ascent, every n_gen+1-th iteration, until
+    --freeze-critic-after) or the generator (descent); each iteration is one step of the
+    streaming engine, resumable from --store.
     """
     set_threads(threads)
     g_hidden = int_list(hidden, "--hidden")
@@ -84,6 +90,7 @@ def otgan_train(
                   sinkhorn_max_iter=sinkhorn_max_iter, backend=backend, warm_start=warm_start,
                   warm_start_method=warm_start_method, freeze_critic_after=freeze_critic_after,
                   steps=steps, latent_dim=latent_dim, micro_batch=micro_batch, verify=verify,
+                  store=store, overwrite=overwrite,
                   hidden=g_hidden, layer_norm=layer_norm, critic_hidden=c_hidden,
                   feature_dim=feature_dim, seed=seed, n_samples=n_samples, progress=progress,
                   log=console.print)
@@ -93,4 +100,6 @@ def otgan_train(
                       f"{100 * m['high_quality_fraction']:.1f} %  reverse KL "
                       f"{m['reverse_kl']:.3f}")
     console.print(f"wrote {out / 'samples.npy'}, history.json, metrics.json, loss.png"
-                  + (", samples.png" if res.wrote_plot else ""))
+                  + (", samples.png" if res.wrote_plot else "")
+                  + (f"; {res.summary['steps_this_call']} steps this call, store {store}"
+                     if store is not None else ""))

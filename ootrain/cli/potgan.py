@@ -46,8 +46,8 @@ def potgan_train(
     vae_latent: int = typer.Option(2, help="VAE latent dimension (the space of L_POT)."),
     vae_steps: int = typer.Option(1500, help="VAE training steps (before the GAN)."),
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Rows per "
-                                              "forward pass (cotangent mode; default: the "
-                                              "whole batch)."),
+                                              "forward pass of the engine's Run and ReRun "
+                                              "(default: the whole batch)."),
     seed: int = typer.Option(0, help="Seed of the models' init, real draws and latents."),
     ema: float = typer.Option(0.999, help="Decay of the averaged generator (bias-corrected "
                               "moving average of its parameters) whose samples are written "
@@ -55,6 +55,9 @@ def potgan_train(
     n_samples: int = typer.Option(5000, help="Samples written and scored."),
     bandwidth: Optional[float] = typer.Option(None, help="Parzen bandwidth of the reverse KL "
                                               "(default: ring8 0.02, else Scott's rule)."),
+    store: Optional[str] = typer.Option(None, help="Local path or fsspec URL of the engine's "
+                                        "store (a named store resumes an interrupted run); "
+                                        "default: in memory, or a temporary folder."),
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)."),
 ) -> None:
@@ -77,7 +80,7 @@ def potgan_train(
                   forest_lr=forest_lr, forest_trees=forest_trees, forest_depth=forest_depth,
                   vae_latent=vae_latent, vae_steps=vae_steps, micro_batch=micro_batch,
                   seed=seed, ema=ema, n_samples=n_samples, bandwidth=bandwidth,
-                  progress=progress, log=console.print)
+                  store=store, progress=progress, log=console.print)
     summary = res.summary
     console.print(f"Parzen reverse KL(P_g || P_r) = {summary['reverse_kl']:.4f} (averaged "
                   f"generator; last: {summary['reverse_kl_last']:.4f}; bandwidth "

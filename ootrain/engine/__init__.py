@@ -1,6 +1,5 @@
-"""Run → Solve → ReRun for any method: the step, resume, the determinism check, cotangent mode."""
+"""Run → Solve → ReRun for any method: the step, resume, the determinism check."""
 
-from ootrain.engine.core import (Engine, EngineConfig, Solver, SolveContext, ReRunLoss, StepResult, NondeterministicModelError, NonFiniteError, LatentSampler, standard_normal, latent_key, rank_world)
-from ootrain.engine.cotangent import (Population, embed, backward_cotangents, cotangent_step, frozen_parameters)
+from ootrain.engine.core import (Engine, EngineConfig, Method, Plan, Population, Solver, SolveContext, ReRunLoss, CotangentLoss, StepResult, GeneratorMethod, NondeterministicModelError, NonFiniteError, Sampler, standard_normal, latent_key, rank_world, frozen_parameters, describe_array)
 
-__all__ = ['Engine', 'EngineConfig', 'Solver', 'SolveContext', 'ReRunLoss', 'StepResult', 'NondeterministicModelError', 'NonFiniteError', 'LatentSampler', 'standard_normal', 'latent_key', 'rank_world', 'Population', 'embed', 'backward_cotangents', 'cotangent_step', 'frozen_parameters']
+__all__ = ['Engine', 'EngineConfig', 'Method', 'Plan', 'Population', 'Solver', 'SolveContext', 'ReRunLoss', 'CotangentLoss', 'StepResult', 'GeneratorMethod', 'NondeterministicModelError', 'NonFiniteError', 'Sampler', 'standard_normal', 'latent_key', 'rank_world', 'frozen_parameters', 'describe_array']

@@ -1,25 +1,40 @@
-"""Run → Solve → ReRun: one optimisation step over a population larger than memory.
+"""Run → Solve → ReRun: one optimisation step over populations larger than memory.
 
-For a loss ``L(e_1 … e_b)`` over per-sample embeddings ``e_i = E(G(z_i))`` whose gradient splits
+For a loss ``L`` over per-sample embeddings ``e_pi = f_p(u_pi)`` of one or more populations
+``p`` (generated samples through ``E∘G``, real data through a critic, …) whose gradient splits
 into per-sample pieces once a global transport solution is known,
 
-    dL/dθ = Σ_i (∂L/∂e_i) · ∂e_i/∂θ,
+    dL/dθ = Σ_p Σ_i (∂L/∂e_pi) · ∂e_pi/∂θ,
 
 one step is
 
-1. **Run** (no autograd): micro-batches of ``m`` latents → embeddings, written chunk by chunk to
-   the store (latents are regenerated from the counter-based key ``(seed, step, micro-batch)``);
-2. **Solve** (no model): the solver reads the whole stored population, solves the OT problem out
-   of core and writes one per-sample quantity (regression targets or cotangents);
-3. **ReRun** (autograd): the same micro-batches again, with grad; the solver's per-sample loss
-   ``ℓ(e_i, s_i)``, whose gradient in ``e_i`` is ``∂L/∂e_i``, is back-propagated and parameter
-   gradients accumulate; then one optimiser step.
+1. **Run** (no autograd): for each population, micro-batches of ``m`` inputs ``u`` (latents,
+   real draws; regenerated from the counter-based key ``(seed, step, population, micro-batch)``,
+   never stored unless asked) → embeddings, written chunk by chunk to the store;
+2. **Solve** (no model): the solver reads the stored populations, solves the OT problem out
+   of core and writes per-sample quantities (regression targets or cotangents);
+3. **ReRun** (autograd): the same micro-batches of the populations marked ``replay`` again,
+   with grad; the solver's per-sample loss ``ℓ(e_i, s_i)``, whose gradient in ``e_i`` is
+   ``∂L/∂e_i``, is back-propagated and the updating player's gradients accumulate (every other
+   module's parameters are frozen); then one optimiser step.
 
-The engine knows nothing of a particular loss: a :class:`Solver` supplies ``solve`` and the
-ReRun loss.  With a deterministic model the accumulated gradient equals the full-batch gradient
-(the engine's invariant, checked in the tests).  Under ``torch.distributed`` the store chunks of
-Run and ReRun are sharded over ranks (chunk ``c`` on rank ``c mod world``), Solve runs on rank 0
-and parameter gradients are all-reduced.
+The engine knows nothing of a particular loss or method: a :class:`Method` supplies, per step,
+a :class:`Plan` (its populations, its :class:`Solver`, the optimiser that steps).  Adversarial
+methods alternate two players; each player's update is one engine step.  With deterministic
+models the accumulated gradient equals the full-batch gradient (the engine's invariant, checked
+for every method by one shared test, ``tests/invariant.py``).  Under
+``torch.distributed`` the store chunks of Run and ReRun are sharded over ranks (chunk ``c`` on
+rank ``c mod world``), Solve runs on rank 0 and the player's gradients are all-reduced.
+
+Store layout of one step ``k`` (see :mod:`ootrain.store`)::
+
+    steps/<k>/<population>        [b, d]  embeddings written by Run
+    steps/<k>/...                          what the solver writes (targets, cotangents, …)
+    steps/<k>.attrs               {"phase": "done", "metrics": {...}, "timings": {...}}
+    checkpoints/step-<k>.pt       every module and optimiser before step k (torch, weights only)
+
+Arrays of steps older than ``keep_steps`` are deleted once a step completes (their attributes,
+with the step's metrics, stay).
 """
 
 from __future__ import annotations
@@ -27,24 +42,26 @@ from __future__ import annotations
 import io
 import math
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import zarr
 from torch import Tensor, nn
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from ootrain.store import Store
 
-__all__ = ["Engine", "EngineConfig", "Solver", "SolveContext", "ReRunLoss", "StepResult",
-           "NondeterministicModelError", "NonFiniteError", "LatentSampler", "standard_normal",
-           "latent_key", "rank_world"]
+__all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "SolveContext",
+           "ReRunLoss", "CotangentLoss", "StepResult", "GeneratorMethod",
+           "NondeterministicModelError", "NonFiniteError", "Sampler", "standard_normal",
+           "latent_key", "rank_world", "frozen_parameters", "describe_array"]
 
-LatentSampler = Callable[[np.random.Generator, int], np.ndarray]
+#: The one sampler convention: ``draw(n, rng) -> [n, ...]`` (numpy array or tensor) given a
+#: seeded ``numpy.random.Generator``.
+Sampler = Callable[[int, np.random.Generator], Any]
 
 
 class NondeterministicModelError(RuntimeError):
@@ -55,26 +72,52 @@ class NonFiniteError(ValueError):
     """NaN or Inf reached the store."""
 
 
-# --------------------------------------------------------------------------- solver interface
+# --------------------------------------------------------------------------- method interface
+@dataclass
+class Population:
+    """One population of a step: rows whose inputs ``draw`` makes and ``forward`` embeds.
+
+    ``draw(n, rng)`` returns the inputs of ``n`` rows; it is called once per micro-batch with
+    the generator keyed by ``(seed, step, population index, micro-batch)``, so ReRun
+    regenerates exactly Run's inputs.  ``forward(u [m, ...]) -> [m, d]``.  ``replay=False``
+    skips the population in ReRun (its embeddings are only read by Solve, e.g. the real data
+    on a generator update).  ``size``: rows (default: the engine's ``population``).
+    """
+
+    name: str
+    draw: Sampler
+    forward: Callable[[Tensor], Tensor]
+    replay: bool = True
+    size: int | None = None
+
+
 @dataclass
 class SolveContext:
     """What a solver sees of one step: the stored populations and the resources it may use.
 
-    ``embeddings`` is the generated population [b, d] (row chunks of ``chunk_rows``), ``real`` the
-    real population's embeddings [n, d]; ``prefix`` is the step's group path in ``store``, where
-    the solver writes its arrays; ``previous`` the previous step's prefix (or None).
+    ``arrays`` maps population names to their stored embeddings (row chunks of the
+    population's chunk rows); ``embeddings`` is the first population's; ``real`` the static
+    real embeddings of methods that have them (else None); ``prefix`` is the step's group
+    path in ``store``, where the solver writes; ``previous`` the previous step's prefix.
     """
 
     store: Store
     step: int
     prefix: str
     previous: str | None
-    embeddings: zarr.Array
-    real: zarr.Array
-    chunk_rows: int
+    arrays: dict[str, zarr.Array]
+    real: zarr.Array | None
     memory_budget: int
     seed: int
     progress: Any = None  # a rich.progress.Progress or None
+
+    @property
+    def embeddings(self) -> zarr.Array:
+        return next(iter(self.arrays.values()))
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.embeddings.chunks[0])
 
 
 class ReRunLoss(Protocol):
@@ -87,6 +130,19 @@ class ReRunLoss(Protocol):
     def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor: ...
 
 
+class CotangentLoss:
+    """The ReRun loss of stored cotangents ``g`` [b, d]: ``Σ_i e_i · g_i`` (gradient ``g_i``)."""
+
+    def __init__(self, array: Any, dtype: torch.dtype) -> None:
+        self.array, self.dtype = array, dtype
+
+    def load(self, lo: int, hi: int) -> dict[str, Tensor]:
+        return {"g": torch.as_tensor(np.asarray(self.array[lo:hi]), dtype=self.dtype)}
+
+    def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return (e * batch["g"].to(e.dtype)).sum()
+
+
 class Solver(Protocol):
     """A global OT solve over stored embeddings (knows nothing of models)."""
 
@@ -95,25 +151,61 @@ class Solver(Protocol):
         ...
 
     def solve(self, ctx: SolveContext) -> dict[str, float]:
-        """Read ``ctx.embeddings``/``ctx.real``, write per-sample quantities under ``ctx.prefix``,
+        """Read ``ctx.arrays``/``ctx.real``, write per-sample quantities under ``ctx.prefix``,
         resumable chunk by chunk through the store's manifest; returns metrics (``"loss"``)."""
         ...
 
-    def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> ReRunLoss:
-        """The ReRun loss bound to this step's stored solution."""
+    def rerun_loss(self, ctx: SolveContext, population: str, dtype: torch.dtype) -> ReRunLoss:
+        """The ReRun loss of ``population`` bound to this step's stored solution."""
         ...
+
+
+@dataclass
+class Plan:
+    """What one engine step does: Run the ``populations``, Solve with ``solver``, then the
+    update: ReRun and ``optimizer.step()`` (``player``'s parameters accumulate gradients, every
+    other module of the method is frozen), or ``update(engine, step)`` instead (e.g. FIT's
+    regression).  ``prepare()`` runs before Run unless the step's Solve is already done."""
+
+    populations: Sequence[Population]
+    solver: Solver
+    optimizer: torch.optim.Optimizer
+    player: nn.Module
+    prepare: Callable[[], None] | None = None
+    update: Callable[["Engine", int], dict[str, Any]] | None = None
+
+
+class Method(Protocol):
+    """A training method on the engine (RSR, OTS + FIT, OT-GAN, WGAN-GP / POT-GAN).
+
+    ``modules()`` and ``optimizers()`` are everything a checkpoint restores (named);
+    ``plan(step)`` the step's :class:`Plan`; ``config()`` the JSON-able settings of the
+    fingerprint.  Optional: ``real`` and ``real_embedding`` (static real data embedded once
+    into ``real/embeddings``), ``finish_step(step, metrics)`` (after the update, before the
+    checkpoint: e.g. a parameter average), ``stop(results)`` (True ends training early).
+    """
+
+    def config(self) -> dict[str, Any]: ...
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def plan(self, step: int) -> Plan: ...
 
 
 # --------------------------------------------------------------------------- configuration
 @dataclass
 class EngineConfig:
-    """Settings of a Run → Solve → ReRun training run.
+    """Settings of a Run → Solve → ReRun training run (every method).
 
-    population: b, generated samples per step.  micro_batch: m, samples per forward pass.
-    chunk_rows: rows per store chunk (a multiple of m; default ≈ ``chunk_bytes`` per chunk).
-    seed: the counter-based key of latents and solver randomness.
-    verify: compare ReRun's embeddings with Run's and refuse on mismatch.
-    memory_budget: bytes the solver may hold in memory (sort rows, chunks).
+    population: b, samples of each population per step.  micro_batch: m, samples per forward
+    pass.  latent_dim: the generator's latent width.  chunk_rows: rows per store chunk (a
+    multiple of m; default ≈ ``chunk_bytes`` per chunk).  seed: the counter-based key of every
+    input and of solver randomness.  verify: compare ReRun's embeddings with Run's and refuse
+    on mismatch.  memory_budget: bytes the solver may hold (sort rows, Sinkhorn blocks, …) and
+    the size up to which :func:`ootrain.methods.training.train` keeps the store in memory.
+    keep_steps: steps whose arrays stay in the store (None: all).
     """
 
     population: int
@@ -127,11 +219,13 @@ class EngineConfig:
     verify_rtol: float = 1e-5
     memory_budget: int = 1 << 30
     dtype: str = "float32"
+    keep_steps: int | None = 2
 
     def __post_init__(self) -> None:
         for name in ("population", "micro_batch", "latent_dim", "memory_budget"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if self.micro_batch > self.population:
             raise ValueError(f"micro_batch m={self.micro_batch} exceeds population "
                              f"b={self.population}")
@@ -140,24 +234,35 @@ class EngineConfig:
         if self.chunk_rows is not None and self.chunk_rows % self.micro_batch:
             raise ValueError(f"chunk_rows={self.chunk_rows} must be a multiple of "
                              f"micro_batch={self.micro_batch}")
+        if self.keep_steps is not None and self.keep_steps < 2:
+            raise ValueError(f"keep_steps must be >= 2 (a step reads the previous one) or "
+                             f"None, got {self.keep_steps}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that determine stored data (the part of the store's fingerprint)."""
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("verify", "verify_rtol", "memory_budget", "keep_steps")}
 
 
-def standard_normal(dim: int, dtype: np.dtype = np.float32) -> LatentSampler:
-    """Latent sampler z ~ N(0, I_dim)."""
-    def sample(rng: np.random.Generator, n: int) -> np.ndarray:
+def standard_normal(dim: int, dtype: np.dtype = np.float32) -> Sampler:
+    """Latent sampler ``z ~ N(0, I_dim)``: ``draw(n, rng) -> [n, dim]``."""
+    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.standard_normal((n, dim), dtype=np.float64).astype(dtype, copy=False)
-    return sample
+    return draw
 
 
-def latent_key(seed: int, step: int, micro_batch: int) -> np.random.Generator:
-    """Counter-based RNG for one micro-batch: independent streams keyed by (seed, step, index)."""
-    return np.random.Generator(np.random.Philox(key=[seed, step * 2**32 + micro_batch]))
+def latent_key(seed: int, step: int, micro_batch: int, population: int = 0
+               ) -> np.random.Generator:
+    """Counter-based RNG for one micro-batch: independent streams keyed by (seed, step, index)
+    and the population's position in the step's plan."""
+    return np.random.Generator(np.random.Philox(
+        key=[(seed + (population << 40)) % 2**64, step * 2**32 + micro_batch]))
 
 
 @dataclass
 class StepResult:
     step: int
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -173,112 +278,149 @@ def _barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
+    """Within the block, backward passes go *through* ``modules`` (to their inputs) without
+    accumulating their parameters' gradients: e.g. a generator's ReRun through a critic."""
+    flags = [(p, p.requires_grad) for mod in modules for p in mod.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
 # --------------------------------------------------------------------------- the engine
 class Engine:
-    """Run → Solve → ReRun for any generator ``G`` and embedding ``E`` (``torch.nn.Module``).
+    """Run → Solve → ReRun for any :class:`Method` over a :class:`~ootrain.store.Store`.
 
     Parameters
     ----------
-    generator, embedding:
-        ``E(G(z))`` maps latents [m, latent_dim] to embeddings [m, d].  Both must be
-        deterministic (no dropout, no batch-norm batch statistics); the engine checks.
-    solver:
-        The global OT solve (e.g. :class:`ootrain.methods.rsr.SlicedSolver`).
-    real:
-        Real data [n, D] (numpy or zarr array); embedded once through ``E`` into the store.
+    method:
+        The method (e.g. :class:`GeneratorMethod` with :class:`ootrain.methods.rsr.SlicedSolver`,
+        :class:`ootrain.methods.otgan.OTGAN`).  Its models must be deterministic (no dropout,
+        no batch-norm batch statistics); the engine checks before any work.
     store:
-        The run's :class:`~ootrain.store.Store` (created with :meth:`store_config`).
-    optimizer:
-        Optimiser over the generator's parameters.
+        The run's store, created with :meth:`store_config`.
+    config:
+        An :class:`EngineConfig`.
+
+    Example
+    -------
+    >>> import numpy as np, torch
+    >>> from torch import nn
+    >>> from ootrain.engine import Engine, EngineConfig, GeneratorMethod
+    >>> from ootrain.methods.rsr import SlicedSolver
+    >>> from ootrain.store import Store
+    >>> G, real = nn.Linear(4, 2), np.random.default_rng(0).normal(size=(512, 2))
+    >>> cfg = EngineConfig(population=512, micro_batch=128, latent_dim=4)
+    >>> method = GeneratorMethod(G, nn.Identity(), SlicedSolver(8), real,
+    ...                          torch.optim.Adam(G.parameters(), 1e-2))
+    >>> with Store(None, Engine.store_config(cfg, method)) as store:   # in memory
+    ...     results = Engine(method, store, cfg).train(steps=3)
+    >>> len(results)
+    3
     """
 
-    def __init__(self, generator: nn.Module, embedding: nn.Module, solver: Solver,
-                 real: Any, store: Store, optimizer: torch.optim.Optimizer,
-                 config: EngineConfig, latent_sampler: LatentSampler | None = None,
+    def __init__(self, method: Method, store: Store, config: EngineConfig,
                  progress: Any = None) -> None:
-        self.G, self.E, self.solver, self.store = generator, embedding, solver, store
-        self.real_data = real
-        self.opt = optimizer
-        self.cfg = config
+        self.method, self.store, self.cfg = method, store, config
         self.dtype = getattr(torch, config.dtype)
-        self.sampler = latent_sampler or standard_normal(config.latent_dim, np.dtype(config.dtype))
-        self.progress = progress
+        # a rich Progress to add bars to; anything else (None, a bool) means no bars
+        self.progress = progress if hasattr(progress, "add_task") else None
         self.rank, self.world = rank_world()
-        self._check_real(real)
-        self.d = self._probe()
-        rows = config.chunk_rows or self._default_chunk_rows()
-        self.chunk_rows = min(rows, math.ceil(config.population / config.micro_batch)
-                              * config.micro_batch)
-        self.n_chunks = math.ceil(config.population / self.chunk_rows)
+        self._widths: dict[tuple[int, str], int] = {}
+        bind = getattr(method, "bind", None)
+        if bind is not None:
+            bind(config)
+        self._check_deterministic_layers()
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def store_config(config: EngineConfig, solver: Solver, generator_spec: str,
-                     embedding_spec: str, real: Any) -> dict[str, Any]:
-        """The dict a store is fingerprinted with: everything that determines stored data."""
-        return {"engine": {k: v for k, v in config.__dict__.items()
-                           if k not in ("verify", "verify_rtol", "memory_budget")},
-                "solver": solver.config(), "generator": generator_spec,
-                "embedding": embedding_spec, "real": _describe_array(real)}
+    def store_config(config: EngineConfig, method: Method) -> dict[str, Any]:
+        """The dict a store is fingerprinted with: everything that determines stored data
+        (the engine's settings, the method's, and each optimiser's class and settings)."""
+        plain = (int, float, str, bool, tuple, list, type(None))
+        opts = {name: {"class": type(o).__name__,
+                       **{k: v for k, v in o.defaults.items() if isinstance(v, plain)}}
+                for name, o in method.optimizers().items()}
+        return {"engine": config.fingerprint(), "method": method.config(), "optimizers": opts}
 
-    def _check_real(self, real: Any) -> None:
-        if getattr(real, "ndim", None) != 2:
-            raise ValueError(f"real data must be a 2-D array [n, D], got shape "
-                             f"{getattr(real, 'shape', type(real))}")
-        if not np.issubdtype(np.dtype(real.dtype), np.floating):
-            raise ValueError(f"real data must be floating point, got dtype {real.dtype}")
+    def _check_deterministic_layers(self) -> None:
+        for name, module in self.method.modules().items():
+            for mod in module.modules():
+                if mod.training and isinstance(mod, (nn.Dropout, nn.AlphaDropout,
+                                                     nn.modules.batchnorm._BatchNorm)):
+                    raise NondeterministicModelError(
+                        f"{type(mod).__name__} in training mode in the {name} makes Run and "
+                        "ReRun disagree (different masks / batch statistics per pass); call "
+                        ".eval() on it or remove it")
 
-    def _default_chunk_rows(self) -> int:
-        m = self.cfg.micro_batch
-        row_bytes = self.d * np.dtype(self.cfg.dtype).itemsize
-        return max(m, (self.cfg.chunk_bytes // row_bytes) // m * m)
-
-    def _embed(self, z: np.ndarray | Tensor) -> Tensor:
-        z = torch.as_tensor(z, dtype=self.dtype)
-        return self.E(self.G(z))
-
-    def _latents(self, step: int, lo: int, hi: int) -> np.ndarray:
-        """Latents of rows [lo, hi) (lo a multiple of m) regenerated from their keys."""
-        m = self.cfg.micro_batch
-        parts = [self.sampler(latent_key(self.cfg.seed, step, i // m), min(m, hi - i))
-                 for i in range(lo, hi, m)]
-        z = np.concatenate(parts)
-        if z.shape != (hi - lo, self.cfg.latent_dim):
-            raise ValueError(f"latent sampler returned shape {z.shape} for {hi - lo} rows; "
-                             f"expected ({hi - lo}, {self.cfg.latent_dim})")
-        return z
-
-    def _probe(self) -> int:
-        """Embedding width, and a determinism check on one micro-batch before any work."""
-        for mod in list(self.G.modules()) + list(self.E.modules()):
-            if mod.training and isinstance(mod, (nn.Dropout, nn.AlphaDropout,
-                                                 nn.modules.batchnorm._BatchNorm)):
-                raise NondeterministicModelError(
-                    f"{type(mod).__name__} in training mode makes Run and ReRun disagree "
-                    "(different masks / batch statistics per pass); call .eval() on it or "
-                    "remove it")
-        z = self._latents(0, 0, min(self.cfg.micro_batch, self.cfg.population))
-        with torch.no_grad():
-            e1, e2 = self._embed(z), self._embed(z)
-        if e1.ndim != 2 or e1.shape[0] != z.shape[0]:
-            raise ValueError(f"E(G(z)) must return [m, d] for z [m, {self.cfg.latent_dim}], "
-                             f"got {tuple(e1.shape)}")
-        if not torch.equal(e1, e2):
-            raise NondeterministicModelError(
-                "the generator/embedding returned different outputs for the same latents "
-                f"(max diff {(e1 - e2).abs().max().item():.3g}); the engine needs a "
-                "deterministic model (no dropout or random layers in the forward pass)")
-        return int(e1.shape[1])
-
-    def _prefix(self, step: int) -> str:
+    @staticmethod
+    def prefix(step: int) -> str:
+        """The store group of step ``step``."""
         return f"steps/{step}"
 
-    def _ctx(self, step: int) -> SolveContext:
-        prev = self._prefix(step - 1) if step > 0 and self.store.has(self._prefix(step - 1)) \
+    def _size(self, pop: Population) -> int:
+        return int(pop.size if pop.size is not None else self.cfg.population)
+
+    def _chunk_rows(self, pop: Population, width: int) -> int:
+        b, m = self._size(pop), min(self.cfg.micro_batch, self._size(pop))
+        if self.cfg.chunk_rows is not None:
+            rows = self.cfg.chunk_rows
+        else:
+            row_bytes = width * np.dtype(self.cfg.dtype).itemsize
+            rows = max(m, (self.cfg.chunk_bytes // row_bytes) // m * m)
+        return min(rows, math.ceil(b / m) * m)
+
+    def inputs(self, step: int, index: int, pop: Population, lo: int, hi: int) -> Tensor:
+        """Inputs of rows [lo, hi) (lo a multiple of m) of the plan's ``index``-th population,
+        regenerated from their keys."""
+        m = self.cfg.micro_batch
+        parts = [torch.as_tensor(np.asarray(pop.draw(min(m, hi - i), latent_key(
+            self.cfg.seed, step, i // m, index)))) for i in range(lo, hi, m)]
+        u = torch.cat(parts)
+        if u.shape[0] != hi - lo:
+            raise ValueError(f"population {pop.name!r}: its sampler returned {u.shape[0]} rows "
+                             f"for {hi - lo}")
+        if u.is_floating_point():
+            u = u.to(self.dtype)
+            _check_finite(u.numpy(), f"inputs of population {pop.name!r} of step {step}, "
+                          f"rows [{lo}, {hi})")
+        return u
+
+    def _width(self, step: int, index: int, pop: Population) -> int:
+        """Embedding width of a population, and a determinism check on one micro-batch."""
+        key = (index, pop.name)
+        if key not in self._widths:
+            m = min(self.cfg.micro_batch, self._size(pop))
+            u = self.inputs(step, index, pop, 0, m)
+            with torch.no_grad():
+                e1, e2 = pop.forward(u), pop.forward(u)
+            if e1.ndim != 2 or e1.shape[0] != m:
+                raise ValueError(f"population {pop.name!r}: forward must return [m, d] for "
+                                 f"{m} inputs, got {tuple(e1.shape)}")
+            if not torch.allclose(e1, e2, rtol=0.0, atol=0.0, equal_nan=True):  # NaN: Run's
+                raise NondeterministicModelError(                  # NonFiniteError, not this
+                    f"population {pop.name!r}: the model returned different outputs for the "
+                    f"same inputs (max diff {(e1 - e2).abs().max().item():.3g}); the engine "
+                    "needs a deterministic model (no dropout or random layers in the forward "
+                    "pass)")
+            self._widths[key] = int(e1.shape[1])
+        return self._widths[key]
+
+    def ctx(self, step: int, plan: Plan | None = None) -> SolveContext:
+        """The :class:`SolveContext` of step ``step`` (its populations must have run)."""
+        plan = plan if plan is not None else self.method.plan(step)
+        prev = self.prefix(step - 1) if step > 0 and self.store.has(self.prefix(step - 1)) \
             else None
-        return SolveContext(self.store, step, self._prefix(step), prev,
-                            self.store.array(f"{self._prefix(step)}/embeddings"),
-                            self.store.array("real/embeddings"), self.chunk_rows,
+        arrays = {p.name: self.store.array(f"{self.prefix(step)}/{p.name}")
+                  for p in plan.populations}
+        real = self.store.array("real/embeddings") if self.store.has("real/embeddings") \
+            else None
+        return SolveContext(self.store, step, self.prefix(step), prev, arrays, real,
                             self.cfg.memory_budget, self.cfg.seed, self.progress)
 
     def _bar(self, description: str, total: int) -> Any:
@@ -294,60 +436,77 @@ class Engine:
         if task is not None:
             self.progress.remove_task(task)
 
-    def _my_chunks(self, todo: np.ndarray) -> list[int]:
-        return [c for c in range(todo.size) if todo[c] and c % self.world == self.rank]
+    def _mine(self, n_chunks: int) -> list[int]:
+        return [c for c in range(n_chunks) if c % self.world == self.rank]
 
     # ------------------------------------------------------------------ checkpoints
-    def _ckpt_key(self, step: int) -> str:
+    @staticmethod
+    def _ckpt_key(step: int) -> str:
         return f"checkpoints/step-{step}.pt"
 
-    def _save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int) -> None:
+        """Every module and optimiser of the method, as they are before step ``step``."""
         buf = io.BytesIO()
-        torch.save({"generator": self.G.state_dict(), "optimizer": self.opt.state_dict(),
-                    "step": step}, buf)
-        data = default_buffer_prototype().buffer.from_bytes(buf.getvalue())
-        sync(self.store.group.store.set(self._ckpt_key(step), data))
+        state = {"modules": {k: m.state_dict() for k, m in self.method.modules().items()},
+                 "optimizers": {k: o.state_dict()
+                                for k, o in self.method.optimizers().items()},
+                 "step": step}
+        extra = getattr(self.method, "state_dict", None)
+        if extra is not None:
+            state["method"] = extra()
+        torch.save(state, buf)
+        self.store.put_bytes(self._ckpt_key(step), buf.getvalue())
 
-    def _load_checkpoint(self, step: int) -> bool:
-        raw = sync(self.store.group.store.get(self._ckpt_key(step),
-                                              prototype=default_buffer_prototype()))
+    def load_checkpoint(self, step: int) -> bool:
+        """Restore the state before step ``step``; False when there is no such checkpoint."""
+        raw = self.store.get_bytes(self._ckpt_key(step))
         if raw is None:
             return False
-        state = torch.load(io.BytesIO(raw.to_bytes()), weights_only=True)
-        self.G.load_state_dict(state["generator"])
-        self.opt.load_state_dict(state["optimizer"])
+        state = torch.load(io.BytesIO(raw), weights_only=True)
+        for k, m in self.method.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.method.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        if "method" in state:
+            self.method.load_state_dict(state["method"])
         return True
 
     def completed_steps(self) -> int:
         """Number of fully completed steps recorded in the store."""
         k = 0
-        while self.store.has(self._prefix(k)) and \
-                self.store.group[self._prefix(k)].attrs.get("phase") == "done":
+        while self.store.has(self.prefix(k)) and \
+                self.store.group[self.prefix(k)].attrs.get("phase") == "done":
             k += 1
         return k
 
     # ------------------------------------------------------------------ the three phases
-    def embed_real(self) -> zarr.Array:
-        """Embed the real data once (no grad) into ``real/embeddings`` [n, d], resumable."""
-        n = int(self.real_data.shape[0])
-        rows = max(1, min(n, self._default_chunk_rows()))  # independent of the population b
-        if self.rank == 0:  # rank 0 creates arrays; the others open them after the barrier
-            self.store.require_array("real/embeddings", (n, self.d), (rows, self.d),
-                                     self.cfg.dtype)
+    def embed_real(self) -> zarr.Array | None:
+        """Embed the method's static real data once (no grad) into ``real/embeddings``."""
+        real = getattr(self.method, "real", None)
+        if real is None:
+            return None
+        E = self.method.real_embedding
+        n = int(real.shape[0])
+        if self.rank == 0 and not self.store.has("real/embeddings"):
+            with torch.no_grad():
+                d = int(E(torch.as_tensor(np.asarray(real[:1]), dtype=self.dtype)).shape[1])
+            row_bytes = d * np.dtype(self.cfg.dtype).itemsize
+            rows = max(1, min(n, self.cfg.chunk_bytes // row_bytes))
+            self.store.require_array("real/embeddings", (n, d), (rows, d), self.cfg.dtype)
         _barrier()
         arr = self.store.array("real/embeddings")
-        todo = ~self.store.done("real/embeddings")
-        task = self._bar("embed real", int(todo.sum()))
-        for c in self._my_chunks(todo):
+        rows, d = arr.chunks[0], arr.shape[1]
+        todo = np.flatnonzero(~self.store.done("real/embeddings"))
+        task = self._bar("embed real", int(todo.size))
+        for c in [int(c) for c in todo if c % self.world == self.rank]:
             lo, hi = c * rows, min(n, (c + 1) * rows)
-            x = np.asarray(self.real_data[lo:hi])
+            x = np.asarray(real[lo:hi])
             _check_finite(x, f"real data rows [{lo}, {hi})")
             with torch.no_grad():
-                e = self.E(torch.as_tensor(x, dtype=self.dtype)).numpy()
-            if e.shape != (hi - lo, self.d):
-                raise ValueError(f"E(real rows [{lo}, {hi})) has shape {e.shape} but generated "
-                                 f"embeddings are [m, {self.d}]: real data of width "
-                                 f"{x.shape[1]} does not fit the embedding of G's outputs")
+                e = E(torch.as_tensor(x, dtype=self.dtype)).numpy()
+            if e.shape != (hi - lo, d):
+                raise ValueError(f"E(real rows [{lo}, {hi})) has shape {e.shape}; expected "
+                                 f"{(hi - lo, d)}")
             _check_finite(e, f"real embeddings rows [{lo}, {hi})")
             self.store.write_chunk("real/embeddings", (c, 0), e)
             self._advance(task)
@@ -355,103 +514,124 @@ class Engine:
         _barrier()
         return arr
 
-    def run(self, step: int) -> None:
-        """Run: embeddings of the step's b latents, no autograd, chunk by chunk."""
-        b, d, prefix = self.cfg.population, self.d, self._prefix(step)
+    def run(self, step: int, plan: Plan | None = None) -> None:
+        """Run: embeddings of every population of the step, no autograd, chunk by chunk."""
+        plan = plan if plan is not None else self.method.plan(step)
         itemsize = np.dtype(self.cfg.dtype).itemsize
-        path = f"{prefix}/embeddings"
-        if self.rank == 0:
-            if not self.store.has(path):
-                # Run's own arrays (+5% for zarr metadata and the manifest); the solver checks
-                # the space for what it writes before it writes it
-                self.store.check_space(int(b * (d + self.cfg.latent_dim * self.cfg.store_latents)
-                                           * itemsize * 1.05), f"step {step}: Run (embeddings)")
-            self.store.require_array(path, (b, d), (self.chunk_rows, d), self.cfg.dtype)
-            if self.cfg.store_latents:
-                self.store.require_array(f"{prefix}/latents", (b, self.cfg.latent_dim),
-                                         (self.chunk_rows, self.cfg.latent_dim), self.cfg.dtype)
-        _barrier()
-        todo = ~self.store.done(path)
-        task = self._bar(f"step {step}: Run", int(todo.sum()) * self.chunk_rows)
         m = self.cfg.micro_batch
-        for c in self._my_chunks(todo):
-            lo, hi = c * self.chunk_rows, min(b, (c + 1) * self.chunk_rows)
-            z = self._latents(step, lo, hi)
-            out = np.empty((hi - lo, d), dtype=self.cfg.dtype)
-            with torch.no_grad():
-                for i in range(0, hi - lo, m):
-                    out[i:i + m] = self._embed(z[i:i + m]).numpy()
-                    self._advance(task, min(m, hi - lo - i))
-            _check_finite(out, f"embeddings of step {step}, rows [{lo}, {hi})")
-            if self.cfg.store_latents:
-                self.store.write_chunk(f"{prefix}/latents", (c, 0), z)
-            self.store.write_chunk(path, (c, 0), out)
-        self._done_bar(task)
+        for index, pop in enumerate(plan.populations):
+            b, d = self._size(pop), self._width(step, index, pop)
+            rows = self._chunk_rows(pop, d)
+            path = f"{self.prefix(step)}/{pop.name}"
+            if self.rank == 0:
+                if not self.store.has(path):
+                    self.store.check_space(int(b * d * itemsize * 1.05),
+                                           f"step {step}: Run ({pop.name})")
+                self.store.require_array(path, (b, d), (rows, d), self.cfg.dtype)
+            _barrier()
+            ipath = f"{self.prefix(step)}/" + ("latents" if pop.name == "embeddings"
+                                                 else f"{pop.name}_inputs")
+            if self.cfg.store_latents and self.rank == 0:
+                u0 = self.inputs(step, index, pop, 0, min(m, b))
+                self.store.require_array(ipath, (b, u0.shape[1]), (rows, u0.shape[1]),
+                                         self.cfg.dtype)
+            _barrier()
+            todo = ~self.store.done(path)
+            task = self._bar(f"step {step}: Run {pop.name}", int(todo.sum()) * rows)
+            for c in self._mine(todo.size):
+                if not todo[c]:
+                    continue
+                lo, hi = c * rows, min(b, (c + 1) * rows)
+                u = self.inputs(step, index, pop, lo, hi)
+                if self.cfg.store_latents:   # the inputs too (else regenerated from keys)
+                    self.store.write_chunk(ipath, (c, 0), u.numpy().astype(self.cfg.dtype))
+                out = np.empty((hi - lo, d), dtype=self.cfg.dtype)
+                with torch.no_grad():
+                    for i in range(0, hi - lo, m):
+                        out[i:i + m] = pop.forward(u[i:i + m]).numpy()
+                        self._advance(task, min(m, hi - lo - i))
+                _check_finite(out, f"embeddings {pop.name!r} of step {step}, rows [{lo}, {hi})")
+                self.store.write_chunk(path, (c, 0), out)
+            self._done_bar(task)
         _barrier()
 
-    def solve(self, step: int) -> dict[str, float]:
-        """Solve: the solver's global pass over the stored population (rank 0)."""
-        metrics: dict[str, float] = {}
-        group = self.store.group[self._prefix(step)]
+    def solve(self, step: int, plan: Plan | None = None) -> dict[str, Any]:
+        """Solve: the solver's global pass over the stored populations (rank 0)."""
+        plan = plan if plan is not None else self.method.plan(step)
+        metrics: dict[str, Any] = {}
+        group = self.store.group[self.prefix(step)]
         if self.rank == 0:
             if group.attrs.get("solved"):
                 metrics = dict(group.attrs["metrics"])
             else:
-                metrics = self.solver.solve(self._ctx(step))
+                metrics = plan.solver.solve(self.ctx(step, plan))
                 group.attrs.update({"metrics": metrics, "solved": True})
         _barrier()
         if self.rank != 0:
-            metrics = dict(self.store.group[self._prefix(step)].attrs["metrics"])
+            metrics = dict(self.store.group[self.prefix(step)].attrs["metrics"])
         return metrics
 
-    def rerun(self, step: int) -> None:
-        """ReRun: micro-batches with autograd against the stored solution; accumulates grads."""
-        b, m = self.cfg.population, self.cfg.micro_batch
-        ctx = self._ctx(step)
-        loss_fn = self.solver.rerun_loss(ctx, self.dtype)
-        emb = ctx.embeddings if self.cfg.verify else None
-        chunks = [c for c in range(self.n_chunks) if c % self.world == self.rank]
-        task = self._bar(f"step {step}: ReRun", len(chunks) * self.chunk_rows)
-        for c in chunks:
-            lo, hi = c * self.chunk_rows, min(b, (c + 1) * self.chunk_rows)
-            z = torch.as_tensor(self._latents(step, lo, hi), dtype=self.dtype)
-            stored = loss_fn.load(lo, hi)
-            ref = torch.as_tensor(emb[lo:hi]) if emb is not None else None
-            for i in range(0, hi - lo, m):
-                e = self._embed(z[i:i + m])
-                if ref is not None:
-                    _verify(e.detach(), ref[i:i + m], self.cfg.verify_rtol, step, lo + i)
-                loss = loss_fn(e, {k: v[i:i + m] for k, v in stored.items()})
-                loss.backward()
-                self._advance(task, e.shape[0])
-        self._done_bar(task)
+    def rerun(self, step: int, plan: Plan | None = None) -> None:
+        """ReRun: replayed populations with autograd against the stored solution; accumulates
+        the player's gradients (all-reduced over ranks)."""
+        plan = plan if plan is not None else self.method.plan(step)
+        m = self.cfg.micro_batch
+        ctx = self.ctx(step, plan)
+        others = [mod for mod in self.method.modules().values() if mod is not plan.player]
+        with frozen_parameters(*others):
+            for index, pop in enumerate(plan.populations):
+                if not pop.replay:
+                    continue
+                b, emb = self._size(pop), ctx.arrays[pop.name]
+                rows = emb.chunks[0]
+                loss_fn = plan.solver.rerun_loss(ctx, pop.name, self.dtype)
+                chunks = self._mine(-(-b // rows))
+                task = self._bar(f"step {step}: ReRun {pop.name}", len(chunks) * rows)
+                for c in chunks:
+                    lo, hi = c * rows, min(b, (c + 1) * rows)
+                    u = self.inputs(step, index, pop, lo, hi)
+                    stored = loss_fn.load(lo, hi)
+                    ref = torch.as_tensor(emb[lo:hi]) if self.cfg.verify else None
+                    for i in range(0, hi - lo, m):
+                        e = pop.forward(u[i:i + m])
+                        if ref is not None:
+                            _verify(e.detach(), ref[i:i + m], self.cfg.verify_rtol, step,
+                                    pop.name, lo + i)
+                        loss = loss_fn(e, {k: v[i:i + m] for k, v in stored.items()})
+                        if loss.requires_grad:
+                            loss.backward()
+                        self._advance(task, e.shape[0])
+                self._done_bar(task)
         if self.world > 1:
-            for p in self.G.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
+            for p in plan.player.parameters():
+                if p.requires_grad:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
 
     def replay(self, step: int, epochs: int, *, stop: Callable[[int, float], bool] | None = None,
                callback: Callable[[int, float], None] | None = None) -> list[float]:
         """Regression against a stored solution: SGD, one optimiser step per micro-batch.
 
         Where :meth:`rerun` accumulates the whole population's gradient into one step, this
-        replays the step's stored pairs (latent key, per-sample solution) for ``epochs`` passes,
-        micro-batches in a fresh order each epoch (seeded by ``(seed, step, epoch)``), minimising
-        the solver's ReRun loss rescaled to a per-micro-batch mean (``loss · b / m``).  Used by
-        FIT (Chen et al.): the generator regresses onto the transport map of the generator that
-        ran ``step``.  ``callback(epoch, mean_loss)`` after each epoch; ``stop(epoch, mean_loss)``
-        returning True ends early.  Returns the per-epoch mean losses (their values before each
-        micro-batch's update).  Single process only.
+        replays the step's stored pairs (inputs' key, per-sample solution) of the plan's first
+        population for ``epochs`` passes, micro-batches in a fresh order each epoch (seeded by
+        ``(seed, step, epoch)``), minimising the solver's ReRun loss rescaled to a
+        per-micro-batch mean (``loss · b / m``).  Used by FIT (Chen et al.): the generator
+        regresses onto the transport map of the generator that ran ``step``.
+        ``callback(epoch, mean_loss)`` after each epoch; ``stop(epoch, mean_loss)`` returning
+        True ends early.  Returns the per-epoch mean losses.  Single process only.
         """
         if self.world > 1:
             raise NotImplementedError("Engine.replay runs in one process; shard FIT's replay "
                                       "with torch.distributed is not implemented")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
-        b, m = self.cfg.population, self.cfg.micro_batch
-        ctx = self._ctx(step)
-        loss_fn = self.solver.rerun_loss(ctx, self.dtype)
+        plan = self.method.plan(step)
+        pop, m = plan.populations[0], self.cfg.micro_batch
+        b = self._size(pop)
+        ctx = self.ctx(step, plan)
+        loss_fn = plan.solver.rerun_loss(ctx, pop.name, self.dtype)
         starts = np.arange(0, b, m)
         task = self._bar(f"step {step}: replay", epochs * b)
         losses: list[float] = []
@@ -459,15 +639,16 @@ class Engine:
             order = np.random.default_rng([self.cfg.seed, step, epoch, 0xF17]).permutation(starts)
             total = 0.0
             for lo in order:
-                hi = min(b, int(lo) + m)
-                z = torch.as_tensor(self._latents(step, int(lo), hi), dtype=self.dtype)
-                stored = loss_fn.load(int(lo), hi)
-                self.opt.zero_grad(set_to_none=True)
-                loss = loss_fn(self._embed(z), stored) * (b / (hi - lo))
+                lo = int(lo)
+                hi = min(b, lo + m)
+                u = self.inputs(step, 0, pop, lo, hi)
+                stored = loss_fn.load(lo, hi)
+                plan.optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(pop.forward(u), stored) * (b / (hi - lo))
                 loss.backward()
-                self.opt.step()
+                plan.optimizer.step()
                 total += float(loss.detach()) * (hi - lo)
-                self._advance(task, hi - int(lo))
+                self._advance(task, hi - lo)
             losses.append(total / b)
             if callback is not None:
                 callback(epoch, losses[-1])
@@ -477,56 +658,158 @@ class Engine:
         return losses
 
     # ------------------------------------------------------------------ a step, a run
+    def _zero_grads(self) -> None:
+        for mod in self.method.modules().values():
+            for p in mod.parameters():
+                p.grad = None
+
     def step(self, step: int) -> StepResult:
-        """One full step ``step`` (resumes a partially done one): Run, Solve, ReRun, update."""
+        """One full step ``step`` (resumes a partially done one): Run, Solve, update."""
+        plan = self.method.plan(step)
         if self.rank == 0:
-            self.store.group.require_group(self._prefix(step))
-            if not self._load_checkpoint(step):
-                self._save_checkpoint(step)
+            self.store.group.require_group(self.prefix(step))
+            if not self.load_checkpoint(step):
+                self.save_checkpoint(step)
         _barrier()
-        group = self.store.group[self._prefix(step)]
+        group = self.store.group[self.prefix(step)]
         if group.attrs.get("phase") == "done":
             raise RuntimeError(f"step {step} is already complete in {self.store.url}")
         if self.rank != 0:
-            self._load_checkpoint(step)
+            self.load_checkpoint(step)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        self.run(step)
+        if plan.prepare is not None and not group.attrs.get("solved"):
+            plan.prepare()
+            timings["prepare"] = time.perf_counter() - t
+            t = time.perf_counter()
+        self.run(step, plan)
         timings["run"] = time.perf_counter() - t
         t = time.perf_counter()
-        metrics = self.solve(step)
+        metrics = self.solve(step, plan)
         timings["solve"] = time.perf_counter() - t
         t = time.perf_counter()
-        self.opt.zero_grad(set_to_none=True)
-        self.rerun(step)
-        self.opt.step()
+        if plan.update is not None:
+            extra = plan.update(self, step)
+        else:
+            self._zero_grads()
+            self.rerun(step, plan)
+            plan.optimizer.step()
+            self._zero_grads()
+            extra = {}
         timings["rerun"] = time.perf_counter() - t
+        finish = getattr(self.method, "finish_step", None)
+        if finish is not None:
+            finish(step, metrics)
         if self.rank == 0:
-            self._save_checkpoint(step + 1)
-            group.attrs.update({"phase": "done", "timings": timings})
+            self.save_checkpoint(step + 1)
+            # a fresh handle: ``group`` caches the attributes from before Solve wrote its
+            # metrics, and zarr rewrites all of them on update
+            self.store.group[self.prefix(step)].attrs.update(
+                {"phase": "done", "timings": timings, **extra})
+            self._prune(step)
         _barrier()
-        return StepResult(step, metrics, timings)
+        return StepResult(step, {**metrics, **extra}, timings)
+
+    def _prune(self, step: int) -> None:
+        """Delete the arrays (not the attributes) of steps older than ``keep_steps``, and
+        checkpoints before the one that resumes the next step."""
+        self.store.delete(self._ckpt_key(step))
+        keep = self.cfg.keep_steps
+        if keep is None or step + 1 - keep < 0:
+            return
+        old = self.prefix(step + 1 - keep)
+        if self.store.has(old):
+            self.store.delete_arrays(old)
 
     def train(self, steps: int, callback: Callable[[StepResult], None] | None = None
               ) -> list[StepResult]:
         """Train until ``steps`` steps are complete, resuming from the store's last state."""
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         start = self.completed_steps()
-        if start > 0 and not self._load_checkpoint(start):
+        if start > 0 and not self.load_checkpoint(start):
             raise RuntimeError(f"{self.store.url} has {start} completed steps but no checkpoint "
                                f"for step {start}")
-        if not self.store.is_complete("real/embeddings"):  # False when absent too
+        if getattr(self.method, "real", None) is not None and \
+                not self.store.is_complete("real/embeddings"):  # False when absent too
             self.embed_real()
-        results = []
+        results: list[StepResult] = []
         task = self._bar("training steps", steps)
         self._advance(task, start)
+        stop = getattr(self.method, "stop", None)
         for k in range(start, steps):
             res = self.step(k)
             results.append(res)
             if callback is not None:
                 callback(res)
             self._advance(task)
+            if stop is not None and stop(results):
+                break
         self._done_bar(task)
         return results
+
+
+# --------------------------------------------------------------------------- one generator
+class GeneratorMethod:
+    """One generator ``G`` matched, through a fixed embedding ``E``, to static real data by a
+    solver: the method of Run-Sort-ReRun (:class:`ootrain.methods.rsr.SlicedSolver`) and of
+    OTS + FIT (:class:`ootrain.methods.gradual.AssignmentSolver`).
+
+    Every step has one population, ``embeddings`` = ``E(G(z))`` for ``z`` drawn by
+    ``latent_sampler`` (default ``N(0, I)`` of the engine's latent width, built on first use);
+    the real data [n, D] (numpy or zarr array) is embedded once through ``E`` (``real=None``:
+    the solver holds its own targets, as OTS + FIT's does).
+    ``generator_spec``/``embedding_spec`` name the models in the fingerprint.
+    """
+
+    def __init__(self, generator: nn.Module, embedding: nn.Module, solver: Solver, real: Any,
+                 optimizer: torch.optim.Optimizer, latent_sampler: Sampler | None = None, *,
+                 latent_dim: int | None = None, generator_spec: str = "custom",
+                 embedding_spec: str = "custom") -> None:
+        if real is not None and getattr(real, "ndim", None) != 2:
+            raise ValueError(f"real data must be a 2-D array [n, D], got shape "
+                             f"{getattr(real, 'shape', type(real))}")
+        if real is not None and not np.issubdtype(np.dtype(real.dtype), np.floating):
+            raise ValueError(f"real data must be floating point, got dtype {real.dtype}")
+        self.G, self.E, self.solver, self.real = generator, embedding, solver, real
+        self.real_embedding = embedding
+        self.optimizer = optimizer
+        self.latent_sampler = latent_sampler
+        self.latent_dim = latent_dim
+        self.specs = (generator_spec, embedding_spec)
+        self.prepare: Callable[[], None] | None = None
+        self.update: Callable[[Engine, int], dict[str, Any]] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {"solver": self.solver.config(), "generator": self.specs[0],
+                "embedding": self.specs[1],
+                "real": None if self.real is None else describe_array(self.real)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.G, "embedding": self.E}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.optimizer}
+
+    def embed(self, z: Tensor) -> Tensor:
+        return self.E(self.G(z))
+
+    def sampler(self, latent_dim: int, dtype: str) -> Sampler:
+        if self.latent_sampler is None:
+            self.latent_sampler = standard_normal(latent_dim, np.dtype(dtype))
+        return self.latent_sampler
+
+    def bind(self, config: EngineConfig) -> "GeneratorMethod":
+        """Fix the latent sampler from the engine's config (called by the engine's owner)."""
+        self.sampler(config.latent_dim, config.dtype)
+        return self
+
+    def plan(self, step: int) -> Plan:
+        if self.latent_sampler is None:
+            raise RuntimeError("GeneratorMethod needs a latent sampler: pass latent_sampler= "
+                               "or call bind(config)")
+        pop = Population("embeddings", self.latent_sampler, self.embed)
+        return Plan([pop], self.solver, self.optimizer, self.G, self.prepare, self.update)
 
 
 # --------------------------------------------------------------------------- checks
@@ -537,22 +820,25 @@ def _check_finite(x: np.ndarray, what: str) -> None:
                              f"{tuple(int(i) for i in bad[0])}; nothing was stored for them")
 
 
-def _verify(e: Tensor, ref: Tensor, rtol: float, step: int, row: int) -> None:
+def _verify(e: Tensor, ref: Tensor, rtol: float, step: int, name: str, row: int) -> None:
     scale = ref.abs().max().clamp_min(1e-12)
     err = (e - ref.to(e.dtype)).abs().max()
     if err > rtol * scale:
         raise NondeterministicModelError(
-            f"step {step}: ReRun embeddings of rows starting at {row} differ from Run's by "
-            f"{err.item():.3g} (relative {(err / scale).item():.3g} > {rtol}); the model is not "
-            "deterministic between passes (dropout, batch-norm statistics, or weights changed "
-            "between Run and ReRun)")
+            f"step {step}: ReRun embeddings {name!r} of rows starting at {row} differ from "
+            f"Run's by {err.item():.3g} (relative {(err / scale).item():.3g} > {rtol}); the "
+            "model is not deterministic between passes (dropout, batch-norm statistics, or "
+            "weights changed between Run and ReRun)")
 
 
-def _describe_array(x: Any) -> dict[str, Any]:
-    """Shape, dtype and a content hash of a few rows (cheap identity of the real data)."""
+def describe_array(x: Any, block_bytes: int = 64 << 20) -> dict[str, Any]:
+    """Shape, dtype and the sha256 of all of an array's content (read in row blocks)."""
     import hashlib
 
     n = int(x.shape[0])
-    rows = np.asarray(x[: min(n, 64)]).tobytes() + np.asarray(x[max(0, n - 64):]).tobytes()
-    return {"shape": [int(s) for s in x.shape], "dtype": str(x.dtype),
-            "sha256_head_tail": hashlib.sha256(rows).hexdigest()}
+    h = hashlib.sha256()
+    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize)
+    step = max(1, block_bytes // row_bytes)
+    for lo in range(0, n, step):
+        h.update(np.ascontiguousarray(np.asarray(x[lo:lo + step])).tobytes())
+    return {"shape": [int(s) for s in x.shape], "dtype": str(x.dtype), "sha256": h.hexdigest()}

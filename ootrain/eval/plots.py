@@ -92,7 +92,7 @@ def plot_rsr_losses(losses: Sequence[float], path: Path) -> None:
 
 def plot_otgan_losses(history: list, path: Path) -> None:
     """OT-GAN's mini-batch energy distance per iteration, generator and critic iterations
-    apart (``history``: the rows of :func:`ootrain.methods.otgan.train_otgan`)."""
+    apart (``history``: the rows of :func:`ootrain.methods.otgan.ootrain.methods.train(OTGAN(...), ...).history`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     for player, color in (("generator", "C0"), ("critic", "C3")):

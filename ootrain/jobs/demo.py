@@ -4,7 +4,7 @@ A generator learns the 1-D mixture of 4 Gaussians ``mog1d`` (means -6, -2, 2, 6,
 weights; see :mod:`ootrain.data`) under a memory limit of micro-batch ``m = 4`` samples per pass,
 by two routes with the same effective batch ``b = 1024``:
 
-- **RSR** — :func:`ootrain.methods.train.train_rsr`: each step Runs 1024 generated samples through the
+- **RSR** — :func:`ootrain.methods.training.train` of :class:`ootrain.methods.rsr.RSR`: each step Runs 1024 generated samples through the
   generator in micro-batches of 4, Sorts them against a fixed real sample of ``N_REAL = 4096``
   points (exact 1-D W2 targets; ``SlicedSolver(n_directions=1)``: in 1-D there is one direction),
   and ReRuns the micro-batches with autograd.  The accumulated gradient is exactly the gradient
@@ -51,7 +51,8 @@ Outputs (in ``--out``):
     ``N_SAMPLES`` target samples (sampling noise of the metric);
   * ``train_loss``: last step's training loss, ``wall_s``: training time;
 
-- ``store/``: the RSR run's sample store (overwritten each run).
+The RSR run's store is in memory (a run of this size pays no disk I/O); nothing else is
+written.
 
 Run it with ``ootrain demo`` or ``python -m pipelines.rsr_fig1 --out DIR [--steps N] [--seed S]``;
 both call :func:`run_fig1`.
@@ -72,8 +73,8 @@ from ootrain.data import MOG1D_MEANS, MOG1D_STDS, MOG1D_WEIGHTS, mog1d_pdf, samp
 from ootrain.engine.core import EngineConfig, StepResult
 from ootrain.models.zoo import MLP, generate
 from ootrain.progress import make_progress
-from ootrain.methods.train import make_optimizer, train_rsr
-from ootrain.methods.rsr import SlicedSolver
+from ootrain.methods.rsr import RSR, SlicedSolver
+from ootrain.methods.training import make_optimizer, train
 from ootrain.ot.sliced import wasserstein_1d
 from ootrain.threads import one_thread
 
@@ -216,12 +217,12 @@ def run_fig1(out: Path, steps: int = DEFAULT_STEPS, progress: bool = True,
             evaluate("rsr", res.step + 1)
 
         t = time.perf_counter()
-        run = train_rsr(generators["rsr"], nn.Identity(), real, str(out / "store"), config,
-                        SlicedSolver(n_directions=1), steps, lr=LR, optimizer=OPTIMIZER,
-                        overwrite=True, progress=bars, callback=on_rsr_step,
-                        generator_spec=json.dumps(["mlp", LATENT_DIM, 1, HIDDEN,
-                                                   "relu+layernorm", seed]),
-                        embedding_spec="identity")
+        G = generators["rsr"]
+        method = RSR(G, real, make_optimizer(G.parameters(), OPTIMIZER, LR),
+                     solver=SlicedSolver(n_directions=1),
+                     generator_spec=json.dumps(["mlp", LATENT_DIM, 1, HIDDEN, "relu+layernorm",
+                                                seed]))
+        run = train(method, steps, config, progress=bars, callback=on_rsr_step)
         wall["rsr"] = time.perf_counter() - t
         losses["rsr"] = [r.metrics["loss"] for r in run.results]
         t = time.perf_counter()

@@ -14,14 +14,93 @@ from ootrain.eval.parzen import parzen_reverse_kl, scott_bandwidth
 from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.jobs.common import InputError, input_errors
+from ootrain.engine import EngineConfig
 from ootrain.methods.otgan import data_sampler
-from ootrain.methods.potgan import POTConfig
-from ootrain.methods.train import GAN_METHODS, train_potgan
+from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
+from ootrain.methods.training import train
 from ootrain.methods.wgan import WGANConfig
 from ootrain.models.vae import VAEConfig
 from ootrain.models.zoo import generate
+from ootrain.progress import make_progress
 
-__all__ = ["POTGANJob", "potgan_train"]
+__all__ = ["POTGANJob", "GANRun", "potgan_train", "train_gan", "generator_rows"]
+
+
+def generator_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per generator update from the engine's history (one row per engine step:
+    ``n_critic`` critic steps, then a generator step): ``step`` (the generator update,
+    from 0), ``engine_step``, the generator row's ``loss`` (``L_G``), ``adv``, ``reg``,
+    ``forest_loss``, ``matched``, the preceding critic row's ``wasserstein``, ``gp`` and
+    ``critic_loss``, ``step_s`` (wall seconds of the cycle's engine steps: the critic
+    updates and the generator update) and ``time_s`` (cumulative)."""
+    rows: list[dict[str, Any]] = []
+    critic: Optional[dict[str, Any]] = None
+    cycle = total = 0.0
+    for r in history:
+        cycle += sum(v for k, v in r.items() if k.endswith("_s"))
+        if r.get("player") == "critic":
+            critic = r
+            continue
+        if r.get("player") != "generator":
+            raise ValueError(f"engine row {r.get('step')} has no player: {sorted(r)}")
+        total += cycle
+        row: dict[str, Any] = {"step": len(rows), "engine_step": r["step"]}
+        row.update({k: v for k, v in r.items()
+                    if k not in ("step", "player") and not k.endswith("_s")})
+        if critic is not None:
+            row.update(wasserstein=critic["wasserstein"], gp=critic["gp"],
+                       critic_loss=critic["loss"])
+        row.update(step_s=cycle, time_s=total)
+        rows.append(row)
+        cycle = 0.0
+    return rows
+
+
+@dataclass
+class GANRun:
+    """What :func:`train_gan` trained: the method (``.G``, ``.D``, ``.reg``), the last and
+    the averaged generator (the last one when there is no average), the engine's per-step
+    history and its per-generator-update rows (:func:`generator_rows`), the VAE's history
+    (when the method keeps one) and where the store was."""
+
+    method: Any
+    generator: Any
+    generator_ema: Any
+    engine_history: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    vae_history: Optional[list[dict[str, Any]]]
+    store: str
+
+
+def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
+              wgan: WGANConfig, pot: POTConfig, vae: VAEConfig, lr: float,
+              latent_dim: int = 2, vae_latent: int = 2, forest_trees: int = 8,
+              forest_depth: int = 3, micro_batch: Optional[int] = None,
+              ema: Optional[float] = None, seed: int = 0, real_spec: str = "custom",
+              store: Optional[str] = None, progress: Any = None) -> GANRun:
+    """Build POT-GAN or WGAN-GP (:func:`ootrain.methods.potgan.build_potgan`, Adam ``lr``,
+    betas (0.5, 0.9)) and train ``steps`` generator updates (``steps * (n_critic + 1)``
+    engine steps, population ``batch``, micro-batch ``micro_batch`` or the whole batch) by
+    :func:`ootrain.methods.training.train`.  ``progress``: a ``rich.progress.Progress``, or a
+    bool / None for bars of its own (:func:`ootrain.progress.make_progress`)."""
+    if progress is None or isinstance(progress, bool):
+        with make_progress(bool(progress)) as bars:
+            return train_gan(sampler, dim, method=method, steps=steps, batch=batch, wgan=wgan,
+                             pot=pot, vae=vae, lr=lr, latent_dim=latent_dim,
+                             vae_latent=vae_latent, forest_trees=forest_trees,
+                             forest_depth=forest_depth, micro_batch=micro_batch, ema=ema,
+                             seed=seed, real_spec=real_spec, store=store, progress=bars)
+    m = build_potgan(sampler, dim, method=method, wgan=wgan, pot=pot, vae=vae,
+                     latent_dim=latent_dim, lr=lr, betas=(0.5, 0.9), vae_latent=vae_latent,
+                     forest_trees=forest_trees, forest_depth=forest_depth,
+                     ema=ema or None, seed=seed, real_spec=real_spec, progress=progress)
+    cfg = EngineConfig(population=batch, micro_batch=micro_batch or batch,
+                       latent_dim=latent_dim, seed=seed)
+    run = train(m, steps * (wgan.n_critic + 1), cfg, store=store, progress=progress)
+    hist = run.history
+    avg = m.generator_ema.module if m.generator_ema is not None else m.G
+    return GANRun(m, m.G, avg, hist, generator_rows(hist), getattr(m, "vae_history", None),
+                  run.store)
 
 
 @dataclass
@@ -41,42 +120,53 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                  vae_latent: int = 2, vae_steps: int = 1500,
                  micro_batch: Optional[int] = None, seed: int = 0, ema: float = 0.999,
                  n_samples: int = 5000, bandwidth: Optional[float] = None,
-                 progress: bool = True,
+                 store: Optional[str] = None, progress: bool = True,
                  log: Optional[Callable[[str], Any]] = None) -> POTGANJob:
     """Train WGAN-GP with (``potgan``) or without (``wgan-gp``) the latent OT regulariser.
 
-    See :func:`ootrain.methods.train.train_potgan`.  Scores, of the averaged generator
+    On the engine (:func:`train_gan`: ``steps`` generator updates, each after ``n_critic``
+    critic updates, of ``batch`` real and generated samples in forward passes of
+    ``micro_batch`` rows); ``store``: local path or URL of the engine's store (resumable),
+    None: in memory (or a temporary folder).  Scores, of the averaged generator
     (``ema``) and of the last one: Parzen reverse KL(P_g || P_r) on ``n_samples`` generated vs
     as many real samples (``bandwidth``: default 0.02 on ring8, else Scott's rule), and mode
     metrics on ring8.  Writes to ``out``: ``samples.npy`` (of the averaged generator),
-    ``samples.png`` (picturable widths), ``loss.png``, ``history.json``, ``metrics.json``.
+    ``samples.png`` (picturable widths), ``loss.png``, ``history.json`` (one row per
+    generator update, :func:`generator_rows`), ``metrics.json``.
     ``log`` receives a line describing the run before training.  Bad input raises
     :class:`InputError` first.
     """
     if method not in GAN_METHODS:
         raise InputError(f"--method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
+    for name, v, lo in (("--steps", steps, 1), ("--batch", batch, 2),
+                        ("--latent-dim", latent_dim, 1), ("--n-samples", n_samples, 1),
+                        ("--vae-latent", vae_latent, 1), ("--forest-trees", forest_trees, 1),
+                        ("--forest-depth", forest_depth, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if micro_batch is not None and not 1 <= micro_batch <= batch:
+        raise InputError(f"--micro-batch must be in [1, --batch = {batch}], got {micro_batch}")
+    if not (np.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be > 0, got {lr}")
     with input_errors():
-        wcfg = WGANConfig(batch=batch, n_critic=n_critic, gp_weight=gp_weight, lr_gen=lr,
-                          lr_critic=lr, steps=steps, latent_dim=latent_dim, seed=seed,
-                          micro_batch=micro_batch)
+        wcfg = WGANConfig(n_critic=n_critic, gp_weight=gp_weight)
         pcfg = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
                          matching=matching, backend=backend)
         vcfg = VAEConfig(steps=vae_steps, seed=seed)
-    for name, v in (("--n-samples", n_samples), ("--vae-latent", vae_latent),
-                    ("--forest-trees", forest_trees), ("--forest-depth", forest_depth)):
-        if v < 1:
-            raise InputError(f"{name} must be >= 1, got {v}")
     if not 0 <= ema < 1:
         raise InputError(f"--ema must be in [0, 1), got {ema}")
     if bandwidth is not None and not bandwidth > 0:
         raise InputError(f"--bandwidth must be > 0, got {bandwidth}")
     with input_errors(f"--data {data!r}: "):
         sampler, d, what = data_sampler(data)
+    mb = micro_batch or batch
     if log is not None:
-        log(f"{method} on {what}; batch {batch}, {steps} generator updates")
-    run = train_potgan(sampler, d, method=method, wgan=wcfg, pot=pcfg, vae=vcfg,
-                       vae_latent=vae_latent, forest_trees=forest_trees,
-                       forest_depth=forest_depth, ema=ema, seed=seed, progress=progress)
+        log(f"{method} on {what}; batch {batch} (micro-batch {mb}), {steps} generator updates "
+            f"after {n_critic} critic updates each")
+    run = train_gan(sampler, d, method=method, steps=steps, batch=batch, wgan=wcfg, pot=pcfg,
+                    vae=vcfg, lr=lr, latent_dim=latent_dim, vae_latent=vae_latent,
+                    forest_trees=forest_trees, forest_depth=forest_depth, micro_batch=mb,
+                    ema=ema, seed=seed, real_spec=data, store=store, progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x = generate(run.generator_ema, n_samples, latent_dim, seed=seed + 12345)
@@ -88,9 +178,11 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     wrote = plot_samples(x, out / "samples.png", real, f"{method}, {steps} updates")
     plot_potgan_losses(run.history, out / "loss.png")
     (out / "history.json").write_text(json.dumps(
-        {"method": method, "data": data, "ema": ema, "wgan": wcfg.to_dict(),
-         "pot": pcfg.to_dict(),
-         "vae": vcfg.to_dict(), "history": run.history, "vae_history": run.vae_history},
+        {"method": method, "data": data, "ema": ema,
+         "wgan": {"batch": batch, "micro_batch": mb, "lr": lr, "latent_dim": latent_dim,
+                  "steps": steps, "seed": seed, **wcfg.to_dict()},
+         "pot": pcfg.to_dict(), "vae": vcfg.to_dict(), "store": store,
+         "history": run.history, "vae_history": run.vae_history},
         indent=1) + "\n")
     summary = {"method": method, "data": data, "steps": steps, "n_samples": n_samples,
                "ema": ema, "bandwidth": h, "reverse_kl": parzen_reverse_kl(x, real, h),

@@ -14,8 +14,8 @@ from ootrain.data import load_targets
 from ootrain.engine.core import EngineConfig
 from ootrain.eval.plots import plot_rsr_losses
 from ootrain.jobs.common import default_rows
-from ootrain.methods.rsr import SlicedSolver
-from ootrain.methods.train import RSRRun, train_rsr
+from ootrain.methods.rsr import RSR, SlicedSolver
+from ootrain.methods.training import TrainResult, make_optimizer, train
 from ootrain.models.zoo import build_model, generate
 from ootrain.progress import make_progress
 
@@ -27,7 +27,7 @@ class RSRJob:
     """What :func:`rsr_train` did: the training run (``run.results``: the steps of this call)
     and the samples file it wrote (None without ``out``)."""
 
-    run: RSRRun
+    run: TrainResult
     losses: list[float]
     samples: Optional[Path]
 
@@ -70,17 +70,17 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
             bars.console.log(f"step {res.step}: SW2² {res.metrics['loss']:.5g}  "
                              f"run {t['run']:.2f}s solve {t['solve']:.2f}s "
                              f"rerun {t['rerun']:.2f}s")
-        run = train_rsr(G, E, real, str(store), cfg, solver, steps, lr=lr, optimizer=optimizer,
-                        overwrite=overwrite, progress=bars,
-                        generator_spec=json.dumps([generator, gkw]),
-                        embedding_spec=json.dumps([embedding, ekw]),
-                        callback=report)
+        method = RSR(G, real, make_optimizer(G.parameters(), optimizer, lr), embedding=E,
+                     solver=solver, generator_spec=json.dumps([generator, gkw]),
+                     embedding_spec=json.dumps([embedding, ekw]))
+        run = train(method, steps, cfg, store=str(store), overwrite=overwrite, progress=bars,
+                    callback=report)
     samples = None
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         samples = out / "samples.npy"
-        np.save(samples, generate(run.generator, min(real.shape[0], 100_000), latent_dim))
+        np.save(samples, generate(G, min(real.shape[0], 100_000), latent_dim))
         if losses:
             plot_rsr_losses(losses, out / "loss.png")
     return RSRJob(run=run, losses=losses, samples=samples)

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from ootrain.data import DATASETS, load_targets, source_sampler
-from ootrain.engine.core import Engine, EngineConfig
+from ootrain.engine.core import EngineConfig
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
 from ootrain.jobs.common import InputError, default_rows, input_errors
-from ootrain.methods.gradual import AssignmentSolver, GradualConfig, train_gradual
-from ootrain.methods.train import make_optimizer, open_shared_store
+from ootrain.methods.gradual import OTSFIT, GradualConfig
+from ootrain.methods.training import make_optimizer, train
+from ootrain.store import Store
 from ootrain.models.zoo import build_model, generate
 from ootrain.ot.semidiscrete import SemiDiscreteOT, default_batch
 from ootrain.progress import make_progress
@@ -173,37 +174,35 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
         cfg = EngineConfig(population=population, micro_batch=micro_batch,
                            latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
                            verify=verify)
-        gcfg = GradualConfig(rounds=rounds, alternate=alternate, fit_epochs=fit_epochs,
+        gcfg = GradualConfig(alternate=alternate, fit_epochs=fit_epochs,
                              alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=ots, ots_seed=seed)
         opt = make_optimizer(G.parameters(), optimizer, lr)
-    solver = AssignmentSolver(ot)
-    store_cfg = Engine.store_config(cfg, solver, json.dumps([generator, gkw, squash]),
-                                    "identity", real)
-    # what determines the stored rounds; `rounds` only when FIT's epochs depend on it
-    store_cfg["gradual"] = {"alternate": alternate, "fit_epochs": fit_epochs,
-                            "alpha_fit": alpha_fit, "ots": ots, "ots_seed": seed,
-                            **({} if alternate else {"rounds": rounds})}
-    store_cfg["optimizer"] = {"name": optimizer, "lr": lr}
+    method = OTSFIT(G, ot, opt, gcfg, rounds=rounds,
+                    generator_spec=json.dumps([generator, gkw, squash]))
     history: list[dict[str, Any]] = []
-    with make_progress(progress) as bars, \
-            open_shared_store(str(store), store_cfg, overwrite) as st:
-        eng = Engine(G, nn.Identity(), solver, real, st, opt, cfg, progress=bars)
-
+    with make_progress(progress) as bars:
         def report(res: Any) -> None:
-            it = res.ots_checks[-1]["iteration"] if res.ots_checks else None
-            bars.console.log(f"round {res.round}: transport cost {res.transport_cost:.5g}  "
-                             f"imbalance {res.imbalance:.3f}  OTS "
-                             f"{'-' if it is None else it} it.  FIT {len(res.fit_losses)} "
-                             f"epochs → {res.fit_losses[-1]:.5g}")
+            m = res.metrics
+            checks = m.get("ots_checks") or []
+            it = checks[-1]["iteration"] if checks else None
+            bars.console.log(f"round {res.step}: transport cost {m['loss']:.5g}  "
+                             f"imbalance {m['imbalance']:.3f}  OTS "
+                             f"{'-' if it is None else it} it.  FIT {len(m['fit_losses'])} "
+                             f"epochs → {m['fit_losses'][-1]:.5g}")
 
-        results = train_gradual(eng, gcfg, callback=report)
-        done = eng.completed_steps()
-        for k in range(done):
-            attrs = st.group[f"steps/{k}"].attrs
-            metrics = dict(attrs.get("metrics", {}))
-            history.append({"round": k, "transport_cost": metrics.get("loss"),
-                            "imbalance": metrics.get("imbalance"),
-                            "fit_losses": list(attrs.get("fit_losses", []))})
+        run = train(method, rounds if alternate else 1, cfg, store=str(store),
+                    overwrite=overwrite, progress=bars, callback=report)
+        results = run.results
+        with Store(str(store), mode="r") as st:
+            done = 0
+            while st.has(f"steps/{done}") and \
+                    st.group[f"steps/{done}"].attrs.get("phase") == "done":
+                attrs = st.group[f"steps/{done}"].attrs
+                metrics = dict(attrs.get("metrics", {}))
+                history.append({"round": done, "transport_cost": metrics.get("loss"),
+                                "imbalance": metrics.get("imbalance"),
+                                "fit_losses": list(attrs.get("fit_losses", []))})
+                done += 1
     job = GradualJob(rounds_this_call=len(results), rounds_in_store=done, history=history)
     if out is not None:
         out = Path(out)

@@ -35,10 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ootrain.engine.core import Engine, SolveContext
+from torch import nn
+
+from ootrain.engine.core import Engine, GeneratorMethod, Sampler, SolveContext, StepResult
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 
-__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "RoundResult", "train_gradual"]
+__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT"]
 
 
 class AssignmentSolver:
@@ -59,8 +61,14 @@ class AssignmentSolver:
         self.ot = ot
 
     def config(self) -> dict[str, Any]:
+        import hashlib
+
+        h = hashlib.sha256()   # the targets' whole content
+        for _, block in self.ot.source.blocks():
+            h.update(np.ascontiguousarray(block.cpu().numpy()).tobytes())
         return {"method": "semidiscrete-assign", "cost": str(self.ot.ground_cost),
-                "eps_rel": self.ot.eps_rel, "n_targets": self.ot.n_targets}
+                "eps_rel": self.ot.eps_rel, "n_targets": self.ot.n_targets,
+                "targets_sha256": h.hexdigest()}
 
     def solve(self, ctx: SolveContext) -> dict[str, float]:
         store, emb = ctx.store, ctx.embeddings
@@ -96,7 +104,7 @@ class AssignmentSolver:
         return {"loss": total / b, "imbalance": float(np.abs(nu - counts / b).sum()),
                 "imbalance_noise": math.sqrt(2 * self.ot.n_targets / (math.pi * b))}
 
-    def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> "FitLoss":
+    def rerun_loss(self, ctx: SolveContext, population: str, dtype: torch.dtype) -> "FitLoss":
         return FitLoss(ctx.store.array(f"{ctx.prefix}/assignments"), self.ot, ctx.embeddings.shape[0],
                        dtype)
 
@@ -121,16 +129,15 @@ class FitLoss:
 
 @dataclass
 class GradualConfig:
-    """Settings of :func:`train_gradual` (see the module docstring for the rules).
+    """Settings of :class:`OTSFIT` (see the module docstring for the rules).
 
-    rounds: OTS + FIT rounds.  alternate: False for the one-map ablation.  fit_epochs: epochs
-    of FIT per round (all rounds' epochs in one FIT when not alternating).  alpha_fit: FIT stops
-    at ``alpha_fit · W_t``.  alpha_stop: stop when ``W_t > alpha_stop · W_{t−1}``.
-    ots: keyword arguments of :meth:`SemiDiscreteOT.fit` (``batch``, ``max_iter``, ``tol`` …).
-    ots_seed: seed of OTS's latent draws.
+    alternate: False for the one-map ablation.  fit_epochs: epochs of FIT per round (all
+    rounds' epochs in one FIT when not alternating).  alpha_fit: FIT stops at
+    ``alpha_fit · W_t``.  alpha_stop: stop when ``W_t > alpha_stop · W_{t−1}``.  ots: keyword
+    arguments of :meth:`SemiDiscreteOT.fit` (``batch``, ``max_iter``, ``tol`` …).  ots_seed:
+    seed of OTS's latent draws.  The number of rounds is the ``steps`` of training.
     """
 
-    rounds: int = 10
     alternate: bool = True
     fit_epochs: int = 5
     alpha_fit: float = 0.5
@@ -139,91 +146,105 @@ class GradualConfig:
     ots_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.fit_epochs < 1:
-            raise ValueError("rounds and fit_epochs must be >= 1")
+        if self.fit_epochs < 1:
+            raise ValueError(f"fit_epochs must be >= 1, got {self.fit_epochs}")
         if not (0.0 <= self.alpha_fit < 1.0):
             raise ValueError(f"alpha_fit must be in [0, 1), got {self.alpha_fit}")
         if not self.alpha_stop > 0:
             raise ValueError(f"alpha_stop must be positive, got {self.alpha_stop}")
 
-
-@dataclass
-class RoundResult:
-    """One round: the transport cost and mass imbalance of the map before FIT, OTS's imbalance
-    checks (:attr:`SemiDiscreteOT.history` entries of this round) and FIT's per-epoch losses."""
-
-    round: int
-    transport_cost: float
-    imbalance: float
-    ots_checks: list[dict[str, float]]
-    fit_losses: list[float]
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
 
 
-def _ots_sampler(engine: Engine, seed: int, rnd: int) -> Callable[[int], Tensor]:
-    """Fresh generated samples of the current generator, no autograd."""
-    gen = np.random.default_rng([seed, rnd, 0x075])
+class OTSFIT(GeneratorMethod):
+    """OTS + FIT (Chen et al.) on the engine: one engine step is one round.
 
-    def draw(k: int) -> Tensor:
-        z = torch.as_tensor(engine.sampler(gen, k), dtype=engine.dtype)
-        with torch.no_grad():
-            return engine._embed(z)
+    The step's ``prepare`` is OTS (``ot.fit`` on fresh samples of the current generator,
+    warm-started from the previous round's ψ; skipped when the round's Solve is already
+    stored), Run stores ``x_i = g_t(z_i)``, Solve (:class:`AssignmentSolver`) writes ``σ(i)``,
+    and the update is FIT (:meth:`Engine.replay` until ``alpha_fit · W_t`` or ``fit_epochs``);
+    the round's ψ goes into the next round's checkpoint.  A round's metrics: ``loss`` (the transport
+    cost ``W_t`` of the map before FIT), ``imbalance``, ``imbalance_noise``, ``ots_checks`` (the
+    round's :attr:`SemiDiscreteOT.history` entries) and ``fit_losses``.  With
+    ``config.alternate=False`` (the ablation) one round fits all ``steps × fit_epochs`` epochs
+    towards the single map of the initial generator (train it for 1 step).
 
-    return draw
-
-
-def train_gradual(engine: Engine, config: GradualConfig,
-                  callback: Callable[[RoundResult], None] | None = None,
-                  fit_callback: Callable[[int, int, float], None] | None = None
-                  ) -> list[RoundResult]:
-    """Run OTS + FIT rounds on ``engine`` (its solver must be an :class:`AssignmentSolver`).
-
-    ``callback(result)`` after each round; ``fit_callback(round, epoch, loss)`` after each FIT
-    epoch.  Resumes from the store: a completed round (``steps/t`` phase ``done``) is skipped
-    after loading the generator checkpoint and ``ψ`` that followed it.  Returns this call's
-    rounds.
+    Args:
+        generator: ``z [m, latent_dim] -> [m, d]`` (the targets' width).
+        ot: the :class:`~ootrain.ot.semidiscrete.SemiDiscreteOT` of the target points.
+        optimizer: FIT's optimiser over the generator's parameters.
+        config: a :class:`GradualConfig`.
+        rounds: the rounds planned (sets the ablation's epochs, and the progress total).
     """
-    solver = engine.solver
-    if not isinstance(solver, AssignmentSolver):
-        raise TypeError("train_gradual needs an engine whose solver is an AssignmentSolver")
-    ot = solver.ot
-    rounds = config.rounds if config.alternate else 1
-    epochs = config.fit_epochs if config.alternate else config.fit_epochs * config.rounds
-    alpha_fit = config.alpha_fit if config.alternate else 0.0
-    if not engine.store.is_complete("real/embeddings"):
-        engine.embed_real()
-    start = engine.completed_steps()
-    previous = math.inf
-    if start:
-        if not engine._load_checkpoint(start):
-            raise RuntimeError(f"{engine.store.url}: {start} rounds done but no checkpoint")
-        ot.load(engine.store, f"{engine._prefix(start - 1)}/potentials_after")
-        previous = float(engine.store.group[engine._prefix(start - 1)].attrs["metrics"]["loss"])
-    results: list[RoundResult] = []
-    for t in range(start, rounds):
-        engine.store.group.require_group(engine._prefix(t))
-        if not engine._load_checkpoint(t):
-            engine._save_checkpoint(t)
-        seen = len(ot.history)
-        if not engine.store.group[engine._prefix(t)].attrs.get("solved"):  # OTS, unless this round's Solve is already done
-            ot.fit(_ots_sampler(engine, config.ots_seed, t), progress=engine.progress is not None,
-                   **config.ots)
-        engine.run(t)
-        metrics = engine.solve(t)
-        w_t = float(metrics["loss"])
-        losses = engine.replay(
-            t, epochs, stop=lambda _e, loss: loss <= alpha_fit * w_t,
-            callback=None if fit_callback is None else
-            (lambda epoch, loss, t=t: fit_callback(t, epoch, loss)))
-        ot.save(engine.store, f"{engine._prefix(t)}/potentials_after")
-        engine._save_checkpoint(t + 1)
-        engine.store.group[engine._prefix(t)].attrs.update({"phase": "done",
-                                                             "fit_losses": losses})
-        res = RoundResult(t, w_t, float(metrics["imbalance"]), ot.history[seen:], losses)
-        results.append(res)
-        if callback is not None:
-            callback(res)
-        if w_t > config.alpha_stop * previous:
-            break
-        previous = w_t
-    return results
 
+    def __init__(self, generator: nn.Module, ot: SemiDiscreteOT,
+                 optimizer: torch.optim.Optimizer, config: GradualConfig | None = None, *,
+                 rounds: int = 10, latent_sampler: Sampler | None = None,
+                 generator_spec: str = "custom") -> None:
+        super().__init__(generator, nn.Identity(), AssignmentSolver(ot), None, optimizer,
+                         latent_sampler, generator_spec=generator_spec,
+                         embedding_spec="identity")
+        self.ot, self.gcfg = ot, config if config is not None else GradualConfig()
+        self.rounds = int(rounds)
+        self.epochs = self.gcfg.fit_epochs if self.gcfg.alternate \
+            else self.gcfg.fit_epochs * self.rounds
+        self.alpha_fit = self.gcfg.alpha_fit if self.gcfg.alternate else 0.0
+        self._step = 0
+        self._seen = 0
+        self._progress: bool | None = None
+        self._costs: list[float] = []   # W_t of the rounds done (checkpointed: the α-stop)
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.gcfg.to_dict()
+        if not self.gcfg.alternate:
+            cfg["rounds"] = self.rounds
+        return {**super().config(), "gradual": cfg}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"potentials": self.ot.potentials.detach().cpu().clone(),
+                "costs": torch.tensor(self._costs, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ot.potentials = state["potentials"].to(self.ot.device, self.ot.dtype)
+        self._costs = [float(c) for c in state["costs"]]
+
+    def finish_step(self, step: int, metrics: dict[str, Any]) -> None:
+        self._costs.append(float(metrics["loss"]))
+
+    def bind(self, config: Any) -> "OTSFIT":
+        super().bind(config)
+        self._dtype = getattr(torch, config.dtype)
+        return self
+
+    def _ots(self) -> None:
+        """OTS: fresh generated samples of the current generator, no autograd."""
+        gen = np.random.default_rng([self.gcfg.ots_seed, self._step, 0x075])
+
+        def draw(k: int) -> Tensor:
+            z = torch.as_tensor(np.asarray(self.latent_sampler(k, gen)), dtype=self._dtype)
+            with torch.no_grad():
+                return self.embed(z)
+
+        self.ot.fit(draw, progress=self._progress, **self.gcfg.ots)
+
+    def _fit(self, engine: Engine, step: int) -> dict[str, Any]:
+        w_t = float(engine.store.group[engine.prefix(step)].attrs["metrics"]["loss"])
+        losses = engine.replay(step, self.epochs,
+                               stop=lambda _e, loss: loss <= self.alpha_fit * w_t)
+        self.ot.load(engine.store, f"{engine.prefix(step)}/potentials")  # the round's ψ, also
+        # when resumed after Solve (the checkpoint of the next round keeps it)
+        checks, self._seen = self.ot.history[self._seen:], len(self.ot.history)
+        return {"fit_losses": losses, "ots_checks": checks}
+
+    def plan(self, step: int):
+        self._step = step
+        self.prepare, self.update = self._ots, self._fit
+        return super().plan(step)
+
+    def stop(self, results: list[StepResult]) -> bool:
+        """The α-stop: a round whose cost is not below ``alpha_stop`` × the previous one's."""
+        if not self.gcfg.alternate:
+            return True
+        c = self._costs
+        return len(c) >= 2 and c[-1] > self.gcfg.alpha_stop * c[-2]

@@ -1,4 +1,4 @@
-"""OT-GAN (Salimans, Zhang, Radford & Metaxas, ICLR 2018) trained in memory.
+"""OT-GAN (Salimans, Zhang, Radford & Metaxas, ICLR 2018) trained on the streaming engine.
 
 The generator ``g_theta`` and the critic ``v_eta`` play on the mini-batch energy distance
 (:func:`ootrain.ot.sinkhorn.energy_distance`, the paper's eq. 8) between two independent real
@@ -8,7 +8,7 @@ batches ``X, X'`` and two independent generated batches ``Y = g(Z), Y' = g(Z')``
 
 ``W`` the transport cost ``<P, C>`` of the entropic (Sinkhorn) plan of the cosine cost
 ``c(x, y) = 1 - <v(x), v(y)> / (|v(x)| |v(y)|)`` between critic features.  Algorithm 1 of the
-paper, which :func:`train_otgan` runs: at iteration ``t = 1, 2, ...`` draw ``X, X', Z, Z'``,
+paper, which :class:`OTGAN` runs on the engine: at iteration ``t = 1, 2, ...`` draw ``X, X', Z, Z'``,
 compute ``D^2``; if ``t mod (n_gen + 1) == 0`` the critic takes an ascent step on ``D^2``, else
 the generator a descent step.  Plans are not differentiated: the gradient is the envelope
 gradient ``sum_j P_ij grad c`` with the plans frozen (the paper's choice; by the envelope
@@ -62,10 +62,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ootrain.engine.cotangent import Population, cotangent_step, embed, frozen_parameters
+from ootrain.engine.core import (CotangentLoss, Plan, Population, Sampler, standard_normal)
 from ootrain.models.zoo import ACTIVATIONS, MLP, seeded
-from ootrain.progress import make_progress
-from ootrain.validation import check_betas, check_bool, check_micro_batch, is_int, is_num
+from ootrain.validation import is_int, is_num
 from ootrain.ot.sinkhorn import (DENSE_MAX_ENTRIES, ENERGY_TERMS, SINKHORN_BACKENDS,
                               EnergyDistanceResult, SinkhornResult, sinkhorn)
 
@@ -75,7 +74,8 @@ __all__ = [
     "Critic",
     "make_generator",
     "make_critic",
-    "train_otgan",
+    "OTGAN",
+    "EnergySolver",
     "array_sampler",
     "energy_step",
     "data_sampler",
@@ -87,43 +87,28 @@ PLAYERS = ("generator", "critic")
 
 @dataclass
 class OTGANConfig:
-    """Hyper-parameters of :func:`train_otgan` (module doc for the conventions).
+    """Hyper-parameters of :class:`OTGAN` (module doc for the conventions).  The batch (the
+    size of **each** of ``X, X', Y, Y'``) is the engine's ``population``, the optimisers (paper:
+    Adam 3e-4, betas 0.5, 0.999) are injected.
 
     Attributes:
-        batch: samples in **each** of ``X, X', Y, Y'`` (``4 * batch`` per iteration).
         eps: Sinkhorn temperature, absolute, in cosine-cost units (cost in ``[0, 2]``);
             paper: 1/500.
         n_gen: generator updates per critic update (paper text: 3; its released code: 5).
-        lr_gen, lr_critic: Adam learning rates (paper: 3e-4 both).
-        betas: Adam ``(beta1, beta2)`` (paper: 0.5, 0.999).
         sinkhorn_tol: stop each Sinkhorn solve at marginal error ``||P 1 - a||_1 <= tol``.
         sinkhorn_max_iter: Sinkhorn iteration cap per solve (at the target eps).
         sinkhorn_scaling: eps-scaling factor of cold solves (None: start at ``eps``).
-        backend: Sinkhorn backend, ``auto`` / ``dense`` / ``keops``.
-        warm_start: start each solve from the previous iteration's potentials (module doc:
-            measured to help only while the critic is smooth).
+        backend: Sinkhorn backend, ``auto`` / ``torch`` / ``keops``.
+        warm_start: start each solve from the previous step's potentials (module doc:
+            measured to help only while the critic is smooth; in-memory Solve only).
         warm_start_method: ``ctransform`` (move the potentials to the new points) or
             ``index`` (reuse them as they are; sizes must match, else cold).
         critic_freeze_after: after this many iterations the critic is no longer updated
             (None: never frozen; 0: the critic stays at its initialisation).
-        steps: iterations (generator and critic updates together).
-        latent_dim: dimension of ``z ~ N(0, I)``.
-        seed: seed of the real draws and the latents (model init is the caller's).
-        micro_batch: None: one autograd graph over the whole batch (in memory); an integer
-            ``m``: the engine's cotangent mode (:mod:`ootrain.engine.cotangent`): critic features
-            are computed ``m`` rows at a time without autograd, the six Sinkhorn problems
-            are solved on them, and ``m`` rows at a time are replayed with autograd against
-            the per-sample cotangents; same gradient, activations of ``m`` rows only.
-        verify: with ``micro_batch``, check that the replay reproduces the first pass's
-            features (raises :class:`ootrain.engine.core.NondeterministicModelError`).
     """
 
-    batch: int = 200
     eps: float = 1 / 500
     n_gen: int = 3
-    lr_gen: float = 3e-4
-    lr_critic: float = 3e-4
-    betas: tuple[float, float] = (0.5, 0.999)
     sinkhorn_tol: float = 1e-3
     sinkhorn_max_iter: int = 1000
     sinkhorn_scaling: Optional[float] = 0.5
@@ -131,31 +116,18 @@ class OTGANConfig:
     warm_start: bool = False
     warm_start_method: str = "ctransform"
     critic_freeze_after: Optional[int] = None
-    steps: int = 1000
-    latent_dim: int = 8
-    seed: int = 0
-    micro_batch: Optional[int] = None
-    verify: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if not is_int(self.batch) or self.batch < 2:
-            raise ValueError(f"batch (size of each of X, X', Y, Y') must be an integer >= 2, "
-                             f"got {self.batch!r}")
         if not is_num(self.eps) or self.eps <= 0:
             raise ValueError(f"eps must be a finite number > 0 (cosine-cost units, cost in "
                              f"[0, 2]), got {self.eps!r}")
         if not is_int(self.n_gen) or self.n_gen < 1:
             raise ValueError(f"n_gen (generator updates per critic update) must be an integer "
                              f">= 1, got {self.n_gen!r}")
-        for name in ("lr_gen", "lr_critic"):
-            v = getattr(self, name)
-            if not is_num(v) or v <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        self.betas = check_betas(self.betas)
         if not is_num(self.sinkhorn_tol) or self.sinkhorn_tol < 0:
             raise ValueError(f"sinkhorn_tol must be a finite number >= 0, got "
                              f"{self.sinkhorn_tol!r}")
@@ -176,14 +148,6 @@ class OTGANConfig:
         f = self.critic_freeze_after
         if f is not None and (not is_int(f) or f < 0):
             raise ValueError(f"critic_freeze_after must be None or an integer >= 0, got {f!r}")
-        if not is_int(self.steps) or self.steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if not is_int(self.latent_dim) or self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be an integer >= 1, got {self.latent_dim!r}")
-        if not is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        check_micro_batch(self.micro_batch)
-        check_bool("verify", self.verify)
 
     def player(self, step: int) -> str:
         """Who updates at 0-based iteration ``step`` (the paper's ``t = step + 1``)."""
@@ -192,9 +156,7 @@ class OTGANConfig:
         return "critic" if (step + 1) % (self.n_gen + 1) == 0 else "generator"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------
@@ -313,193 +275,175 @@ def energy_step(feats: dict[str, Tensor], cfg: OTGANConfig,
     return EnergyDistanceResult(value=value, results=results), state, warm
 
 
-def _checked_generator(generator: nn.Module, width: int) -> Callable[[Tensor], Tensor]:
-    def forward(z: Tensor) -> Tensor:
-        y = generator(z)
-        if y.ndim != 2 or y.shape[0] != z.shape[0] or y.shape[1] != width:
-            raise ValueError(f"generator output must be [n, {width}] (the real data's "
-                             f"width), got {tuple(y.shape)} for {z.shape[0]} latents")
-        return y
-    return forward
+SETS = ("x", "x2", "y", "y2")   # X, X' real; Y, Y' generated
 
 
-_Batch = tuple[Tensor, Tensor, Tensor]   # X [n, D], X' [n, D], Z [2n, latent_dim]
+class EnergySolver:
+    """Engine solver of OT-GAN: the six Sinkhorn problems between the stored critic features
+    of ``X, X', Y, Y'`` (cosine cost, plans frozen) and the per-sample cotangents of ``sign ·
+    D²`` (``sign`` -1 on critic updates: ascent).
+
+    Features that fit a quarter of the memory budget are solved in memory
+    (:func:`energy_step`, warm starts possible); larger ones by the streamed Sinkhorn of
+    :mod:`ootrain.ot.sinkhorn`, whose memory is set by its block, not by the population.
+    Writes ``cotangents/<set>`` [b, k] for the replayed sets; metrics: ``loss`` (``D²``), the
+    six ``W_*``, ``sinkhorn_iterations`` (sum) and ``_max``, ``marginal_error`` (largest),
+    ``converged``, ``warm``, ``player``.
+    """
+
+    def __init__(self, config: OTGANConfig, player: str, replay: Sequence[str],
+                 state: dict[str, Any]) -> None:
+        self.cfg, self.player, self.replay, self.state = config, player, tuple(replay), state
+        self.sign = -1.0 if player == "critic" else 1.0
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "otgan-energy", **self.cfg.to_dict()}
+
+    def solve(self, ctx: Any) -> dict[str, Any]:
+        arrays = {k: ctx.arrays[k] for k in SETS}
+        nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
+        if nbytes * 4 <= ctx.memory_budget:
+            feats = {k: torch.from_numpy(np.asarray(a[:])).requires_grad_(True)
+                     for k, a in arrays.items()}
+            res, self.state["prev"], warm = energy_step(feats, self.cfg, self.state.get("prev"))
+            grads = torch.autograd.grad(self.sign * res.value, [feats[k] for k in SETS])
+            cot = dict(zip(SETS, grads))
+            results = res.results
+            value = float(res.value.detach())
+
+            def rows(name: str, lo: int, hi: int) -> np.ndarray:
+                return cot[name][lo:hi].numpy()
+        else:
+            from ootrain.ot.sinkhorn import sinkhorn_streamed
+
+            block = _block_rows(ctx.memory_budget)
+            results = {key: sinkhorn_streamed(arrays[a], arrays[b], self.cfg.eps, "cosine",
+                                              tol=self.cfg.sinkhorn_tol,
+                                              max_iter=self.cfg.sinkhorn_max_iter,
+                                              scaling=self.cfg.sinkhorn_scaling,
+                                              block_rows=block, dtype=torch.float64)
+                       for key, a, b, _ in ENERGY_TERMS}
+            value = float(sum(c * float(results[key].cost) for key, _, _, c in ENERGY_TERMS))
+            warm = False
+            self.state["prev"] = None
+
+            def rows(name: str, lo: int, hi: int) -> np.ndarray:
+                out = 0.0
+                for key, a, b, c in ENERGY_TERMS:
+                    for side, own in (("x", a), ("y", b)):
+                        if own == name:
+                            out = out + c * results[key].gradient(side, lo, hi)
+                return (self.sign * out).numpy()
+        for name in self.replay:
+            arr = arrays[name]
+            path = f"{ctx.prefix}/cotangents/{name}"
+            ctx.store.require_array(path, arr.shape, arr.chunks, arr.dtype)
+            done = ctx.store.done(path)
+            step = arr.chunks[0]
+            for c in np.flatnonzero(~done):
+                lo, hi = int(c) * step, min(arr.shape[0], (int(c) + 1) * step)
+                ctx.store.write_chunk(path, (int(c), 0), rows(name, lo, hi).astype(arr.dtype))
+        iters = [int(r.iterations) for r in results.values()]
+        if not math.isfinite(value):
+            raise FloatingPointError(f"D^2 became non-finite at step {ctx.step}")
+        return {"player": self.player, "loss": value,
+                **{f"W_{key}": float(torch.as_tensor(r.cost).detach()) for key, r in results.items()},
+                "sinkhorn_iterations": int(sum(iters)), "sinkhorn_iterations_max": max(iters),
+                "marginal_error": float(max(float(r.marginal_error) for r in results.values())),
+                "converged": bool(all(bool(r.converged) for r in results.values())),
+                "warm": bool(warm)}
+
+    def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> CotangentLoss:
+        return CotangentLoss(ctx.store.array(f"{ctx.prefix}/cotangents/{population}"), dtype)
 
 
-def _in_memory_gradients(generator: nn.Module, critic: nn.Module, batch: _Batch, player: str,
-                         cfg: OTGANConfig, prev: Optional[dict[str, _Prev]],
-                         params: list[Tensor]
-                         ) -> tuple[EnergyDistanceResult, dict[str, _Prev], bool, float]:
-    """One autograd graph over the whole batch; sets ``.grad`` of ``params`` (the updating
-    player's) to the gradient of ``D^2`` (generator) or ``-D^2`` (critic)."""
-    x, x2, z = batch
-    n = x.shape[0]
-    gen = _checked_generator(generator, x.shape[1])
-    with torch.no_grad() if player == "critic" else nullcontext():
-        y = gen(z)
-    if player == "critic":
-        feats = {"x": critic(x), "x2": critic(x2), "y": critic(y[:n]), "y2": critic(y[n:])}
-    else:
-        with torch.no_grad():
-            fx, fx2 = critic(x), critic(x2)
-        fy = critic(y)
-        feats = {"x": fx, "x2": fx2, "y": fy[:n], "y2": fy[n:]}
-    t1 = time.perf_counter()
-    res, state, warm = energy_step(feats, cfg, prev)
-    sink_s = time.perf_counter() - t1
-    objective = -res.value if player == "critic" else res.value
-    grads = torch.autograd.grad(objective, params, allow_unused=True)
-    for p, g in zip(params, grads):
-        p.grad = None if g is None else g.detach()
-    return res, state, warm, sink_s
+def _block_rows(budget: int) -> int:
+    """Rows of a streamed Sinkhorn block: its [block, block] float64 cost and kernel, with
+    autograd's copies, in an eighth of the budget."""
+    return int(max(256, min(16384, math.isqrt(max(1, budget // (8 * 8 * 4))))))
 
 
-def _micro_batched_gradients(generator: nn.Module, critic: nn.Module, batch: _Batch,
-                             player: str, cfg: OTGANConfig, prev: Optional[dict[str, _Prev]],
-                             params: list[Tensor]
-                             ) -> tuple[EnergyDistanceResult, dict[str, _Prev], bool, float]:
-    """The same gradients as :func:`_in_memory_gradients` through
-    :func:`ootrain.engine.cotangent.cotangent_step`: the four sets' critic features ``m`` rows at a
-    time without autograd, the six solves on them, per-feature cotangents ``±dD^2/dv`` (the
-    envelope gradient, by autograd through the solves' frozen-plan costs on detached
-    features), and a replay of the updating player's rows with autograd.  Critic turn:
-    ``Y = G(Z)`` is generated without autograd and all four sets replayed through the critic;
-    generator turn: only ``Y, Y'`` are replayed, through ``critic(G(z))`` with the critic's
-    parameters not accumulating gradients."""
-    x, x2, z = batch
-    n, m = x.shape[0], cfg.micro_batch
-    gen = _checked_generator(generator, x.shape[1])
-    if player == "critic":
-        y = embed(Population(gen, z), m)
-        pops = [Population(critic, x), Population(critic, x2), Population(critic, y[:n]),
-                Population(critic, y[n:])]
-        guard = nullcontext()
-    else:
-        def fake(zz: Tensor) -> Tensor:
-            return critic(gen(zz))
-        pops = [Population(critic, x, backward=False), Population(critic, x2, backward=False),
-                Population(fake, z[:n]), Population(fake, z[n:])]
-        guard = frozen_parameters(critic)
-    sign = -1.0 if player == "critic" else 1.0
-    out: dict[str, Any] = {}
+class OTGAN:
+    """OT-GAN (Algorithm 1 of Salimans et al.) on the engine: each iteration is one engine
+    step, a critic update (every ``n_gen + 1``-th, until ``critic_freeze_after``) or a
+    generator update.
 
-    def solve(*features: Tensor) -> tuple[EnergyDistanceResult, Sequence[Tensor]]:
-        leaves = {k: f.detach().requires_grad_(True) for k, f in zip(("x", "x2", "y", "y2"),
-                                                                      features)}
-        t1 = time.perf_counter()
-        res, out["state"], out["warm"] = energy_step(leaves, cfg, prev)
-        out["sink_s"] = time.perf_counter() - t1
-        return res, torch.autograd.grad(sign * res.value, list(leaves.values()))
-
-    with guard:
-        res = cotangent_step(pops, solve, m, verify=cfg.verify)
-    return res, out["state"], out["warm"], out["sink_s"]
-
-
-
-def _as_tensor(x: Any, n: int, dtype: torch.dtype, what: str) -> Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).to(dtype)
-    if t.ndim != 2 or t.shape[0] != n:
-        raise ValueError(f"{what} must return an [n, D] array with n = {n} rows, got shape "
-                         f"{tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{what} returned non-finite values (NaN or Inf)")
-    return t
-
-
-def train_otgan(generator: nn.Module, critic: nn.Module,
-                real_sampler: Callable[[int, np.random.Generator], Any], config: OTGANConfig,
-                callback: Optional[Callable[[dict[str, Any]], Any]] = None, *,
-                progress: Any = None, start_step: int = 0) -> list[dict[str, Any]]:
-    """Algorithm 1 of OT-GAN (module doc): ``config.steps`` iterations, in place on the models.
+    Each step's populations are ``x``, ``x2`` (``population`` real draws each, through the
+    critic) and ``y``, ``y2`` (``population`` latents each, through ``critic(G(z))``); Solve is
+    :class:`EnergySolver`; ReRun replays the updating player's sets (all four on a critic
+    update, ``y, y2`` on a generator update) with the other player frozen.
 
     Args:
-        generator: ``z [n, latent_dim] -> [n, D]``.
-        critic: ``[n, D] -> [n, k]`` features (non-zero rows).
-        real_sampler: ``real_sampler(n, rng) -> [n, D]`` exact draws (numpy or torch; e.g.
-            :func:`ootrain.data.sample_ring8`, or :func:`array_sampler` of a data set), given
-            a ``numpy.random.Generator`` seeded from ``config.seed``.
+        generator: ``z [m, latent_dim] -> [m, D]``.
+        critic: ``[m, D] -> [m, k]`` features (non-zero rows; :class:`Critic` normalises).
+        real_sampler: ``draw(n, rng) -> [n, D]`` (e.g. :func:`ootrain.data.sample_ring8`).
+        generator_optimizer, critic_optimizer: injected optimisers.
         config: an :class:`OTGANConfig`.
-        callback: called with each history row after its update (and after the step's models
-            are updated), e.g. to snapshot samples.
-        progress: a ``rich.progress.Progress`` to add a task to, or a bool / None for a bar of
-            its own (:func:`ootrain.progress.make_progress`).
-        start_step: iteration index of the first step (for schedules; default 0).
-
-    Returns:
-        The history: per iteration ``step``, ``player`` (``generator`` / ``critic``),
-        ``frozen`` (critic frozen), ``loss`` (``D^2`` before the update), the six terms
-        ``W_xy, ...``, ``sinkhorn_iterations`` (sum over the six solves) and
-        ``sinkhorn_iterations_max``, ``marginal_error`` (largest), ``converged``, ``warm``
-        (all six warm-started), ``sinkhorn_s`` and ``step_s`` (wall seconds) and ``time_s``
-        (since the start).
-
-    Deterministic given ``config.seed`` and the models' initial parameters.
+        real_spec: names the real data in the store's fingerprint.
     """
-    if not isinstance(config, OTGANConfig):
-        raise ValueError(f"config must be an OTGANConfig, got {type(config).__name__}")
-    config.validate()
-    if not is_int(start_step) or start_step < 0:
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
-    cfg = config
-    gparams = [p for p in generator.parameters() if p.requires_grad]
-    cparams = [p for p in critic.parameters() if p.requires_grad]
-    if not gparams:
-        raise ValueError("the generator has no trainable parameters")
-    frozen_from = cfg.critic_freeze_after
-    if not cparams and (frozen_from is None or frozen_from > start_step):
-        raise ValueError("the critic has no trainable parameters; set critic_freeze_after=0 "
-                         "to train against a fixed critic")
-    dtype = gparams[0].dtype
-    opt_g = torch.optim.Adam(gparams, lr=cfg.lr_gen, betas=cfg.betas)
-    opt_c = torch.optim.Adam(cparams, lr=cfg.lr_critic, betas=cfg.betas) if cparams else None
-    rng_real = np.random.default_rng([cfg.seed, 1])
-    rng_z = np.random.default_rng([cfg.seed, 2])
-    n = cfg.batch
-    history: list[dict[str, Any]] = []
-    prev: Optional[dict[str, _Prev]] = None
-    own = progress is None or isinstance(progress, bool)
-    ctx = make_progress(progress) if own else nullcontext(progress)
-    t_start = time.perf_counter()
-    with ctx as bars:
-        task = bars.add_task("OT-GAN iterations", total=cfg.steps)
-        for k in range(start_step, start_step + cfg.steps):
-            t0 = time.perf_counter()
-            player = cfg.player(k)
-            x = _as_tensor(real_sampler(n, rng_real), n, dtype, "real_sampler")
-            x2 = _as_tensor(real_sampler(n, rng_real), n, dtype, "real_sampler")
-            z = torch.as_tensor(rng_z.standard_normal((2 * n, cfg.latent_dim)), dtype=dtype)
-            params, opt = (cparams, opt_c) if player == "critic" else (gparams, opt_g)
-            for p in gparams + cparams:
-                p.grad = None
-            gradients = _in_memory_gradients if cfg.micro_batch is None \
-                else _micro_batched_gradients
-            res, prev, warm, sink_s = gradients(generator, critic, (x, x2, z), player, cfg,
-                                                prev, params)
-            opt.step()
-            iters = [r.iterations for r in res.results.values()]
-            now = time.perf_counter()
-            row = {"step": k, "player": player,
-                   "frozen": frozen_from is not None and k >= frozen_from,
-                   "loss": float(res.value.detach()),
-                   **{f"W_{key}": float(r.cost.detach()) for key, r in res.results.items()},
-                   "sinkhorn_iterations": int(sum(iters)),
-                   "sinkhorn_iterations_max": int(max(iters)),
-                   "marginal_error": float(res.marginal_error),
-                   "converged": bool(res.converged), "warm": bool(warm),
-                   "sinkhorn_s": round(sink_s, 5), "step_s": round(now - t0, 5),
-                   "time_s": round(now - t_start, 4)}
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"D^2 became non-finite at iteration {k}")
-            history.append(row)
-            bars.update(task, advance=1, description=f"OT-GAN ({player[0]}) D²={row['loss']:.4f}")
-            if callback is not None:
-                callback(row)
-        if not own:
-            bars.remove_task(task)
-    for p in gparams + cparams:
-        p.grad = None
-    return history
+
+    def __init__(self, generator: nn.Module, critic: nn.Module, real_sampler: Sampler,
+                 generator_optimizer: torch.optim.Optimizer,
+                 critic_optimizer: torch.optim.Optimizer | None,
+                 config: OTGANConfig | None = None, *, real_spec: str = "custom") -> None:
+        self.G, self.C, self.real_sampler = generator, critic, real_sampler
+        self.opt_g, self.opt_c = generator_optimizer, critic_optimizer
+        self.cfg = config if config is not None else OTGANConfig()
+        self.cfg.validate()
+        self.real_spec = real_spec
+        self.latent: Sampler | None = None
+        self._state: dict[str, Any] = {}
+        if not any(p.requires_grad for p in generator.parameters()):
+            raise ValueError("the generator has no trainable parameters")
+        if critic_optimizer is None and self.cfg.critic_freeze_after != 0:
+            raise ValueError("without a critic optimiser the critic must stay fixed: set "
+                             "critic_freeze_after=0")
+
+    def bind(self, config: Any) -> "OTGAN":
+        self.latent = standard_normal(config.latent_dim, np.dtype(config.dtype))
+        p = next(self.G.parameters())
+        with torch.no_grad():
+            self._width = int(self.G(torch.zeros(1, config.latent_dim, dtype=p.dtype)).shape[1])
+        return self
+
+    def _real(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self._width:
+            raise ValueError(f"real data rows have shape {tuple(x.shape[1:])} but the "
+                             f"generator's outputs have width {self._width}: the real "
+                             "sampler and the generator must agree")
+        return self.C(x)
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "otgan", **self.cfg.to_dict(), "real": self.real_spec}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.G, "critic": self.C}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"generator": self.opt_g}
+        if self.opt_c is not None:
+            opts["critic"] = self.opt_c
+        return opts
+
+    def _fake(self, z: Tensor) -> Tensor:
+        return self.C(self.G(z))
+
+    def _fake_detached(self, z: Tensor) -> Tensor:
+        return self.C(self.G(z).detach())
+
+    def plan(self, step: int) -> Plan:
+        if self.latent is None:
+            raise RuntimeError("OTGAN.bind(config) must be called before plan (train does)")
+        player = self.cfg.player(step)
+        critic_turn = player == "critic"
+        fake = self._fake_detached if critic_turn else self._fake
+        pops = [Population("x", self.real_sampler, self._real, replay=critic_turn),
+                Population("x2", self.real_sampler, self._real, replay=critic_turn),
+                Population("y", self.latent, fake), Population("y2", self.latent, fake)]
+        replay = [p.name for p in pops if p.replay]
+        solver = EnergySolver(self.cfg, player, replay, self._state)
+        opt = self.opt_c if critic_turn else self.opt_g
+        return Plan(pops, solver, opt, self.C if critic_turn else self.G)
 
 
 def data_sampler(spec: str) -> tuple[Callable[[int, np.random.Generator], np.ndarray], int, str]:

@@ -47,6 +47,7 @@ Choices the paper leaves open, fixed here (and recorded by the pipeline):
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,12 +55,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ootrain.ot.ctransform import BACKENDS, c_transform
+from ootrain.ot.backends import BACKENDS
+from ootrain.ot.ctransform import c_transform
 from ootrain.models.forest import LatentTransformForest
-from ootrain.engine.cotangent import frozen_parameters
+from ootrain.engine.core import frozen_parameters
 from ootrain.validation import check_int, check_num
 
-__all__ = ["MATCHINGS", "POTConfig", "POTRegulariser", "match"]
+__all__ = ["MATCHINGS", "GAN_METHODS", "POTConfig", "POTRegulariser", "match", "build_potgan"]
 
 MATCHINGS = ("argmin", "exact")
 
@@ -132,7 +134,7 @@ class POTConfig:
 
 
 class POTRegulariser:
-    """``lambda_POT * L_POT`` for :func:`ootrain.methods.wgan.train_wgan_gp` (a
+    """``lambda_POT * L_POT`` for :class:`ootrain.methods.wgan.WGANGP` (a
     :class:`ootrain.methods.wgan.Regulariser`).
 
     Args:
@@ -148,16 +150,43 @@ class POTRegulariser:
                              "use ootrain.models.vae.frozen_encoder")
         self.encoder = encoder
         self.forest = forest
-        self.config = config if config is not None else POTConfig()
-        self.config.validate()
-        self.weight = float(self.config.weight)
-        self.optimizer = torch.optim.Adam(forest.parameters(), lr=self.config.forest_lr)
+        self.pot = config if config is not None else POTConfig()
+        self.pot.validate()
+        self.weight = float(self.pot.weight)
+        self.optimizer = torch.optim.Adam(forest.parameters(), lr=self.pot.forest_lr)
         self._initialised = False
+
+    def config(self) -> dict[str, Any]:
+        return {"pot": self.pot.to_dict(), "forest": repr(self.forest)}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "forest": self.forest}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"forest": self.optimizer}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initialised": torch.tensor(self._initialised)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._initialised = bool(state["initialised"])
+
+    def save_state(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"forest": self.forest.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    **self.state_dict()}, buf)
+        return buf.getvalue()
+
+    def load_state(self, raw: bytes) -> None:
+        state = torch.load(io.BytesIO(raw), weights_only=True)
+        self.forest.load_state_dict(state["forest"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_state_dict(state)
 
     def _pair_losses(self, real: Tensor, fake: Tensor) -> Tensor:
         """``|real_i - F(fake)_rho_i|^2`` ``[n_r]``, ``rho`` matched on ``F(fake)``."""
         moved = self.forest(fake)
-        rho = match(real, moved, self.config.matching, self.config.backend)
+        rho = match(real, moved, self.pot.matching, self.pot.backend)
         return (real - moved[rho]).pow(2).sum(1)
 
     def prepare(self, real_e: Tensor, fake_e: Tensor) -> dict[str, float]:
@@ -169,14 +198,14 @@ class POTRegulariser:
             self.forest.init_from_data(real_e)
             self._initialised = True
         loss = torch.zeros(())
-        for _ in range(self.config.forest_steps):
+        for _ in range(self.pot.forest_steps):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._pair_losses(real_e, fake_e).mean()
             loss.backward()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            rho = match(real_e, self.forest(fake_e), self.config.matching, self.config.backend)
+            rho = match(real_e, self.forest(fake_e), self.pot.matching, self.pot.backend)
         return {"forest_loss": float(loss.detach()),
                 "matched": float(torch.unique(rho).numel() / fake_e.shape[0])}
 
@@ -185,3 +214,47 @@ class POTRegulariser:
         matching held fixed (no gradient reaches ``F``)."""
         with frozen_parameters(self.forest):
             return self._pair_losses(real_e.detach(), fake_e).sum()
+
+
+GAN_METHODS = ("potgan", "wgan-gp")
+
+
+def build_potgan(sampler: Any, dim: int, *, method: str = "potgan",
+                 wgan: Any = None, pot: POTConfig | None = None, vae: Any = None,
+                 latent_dim: int = 2, lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9),
+                 vae_latent: int = 2, vae_hidden: Any = (64, 64),
+                 hidden: Any = (128, 128, 128), critic_hidden: Any = (128, 128, 128),
+                 forest_trees: int = 8, forest_depth: int = 3, ema: float | None = None,
+                 seed: int = 0, real_spec: str = "custom", progress: Any = None) -> Any:
+    """POT-GAN (``method="potgan"``: a VAE trained on ``sampler``'s data gives the frozen
+    encoder ``Q``; WGAN-GP with the latent OT regulariser) or its baseline (``"wgan-gp"``), as
+    a :class:`ootrain.methods.wgan.WGANGP` ready for :func:`ootrain.methods.training.train`.
+
+    Both build the generator ``MLP(latent_dim -> hidden -> dim)`` and the critic
+    ``MLP(dim -> critic_hidden -> 1)`` from ``seed`` and Adam optimisers (``lr``, ``betas``),
+    so they differ only by ``lambda_POT * L_POT``.  The VAE (``vae_latent``, ``vae_hidden``,
+    trained in memory by :func:`ootrain.models.vae.train_vae` with ``vae``, a ``VAEConfig``)
+    and the forest (``forest_trees`` of depth ``forest_depth``) are POT-GAN's only.
+    """
+    from ootrain.methods.wgan import WGANGP, WGANConfig, make_wgan_critic
+    from ootrain.models.vae import VAEConfig, frozen_encoder, make_vae, train_vae
+    from ootrain.models.zoo import MLP, seeded
+
+    if method not in GAN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
+    G = seeded(seed, lambda: MLP(latent_dim, dim, hidden=hidden))
+    D = make_wgan_critic(dim, critic_hidden, seed=seed + 1)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_c = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    reg, vae_history = None, None
+    if method == "potgan":
+        model = make_vae(dim, vae_latent, vae_hidden, seed=seed + 2)
+        vae_history = train_vae(model, sampler, vae if vae is not None else VAEConfig(seed=seed),
+                                progress=progress)
+        forest = LatentTransformForest(vae_latent, n_trees=forest_trees, depth=forest_depth,
+                                       seed=seed + 3)
+        reg = POTRegulariser(frozen_encoder(model), forest, pot)
+    gan = WGANGP(G, D, sampler, opt_g, opt_c, wgan if wgan is not None else WGANConfig(), reg,
+                 ema=ema, real_spec=real_spec)
+    gan.vae_history = vae_history   # the VAE's training history (None for WGAN-GP)
+    return gan

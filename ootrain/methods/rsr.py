@@ -40,15 +40,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ootrain.ot import sliced
 
 from ootrain.ot import sort
-from ootrain.engine.core import SolveContext
+from ootrain.engine.core import GeneratorMethod, Sampler, SolveContext
 from ootrain.store import DiskFullError, Store
 
-__all__ = ["SlicedSolver", "SlicedReRunLoss", "plan_pass"]
+__all__ = ["RSR", "SlicedSolver", "SlicedReRunLoss", "plan_pass"]
 
 
 @dataclass
@@ -160,7 +160,8 @@ class SlicedSolver:
             _write_cotangents(store, emb, store.array(tpath), omega, f"{ctx.prefix}/cotangents")
         return {"loss": float(distances.mean()), "max_distance": float(distances.max())}
 
-    def rerun_loss(self, ctx: SolveContext, dtype: torch.dtype) -> "SlicedReRunLoss":
+    def rerun_loss(self, ctx: SolveContext, population: str, dtype: torch.dtype
+                   ) -> "SlicedReRunLoss":
         omega = torch.as_tensor(ctx.store.array(f"{ctx.prefix}/directions")[:], dtype=dtype)
         b = ctx.embeddings.shape[0]
         name = "targets" if self.mode == "target" else "cotangents"
@@ -386,3 +387,28 @@ def _write_cotangents(store: Store, emb: Any, targets: Any, omega: np.ndarray,
         t = np.asarray(targets[:, lo:hi], dtype=np.float64).T
         g = (2.0 / (b * k)) * (e @ om - t) @ om.T
         store.write_chunk(path, (int(c), 0), g.astype(emb.dtype))
+
+
+class RSR(GeneratorMethod):
+    """Run-Sort-ReRun (Lezama et al.): ``generator`` trained so that ``embedding(G(z))`` matches
+    ``embedding(real)`` in sliced W2 over whole populations (:class:`SlicedSolver`).
+
+    Args:
+        generator: ``z [m, latent_dim] -> [m, D]``.
+        real: real data [n, D] (numpy or zarr array; a zarr array stays on disk).
+        optimizer: over the generator's parameters.
+        embedding: fixed features (default: identity).
+        solver: a :class:`SlicedSolver`, or its keyword arguments (``n_directions``, …).
+    """
+
+    def __init__(self, generator: nn.Module, real: Any, optimizer: torch.optim.Optimizer, *,
+                 embedding: nn.Module | None = None, solver: SlicedSolver | None = None,
+                 latent_sampler: Sampler | None = None, generator_spec: str = "custom",
+                 embedding_spec: str = "identity", **solver_kwargs: Any) -> None:
+        if solver is None:
+            solver = SlicedSolver(**solver_kwargs)
+        elif solver_kwargs:
+            raise ValueError("pass either solver= or its keyword arguments, not both")
+        super().__init__(generator, embedding if embedding is not None else nn.Identity(),
+                         solver, real, optimizer, latent_sampler,
+                         generator_spec=generator_spec, embedding_spec=embedding_spec)

@@ -16,12 +16,11 @@ generator minimises
 ``R`` a regulariser of the embeddings ``E`` (the frozen VAE encoder in POT-GAN) of a fresh
 real batch ``X_r`` and the generated batch, ``w`` its weight (``R`` absent: plain WGAN-GP).
 
-Both losses split over samples once the regulariser's coupling (a matching) is solved, so
-``micro_batch = m`` runs them ``m`` rows at a time: the critic's loss is a sum of per-sample
-terms (gradient accumulation), and the generator's goes through
-:func:`ootrain.engine.cotangent.cotangent_step` with per-sample embeddings ``[D(G(z)), E(G(z))]``
-(Run without autograd → the regulariser's solve → ReRun against the cotangents): the same
-gradients as in memory (the tests check it), activations of ``m`` rows.
+On the engine (:class:`WGANGP`) every critic update and every generator update is one
+Run → Solve → ReRun step: the critic's loss is a sum of per-sample terms (Solve only reads
+the stored rows for its metrics), the generator's goes through per-sample embeddings ``[D(G(z)),
+E(G(z))]`` whose cotangents Solve writes after the regulariser's matching; the tests check
+the accumulated gradients against full-batch autograd.
 
 Defaults are the WGAN-GP paper's (Adam 1e-4, betas (0.5, 0.9), lambda 10, n_critic 5).
 """
@@ -38,64 +37,42 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ootrain.engine.cotangent import Population, cotangent_step, embed, frozen_parameters
-from ootrain.models.zoo import MLP, seeded
-from ootrain.progress import make_progress
-from ootrain.validation import (check_betas, check_bool, check_int, check_micro_batch,
-                                check_num)
+from ootrain.engine.core import CotangentLoss, Plan, Population, Sampler, standard_normal
+from ootrain.models.zoo import MLP, parameter_ema, seeded
+from ootrain.validation import check_int, check_num
 
 __all__ = ["WGANConfig", "Regulariser", "make_wgan_critic", "gradient_penalty", "critic_loss",
-           "train_wgan_gp"]
+           "CriticSolver", "GeneratorSolver", "WGANGP"]
 
 
 @dataclass
 class WGANConfig:
-    """Hyper-parameters of :func:`train_wgan_gp`.
+    """Hyper-parameters of :class:`WGANGP`; the batch (real and generated samples per update)
+    is the engine's ``population``, the optimisers (paper: Adam 1e-4, betas 0.5, 0.9) are
+    injected.
 
     Attributes:
-        batch: real and generated samples per critic / generator update.
         n_critic: critic updates per generator update (paper: 5).
         gp_weight: gradient-penalty weight ``lambda`` (paper: 10).
-        lr_gen, lr_critic: Adam learning rates (paper: 1e-4).
-        betas: Adam ``(beta1, beta2)`` (paper: 0.5, 0.9).
-        steps: generator updates.
-        latent_dim: dimension of ``z ~ N(0, I)``.
-        seed: seed of the real draws, latents and interpolation weights.
-        micro_batch: None (one autograd graph per batch) or rows per forward pass.
-        verify: with ``micro_batch``, check the generator's ReRun reproduces its Run.
     """
 
-    batch: int = 256
     n_critic: int = 5
     gp_weight: float = 10.0
-    lr_gen: float = 1e-4
-    lr_critic: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    steps: int = 2000
-    latent_dim: int = 2
-    seed: int = 0
-    micro_batch: Optional[int] = None
-    verify: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        for name, low in (("batch", 2), ("n_critic", 1), ("steps", 0), ("latent_dim", 1),
-                          ("seed", 0)):
-            check_int(name, getattr(self, name), low)
+        check_int("n_critic", self.n_critic, 1)
         check_num("gp_weight", self.gp_weight, strict=False)
-        check_num("lr_gen", self.lr_gen)
-        check_num("lr_critic", self.lr_critic)
-        self.betas = check_betas(self.betas)
-        check_micro_batch(self.micro_batch)
-        check_bool("verify", self.verify)
+
+    def player(self, step: int) -> str:
+        """Who updates at engine step ``step``: ``n_critic`` critic steps, then the generator."""
+        return "generator" if step % (self.n_critic + 1) == self.n_critic else "critic"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return asdict(self)
 
 
 class Regulariser(Protocol):
@@ -107,6 +84,10 @@ class Regulariser(Protocol):
     before the loss (e.g. fit an inner model); returns numbers for the history.
     ``loss(real_e, fake_e)``: scalar ``R``, differentiable in ``fake_e``; must not leave
     gradients in any parameter (only ``fake_e``'s cotangent is used).
+    ``config()``: JSON-able settings (fingerprint); ``modules()``/``optimizers()``: its
+    models and optimisers (checkpointed); ``state_dict()``/``load_state_dict()``: other
+    state (tensors); ``save_state()``/``load_state(raw)``: everything ``prepare`` changes, as
+    bytes (stored with the step, so that a resumed step sees what its Solve left).
     """
 
     encoder: nn.Module
@@ -115,6 +96,20 @@ class Regulariser(Protocol):
     def prepare(self, real_e: Tensor, fake_e: Tensor) -> dict[str, float]: ...
 
     def loss(self, real_e: Tensor, fake_e: Tensor) -> Tensor: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def save_state(self) -> bytes: ...
+
+    def load_state(self, raw: bytes) -> None: ...
 
 
 def make_wgan_critic(in_dim: int = 2, hidden: Sequence[int] = (128, 128, 128),
@@ -127,11 +122,14 @@ def make_wgan_critic(in_dim: int = 2, hidden: Sequence[int] = (128, 128, 128),
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
     """Per-sample ``(|grad_x D(x_hat_i)|_2 - 1)^2`` ``[n]`` at ``x_hat = alpha x + (1 - alpha)
     y``, ``alpha [n]``; differentiable in the critic's parameters (double backward)."""
+    outer = torch.is_grad_enabled()   # without grad (Run) the value only, no graph kept
     a = alpha.to(real.dtype).reshape(-1, *([1] * (real.ndim - 1)))
-    x_hat = (a * real + (1 - a) * fake).detach().requires_grad_(True)
-    out = critic(x_hat)
-    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
-    return (grad.flatten(1).norm(dim=1) - 1) ** 2
+    with torch.enable_grad():
+        x_hat = (a * real + (1 - a) * fake).detach().requires_grad_(True)
+        out = critic(x_hat)
+        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=outer)
+        gp = (grad.flatten(1).norm(dim=1) - 1) ** 2
+    return gp if outer else gp.detach()
 
 
 def critic_loss(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor,
@@ -147,38 +145,89 @@ def critic_loss(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor,
                   "gp": float(gp.detach().sum())}
 
 
-def _draw(sampler: Callable[[int, np.random.Generator], Any], n: int, rng: np.random.Generator,
-          dtype: torch.dtype, width: Optional[int]) -> Tensor:
-    t = torch.as_tensor(np.asarray(sampler(n, rng))).to(dtype)
-    if t.ndim != 2 or t.shape[0] != n or (width is not None and t.shape[1] != width):
-        raise ValueError(f"real_sampler must return an [n, D] array with n = {n} rows"
-                         + (f" and D = {width}" if width is not None else "")
-                         + f", got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("real_sampler returned non-finite values (NaN or Inf)")
-    return t
+class _Linear:
+    """ReRun loss ``Σ_i e_i · w / n`` of constant per-column weights ``w`` (no stored data)."""
+
+    def __init__(self, weights: Sequence[float], n: int) -> None:
+        self.w, self.n = torch.tensor(weights, dtype=torch.float64), n
+
+    def load(self, lo: int, hi: int) -> dict[str, Tensor]:
+        return {}
+
+    def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return (e * self.w.to(e.dtype)).sum() / self.n
 
 
-def _critic_update(G: nn.Module, D: nn.Module, x: Tensor, z: Tensor, alpha: Tensor,
-                   cfg: WGANConfig, params: list[Tensor]) -> dict[str, float]:
-    """Set ``.grad`` of the critic's ``params`` to ``grad L_D`` (in rows of ``micro_batch``)."""
-    n = x.shape[0]
-    m = cfg.micro_batch or n
-    for p in params:
-        p.grad = None
-    y = embed(Population(G, z), m)
-    if y.shape != x.shape:
-        raise ValueError(f"generator output must be {tuple(x.shape)} (the real data's shape), "
-                         f"got {tuple(y.shape)}")
-    totals = {"d_real": 0.0, "d_fake": 0.0, "gp": 0.0}
-    for i in range(0, n, m):
-        rows = slice(i, i + m)
-        loss, parts = critic_loss(D, x[rows], y[rows], alpha[rows], cfg.gp_weight,
-                                  scale=(min(i + m, n) - i) / n)
-        loss.backward()
-        for k in totals:
-            totals[k] += parts[k]
-    return {k: v / n for k, v in totals.items()}
+class CriticSolver:
+    """The critic update's Solve: ``L_D`` is a sum of per-sample terms, so there is nothing
+    global to solve; it reads the stored ``[D(x), D(y), GP]`` rows for the metrics
+    (``wasserstein`` = mean D(x) - mean D(y), ``gp``) and ReRun minimises
+    ``mean_i [D(y_i) - D(x_i) + lambda GP_i]``."""
+
+    def __init__(self, gp_weight: float) -> None:
+        self.gp_weight = float(gp_weight)
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "wgan-gp-critic", "gp_weight": self.gp_weight}
+
+    def solve(self, ctx: Any) -> dict[str, Any]:
+        arr = ctx.arrays["pairs"]
+        sums = np.zeros(3)
+        for lo in range(0, arr.shape[0], arr.chunks[0]):
+            sums += np.asarray(arr[lo:lo + arr.chunks[0]], dtype=np.float64).sum(0)
+        mean = sums / arr.shape[0]
+        out = {"player": "critic", "wasserstein": float(mean[0] - mean[1]), "gp": float(mean[2]),
+               "loss": float(mean[1] - mean[0] + self.gp_weight * mean[2])}
+        if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
+            raise FloatingPointError(f"a critic loss became non-finite at step {ctx.step}: {out}")
+        return out
+
+    def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> _Linear:
+        return _Linear([-1.0, 1.0, self.gp_weight], ctx.arrays[population].shape[0])
+
+
+class GeneratorSolver:
+    """The generator update's Solve: ``L_G = -mean_j D(G(z_j)) + w R(E(X_r), E(G(Z)))`` over
+    the stored ``fake`` rows ``[D(G(z)), E(G(z))]`` and ``real`` rows ``E(x)``, whose
+    gradient in the stored rows is written as ``cotangents/fake``.  The regulariser's
+    ``prepare`` (e.g. POT-GAN's Algorithm 2 on its forest) runs here; the state it leaves is
+    stored with the step (``regulariser.pt``) and restored by a resumed ReRun."""
+
+    def __init__(self, regulariser: Optional["Regulariser"]) -> None:
+        self.reg = regulariser
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "wgan-gp-generator",
+                "regulariser": None if self.reg is None else self.reg.config()}
+
+    def solve(self, ctx: Any) -> dict[str, Any]:
+        fake_arr = ctx.arrays["fake"]
+        fake = torch.from_numpy(np.asarray(fake_arr[:])).requires_grad_(True)
+        real = None
+        if self.reg is not None:
+            real = torch.from_numpy(np.asarray(ctx.arrays["real"][:]))
+        value, stats = _generator_objective(self.reg, fake, real)
+        (cot,) = torch.autograd.grad(value, fake)
+        if self.reg is not None:
+            ctx.store.put_bytes(f"{ctx.prefix}/regulariser.pt", self.reg.save_state())
+        path = f"{ctx.prefix}/cotangents/fake"
+        ctx.store.require_array(path, fake_arr.shape, fake_arr.chunks, fake_arr.dtype)
+        rows = fake_arr.chunks[0]
+        for c in np.flatnonzero(~ctx.store.done(path)):
+            lo, hi = int(c) * rows, min(fake_arr.shape[0], (int(c) + 1) * rows)
+            ctx.store.write_chunk(path, (int(c), 0), cot[lo:hi].numpy().astype(fake_arr.dtype))
+        out = {"player": "generator", "loss": float(value.detach()), **stats}
+        if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
+            raise FloatingPointError(f"a generator loss became non-finite at step {ctx.step}: "
+                                     f"{out}")
+        return out
+
+    def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> CotangentLoss:
+        if self.reg is not None:
+            raw = ctx.store.get_bytes(f"{ctx.prefix}/regulariser.pt")
+            if raw is not None:
+                self.reg.load_state(raw)
+        return CotangentLoss(ctx.store.array(f"{ctx.prefix}/cotangents/{population}"), dtype)
 
 
 def _generator_objective(reg: Optional[Regulariser], fake: Tensor, real_e: Optional[Tensor]
@@ -193,113 +242,117 @@ def _generator_objective(reg: Optional[Regulariser], fake: Tensor, real_e: Optio
     return adv + reg.weight * r, {"adv": float(adv.detach()), "reg": float(r.detach()), **stats}
 
 
-def _generator_update(G: nn.Module, D: nn.Module, reg: Optional[Regulariser], x: Tensor,
-                      z: Tensor, cfg: WGANConfig, params: list[Tensor]) -> dict[str, float]:
-    """Set ``.grad`` of the generator's ``params`` to ``grad L_G``: in memory, or Run → solve
-    → ReRun with per-sample embeddings ``[D(G(z)), E(G(z))]``."""
-    def fake_embedding(zz: Tensor) -> Tensor:
-        y = G(zz)
-        parts = [D(y)] + ([reg.encoder(y)] if reg is not None else [])
-        return torch.cat(parts, dim=1)
+class WGANGP:
+    """WGAN-GP on the engine, with an optional generator regulariser (POT-GAN's).
 
-    real_pop = Population(reg.encoder, x, backward=False) if reg is not None else None
-    for p in params:
-        p.grad = None
-    with frozen_parameters(D):
-        if cfg.micro_batch is None:
-            fake = fake_embedding(z)
-            with torch.no_grad():
-                real_e = reg.encoder(x) if reg is not None else None
-            value, stats = _generator_objective(reg, fake, real_e)
-            grads = torch.autograd.grad(value, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = None if g is None else g.detach()
-            return {"gen_loss": float(value.detach()), **stats}
-
-        out: dict[str, Any] = {}
-
-        def solve(fake: Tensor, *real: Tensor) -> tuple[Tensor, list[Tensor]]:
-            leaf = fake.detach().requires_grad_(True)
-            value, out["stats"] = _generator_objective(reg, leaf, real[0] if real else None)
-            (cot,) = torch.autograd.grad(value, leaf)
-            return value.detach(), [cot] + [torch.zeros_like(r) for r in real]
-
-        pops = [Population(fake_embedding, z)] + ([real_pop] if real_pop is not None else [])
-        value = cotangent_step(pops, solve, cfg.micro_batch, verify=cfg.verify)
-        return {"gen_loss": float(value), **out["stats"]}
-
-
-def train_wgan_gp(generator: nn.Module, critic: nn.Module,
-                  real_sampler: Callable[[int, np.random.Generator], Any], config: WGANConfig,
-                  regulariser: Optional[Regulariser] = None,
-                  callback: Optional[Callable[[dict[str, Any]], Any]] = None, *,
-                  progress: Any = None) -> list[dict[str, Any]]:
-    """WGAN-GP training (module doc), in place on the models.
+    Engine steps cycle through ``n_critic`` critic updates and one generator update
+    (:meth:`WGANConfig.player`), so ``steps`` generator updates are ``steps * (n_critic + 1)``
+    engine steps.  A critic step's population ``pairs`` draws ``(x, z, a)`` per row (a real
+    sample, a latent, an interpolation weight) and stores ``[D(x), D(G(z)), GP]`` (the
+    gradient penalty at ``a x + (1 - a) G(z)``, computed with a graph in ReRun so that its
+    gradient reaches the critic); a generator step's ``fake`` stores ``[D(G(z)), E(G(z))]``
+    and, with a regulariser, ``real`` stores ``E(x)`` (not replayed).
 
     Args:
-        generator: ``z [n, latent_dim] -> [n, D]``.
-        critic: ``[n, D] -> [n, 1]``.
-        real_sampler: ``real_sampler(n, rng) -> [n, D]`` given a seeded
-            ``numpy.random.Generator`` (e.g. :func:`ootrain.data.sample_ring8`).
+        generator: ``z [m, latent_dim] -> [m, D]``.
+        critic: ``[m, D] -> [m, 1]`` (no normalisation layers: the penalty is per sample).
+        real_sampler: ``draw(n, rng) -> [n, D]``.
+        generator_optimizer, critic_optimizer: injected optimisers.
         config: a :class:`WGANConfig`.
-        regulariser: a :class:`Regulariser` added to the generator loss (None: WGAN-GP).
-        callback: called with each history row.
-        progress: a ``rich.progress.Progress``, or bool / None for a bar of its own.
-
-    Returns:
-        Per generator update: ``step``, ``wasserstein`` (last critic batch's ``mean D(x) -
-        mean D(y)``), ``gp`` (its mean penalty), ``gen_loss`` (``L_G``), ``adv`` (``-mean
-        D(G(z))``), the regulariser's ``reg`` and ``prepare`` numbers, ``step_s``, ``time_s``.
-
-    Deterministic given ``config.seed`` and the models' initial parameters.
+        regulariser: a :class:`Regulariser` (None: plain WGAN-GP).
+        ema: keep the bias-corrected moving average of the generator's parameters with this
+            decay (:func:`ootrain.models.zoo.parameter_ema`), as ``generator_ema``.
+        real_spec: names the real data in the store's fingerprint.
     """
-    if not isinstance(config, WGANConfig):
-        raise ValueError(f"config must be a WGANConfig, got {type(config).__name__}")
-    config.validate()
-    cfg = config
-    gparams = [p for p in generator.parameters() if p.requires_grad]
-    cparams = [p for p in critic.parameters() if p.requires_grad]
-    if not gparams or not cparams:
-        raise ValueError("the generator and the critic need trainable parameters")
-    dtype = gparams[0].dtype
-    opt_g = torch.optim.Adam(gparams, lr=cfg.lr_gen, betas=cfg.betas)
-    opt_c = torch.optim.Adam(cparams, lr=cfg.lr_critic, betas=cfg.betas)
-    rng_real = np.random.default_rng([cfg.seed, 1])
-    rng_z = np.random.default_rng([cfg.seed, 2])
-    rng_a = np.random.default_rng([cfg.seed, 3])
-    n, width = cfg.batch, None
-    history: list[dict[str, Any]] = []
-    own = progress is None or isinstance(progress, bool)
-    t_start = time.perf_counter()
-    with (make_progress(progress) if own else nullcontext(progress)) as bars:
-        task = bars.add_task("WGAN-GP" if regulariser is None else "WGAN-GP + regulariser",
-                             total=cfg.steps)
-        for step in range(cfg.steps):
-            t0 = time.perf_counter()
-            for _ in range(cfg.n_critic):
-                x = _draw(real_sampler, n, rng_real, dtype, width)
-                width = x.shape[1]
-                z = torch.as_tensor(rng_z.standard_normal((n, cfg.latent_dim)), dtype=dtype)
-                alpha = torch.as_tensor(rng_a.random(n), dtype=dtype)
-                crit = _critic_update(generator, critic, x, z, alpha, cfg, cparams)
-                opt_c.step()
-            x = _draw(real_sampler, n, rng_real, dtype, width)
-            z = torch.as_tensor(rng_z.standard_normal((n, cfg.latent_dim)), dtype=dtype)
-            gen = _generator_update(generator, critic, regulariser, x, z, cfg, gparams)
-            opt_g.step()
-            now = time.perf_counter()
-            row = {"step": step, "wasserstein": crit["d_real"] - crit["d_fake"],
-                   "gp": crit["gp"], **gen, "step_s": round(now - t0, 5),
-                   "time_s": round(now - t_start, 4)}
-            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-                raise FloatingPointError(f"a loss became non-finite at generator step {step}: "
-                                         f"{row}")
-            history.append(row)
-            bars.update(task, advance=1, description=f"WGAN-GP W={row['wasserstein']:.4f}")
-            if callback is not None:
-                callback(row)
-        if not own:
-            bars.remove_task(task)
-    for p in gparams + cparams:
-        p.grad = None
-    return history
+
+    def __init__(self, generator: nn.Module, critic: nn.Module, real_sampler: Sampler,
+                 generator_optimizer: torch.optim.Optimizer,
+                 critic_optimizer: torch.optim.Optimizer, config: WGANConfig | None = None,
+                 regulariser: Optional[Regulariser] = None, *, ema: float | None = None,
+                 real_spec: str = "custom") -> None:
+        self.G, self.D, self.real_sampler = generator, critic, real_sampler
+        self.opt_g, self.opt_c = generator_optimizer, critic_optimizer
+        self.cfg = config if config is not None else WGANConfig()
+        self.cfg.validate()
+        self.reg = regulariser
+        self.ema = ema
+        self.generator_ema = parameter_ema(generator, ema) if ema is not None else None
+        self.real_spec = real_spec
+        self.latent_dim: int | None = None
+        self._latent: Sampler | None = None
+        self._critic_solver = CriticSolver(self.cfg.gp_weight)
+        self._generator_solver = GeneratorSolver(regulariser)
+
+    def bind(self, config: Any) -> "WGANGP":
+        self.latent_dim = int(config.latent_dim)
+        self._latent = standard_normal(config.latent_dim, np.dtype(config.dtype))
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {"method": "wgan-gp" if self.reg is None else "potgan", **self.cfg.to_dict(),
+                "regulariser": None if self.reg is None else self.reg.config(),
+                "ema": self.ema, "real": self.real_spec}
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods = {"generator": self.G, "critic": self.D}
+        if self.reg is not None:
+            mods.update(self.reg.modules())
+        if self.generator_ema is not None:
+            mods["generator_ema"] = self.generator_ema
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"generator": self.opt_g, "critic": self.opt_c}
+        if self.reg is not None:
+            opts.update(self.reg.optimizers())
+        return opts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.reg is None else {"regulariser": self.reg.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.reg is not None:
+            self.reg.load_state_dict(state["regulariser"])
+
+    def _pairs(self, n: int, rng: np.random.Generator) -> Tensor:
+        x = torch.as_tensor(np.asarray(self.real_sampler(n, rng)), dtype=torch.float64)
+        if x.ndim != 2 or x.shape[0] != n:
+            raise ValueError(f"the real sampler returned shape {tuple(x.shape)} for {n} rows; "
+                             f"expected [{n}, D]")
+        z = torch.as_tensor(rng.standard_normal((n, self.latent_dim)), dtype=torch.float64)
+        a = torch.as_tensor(rng.random((n, 1)), dtype=torch.float64)
+        return torch.cat([x, z, a], dim=1)
+
+    def _critic_rows(self, u: Tensor) -> Tensor:
+        width = u.shape[1] - self.latent_dim - 1
+        x, z, a = u[:, :width], u[:, width:-1], u[:, -1]
+        with torch.no_grad():
+            y = self.G(z)
+        if y.shape != x.shape:
+            raise ValueError(f"generator output must be {tuple(x.shape)} (the real data's "
+                             f"shape), got {tuple(y.shape)}")
+        gp = gradient_penalty(self.D, x, y, a)
+        return torch.stack([self.D(x).squeeze(1), self.D(y).squeeze(1), gp], dim=1)
+
+    def _fake_rows(self, z: Tensor) -> Tensor:
+        y = self.G(z)
+        parts = [self.D(y)] + ([self.reg.encoder(y)] if self.reg is not None else [])
+        return torch.cat(parts, dim=1)
+
+    def _real_rows(self, x: Tensor) -> Tensor:
+        return self.reg.encoder(x)
+
+    def plan(self, step: int) -> Plan:
+        if self._latent is None:
+            raise RuntimeError("WGANGP.bind(config) must be called before plan (train does)")
+        if self.cfg.player(step) == "critic":
+            return Plan([Population("pairs", self._pairs, self._critic_rows)],
+                        self._critic_solver, self.opt_c, self.D)
+        pops = [Population("fake", self._latent, self._fake_rows)]
+        if self.reg is not None:
+            pops.append(Population("real", self.real_sampler, self._real_rows, replay=False))
+        return Plan(pops, self._generator_solver, self.opt_g, self.G)
+
+    def finish_step(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.generator_ema is not None and self.cfg.player(step) == "generator":
+            self.generator_ema.update_parameters(self.G)

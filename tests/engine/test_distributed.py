@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ootrain.engine.core import Engine, EngineConfig
-from ootrain.methods.train import open_shared_store
-from ootrain.methods.rsr import SlicedSolver
+from ootrain.methods.training import open_shared_store
+from ootrain.methods.rsr import RSR, SlicedSolver
 
 
 def _engine(store_path: str) -> Engine:
@@ -23,9 +23,10 @@ def _engine(store_path: str) -> Engine:
     cfg = EngineConfig(population=200, micro_batch=10, latent_dim=3, chunk_rows=40,
                        dtype="float64")
     solver = SlicedSolver(n_directions=5)
-    store = open_shared_store(store_path, Engine.store_config(cfg, solver, "g", "e", real))
-    return Engine(G, nn.Identity(), solver, real, store,
-                  torch.optim.SGD(G.parameters(), lr=0.1), cfg)
+    method = RSR(G, real, torch.optim.SGD(G.parameters(), lr=0.1), solver=solver,
+                 generator_spec="g", embedding_spec="e")
+    store = open_shared_store(store_path, Engine.store_config(cfg, method))
+    return Engine(method, store, cfg)
 
 
 def _grads(eng: Engine) -> list[torch.Tensor]:
@@ -36,9 +37,9 @@ def _grads(eng: Engine) -> list[torch.Tensor]:
         dist.barrier()
     eng.run(0)
     eng.solve(0)
-    eng.G.zero_grad()
+    eng.method.G.zero_grad()
     eng.rerun(0)
-    return [p.grad.clone() for p in eng.G.parameters()]
+    return [p.grad.clone() for p in eng.method.G.parameters()]
 
 
 def _worker(rank: int, world: int, init: str, store_path: str, out: str) -> None:

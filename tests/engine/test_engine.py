@@ -1,15 +1,21 @@
-"""The engine invariant: out-of-core Run → Sort → ReRun gradient == full-batch autograd gradient."""
+"""The engine invariant: out-of-core Run → Sort → ReRun gradient == full-batch autograd gradient;
+the engine's refusals (nondeterministic layers, NaN/Inf, bad shapes), step pruning
+(``keep_steps``), the in-memory store and :func:`ootrain.methods.train`'s choice of store."""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from ootrain.engine.core import Engine, EngineConfig, NondeterministicModelError, NonFiniteError
+from ootrain.engine.core import (Engine, EngineConfig, GeneratorMethod, NondeterministicModelError,
+                                 NonFiniteError, Plan, Population)
 from ootrain.methods import rsr
-from ootrain.methods.rsr import SlicedSolver
+from ootrain.methods.rsr import RSR, SlicedSolver
 from ootrain.ot.sliced import sliced_wasserstein
 from ootrain.store import Store
 
@@ -24,38 +30,44 @@ def _models(seed: int = 0, zdim: int = 3, d: int = 5) -> tuple[nn.Module, nn.Mod
 
 
 def _engine(tmp_path, b, m, n, *, mode="target", directions="gaussian", keep=0, k=4,
-            budget=1 << 30, verify=False, chunk_rows=None, seed=0, real=None):
+            budget=1 << 30, verify=False, chunk_rows=None, seed=0, real=None, keep_steps=2,
+            in_memory=False):
     g, e = _models()
     if real is None:
         real = np.random.default_rng(1).normal(size=(n, 6)) * 0.7 + 0.3
     cfg = EngineConfig(population=b, micro_batch=m, latent_dim=3, seed=seed, dtype="float64",
-                       memory_budget=budget, verify=verify, chunk_rows=chunk_rows)
+                       memory_budget=budget, verify=verify, chunk_rows=chunk_rows,
+                       keep_steps=keep_steps)
     solver = SlicedSolver(n_directions=k, directions=directions, keep=keep, mode=mode)
-    store = Store(tmp_path / "store", Engine.store_config(cfg, solver, "g", "e", real))
     opt = torch.optim.SGD(g.parameters(), lr=0.1)
-    return Engine(g, e, solver, real, store, opt, cfg), real
+    method = RSR(g, real, opt, embedding=e, solver=solver, generator_spec="g",
+                 embedding_spec="e")
+    store = Store(None if in_memory else tmp_path / "store", Engine.store_config(cfg, method))
+    return Engine(method, store, cfg), real
 
 
 def _full_batch_grad(eng: Engine, step: int) -> tuple[list[torch.Tensor], float]:
     """Reference: autograd of the in-memory sliced W2 with the same latents and directions."""
     b = eng.cfg.population
-    z = torch.as_tensor(eng._latents(step, 0, b))
+    plan = eng.method.plan(step)
+    z = eng.inputs(step, 0, plan.populations[0], 0, b)
     omega = torch.as_tensor(eng.store.array(f"steps/{step}/directions")[:])
+    G, E = eng.method.G, eng.method.E
     with torch.no_grad():
-        y = eng.E(torch.as_tensor(np.asarray(eng.real_data)))
-    eng.G.zero_grad()
-    loss = sliced_wasserstein(eng.E(eng.G(z)), y, omega, p=2)
+        y = E(torch.as_tensor(np.asarray(eng.method.real)))
+    G.zero_grad()
+    loss = sliced_wasserstein(E(G(z)), y, omega, p=2)
     loss.backward()
-    return [p.grad.clone() for p in eng.G.parameters()], float(loss.detach())
+    return [p.grad.clone() for p in G.parameters()], float(loss.detach())
 
 
 def _ooc_grad(eng: Engine, step: int) -> tuple[list[torch.Tensor], float]:
     eng.store.group.require_group(f"steps/{step}")
     eng.run(step)
     metrics = eng.solve(step)
-    eng.G.zero_grad()
+    eng.method.G.zero_grad()
     eng.rerun(step)
-    return [p.grad.clone() for p in eng.G.parameters()], metrics["loss"]
+    return [p.grad.clone() for p in eng.method.G.parameters()], metrics["loss"]
 
 
 def _rel_err(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -117,8 +129,8 @@ def test_training_reduces_loss_and_resumes(tmp_path):
     # reopening the same store continues where it stopped
     eng2, _ = _engine(tmp_path, 256, 32, 256, k=8, real=real)
     assert eng2.completed_steps() == 6
-    assert eng2._load_checkpoint(6)
-    for p, q in zip(eng.G.parameters(), eng2.G.parameters()):
+    assert eng2.load_checkpoint(6)
+    for p, q in zip(eng.method.G.parameters(), eng2.method.G.parameters()):
         assert torch.equal(p, q)  # the checkpoint holds the weights after the 6th update
     more = eng2.train(7)
     assert [r.step for r in more] == [6]
@@ -131,20 +143,94 @@ def test_verify_detects_weights_changed_between_run_and_rerun(tmp_path):
     eng.run(0)
     eng.solve(0)
     with torch.no_grad():
-        next(eng.G.parameters()).add_(0.5)
+        next(eng.method.G.parameters()).add_(0.5)
     with pytest.raises(NondeterministicModelError, match="differ from Run"):
         eng.rerun(0)
 
 
-def test_dropout_is_refused_before_any_work(tmp_path):
-    g, e = _models()
-    g = nn.Sequential(g, nn.Dropout(0.5))
+class _TwoPlayers:
+    """A minimal two-module method: ``player`` is updated, ``aux`` is only run through."""
+
+    def __init__(self, player: nn.Module, aux: nn.Module, real: np.ndarray) -> None:
+        self.player, self.aux, self.real_data = player, aux, real
+        self.opt = torch.optim.SGD(player.parameters(), 0.1)
+        self.solver = SlicedSolver(n_directions=2)
+
+    def config(self):
+        return {"method": "two-players"}
+
+    def modules(self):
+        return {"player": self.player, "aux": self.aux}
+
+    def optimizers(self):
+        return {"player": self.opt}
+
+    def plan(self, step):
+        draw = lambda n, rng: rng.standard_normal((n, 3))  # noqa: E731
+        return Plan([Population("embeddings", draw, lambda z: self.aux(self.player(z)))],
+                    self.solver, self.opt, self.player)
+
+
+def _nondeterministic_methods():
+    """(label, build) pairs: each build() returns a method with one training-mode Dropout or
+    BatchNorm in one of its modules (generator, embedding, a non-player module)."""
     real = np.zeros((10, 6))
+
+    def rsr_generator_dropout():
+        g, e = _models()
+        g = nn.Sequential(g, nn.Dropout(0.5))
+        return RSR(g, real, torch.optim.SGD(g.parameters(), 0.1), embedding=e, n_directions=2)
+
+    def rsr_embedding_batchnorm():
+        g, e = _models()
+        e = nn.Sequential(nn.BatchNorm1d(6).double(), e)
+        return RSR(g, real, torch.optim.SGD(g.parameters(), 0.1), embedding=e, n_directions=2)
+
+    def generator_method_alpha_dropout():
+        g, e = _models()
+        e = nn.Sequential(e, nn.AlphaDropout(0.2))
+        return GeneratorMethod(g, e, SlicedSolver(2), real, torch.optim.SGD(g.parameters(), 0.1))
+
+    def aux_module_batchnorm():
+        g, _ = _models()
+        aux = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4)).double()
+        return _TwoPlayers(g, aux, real)
+
+    def aux_module_nested_dropout():
+        g, _ = _models()
+        aux = nn.Sequential(nn.Linear(6, 4), nn.Sequential(nn.Tanh(), nn.Dropout(0.1))).double()
+        return _TwoPlayers(g, aux, real)
+
+    return {"rsr-generator-Dropout": (rsr_generator_dropout, "Dropout"),
+            "rsr-embedding-BatchNorm": (rsr_embedding_batchnorm, "BatchNorm1d"),
+            "embedding-AlphaDropout": (generator_method_alpha_dropout, "AlphaDropout"),
+            "aux-module-BatchNorm": (aux_module_batchnorm, "BatchNorm1d"),
+            "aux-module-nested-Dropout": (aux_module_nested_dropout, "Dropout")}
+
+
+@pytest.mark.parametrize("case", list(_nondeterministic_methods()))
+def test_dropout_or_batchnorm_in_any_module_is_refused_before_any_work(tmp_path, case):
+    build, layer = _nondeterministic_methods()[case]
+    method = build()
     cfg = EngineConfig(population=16, micro_batch=4, latent_dim=3, dtype="float64")
-    solver = SlicedSolver(n_directions=2)
-    store = Store(tmp_path / "s", Engine.store_config(cfg, solver, "g", "e", real))
-    with pytest.raises(NondeterministicModelError, match="Dropout"):
-        Engine(g, e, solver, real, store, torch.optim.SGD(g.parameters(), 0.1), cfg)
+    store = Store(tmp_path / "s", Engine.store_config(cfg, method))
+    with pytest.raises(NondeterministicModelError, match=layer):
+        Engine(method, store, cfg)
+    assert list(store.walk_arrays()) == []          # no array written …
+    assert store.get_bytes("checkpoints/step-0.pt") is None   # … nor a checkpoint
+    store.release()
+    # the same through the one training entry point: refused, nothing stored
+    from ootrain.methods import train
+    with pytest.raises(NondeterministicModelError, match=layer):
+        train(build(), 1, cfg, store=str(tmp_path / "t"))
+    with Store(tmp_path / "t", mode="r") as st:
+        assert list(st.walk_arrays()) == []
+    # in eval mode the same layers are deterministic and accepted
+    method = build()
+    for mod in method.modules().values():
+        mod.eval()
+    with Store(None, Engine.store_config(cfg, method)) as mem:
+        Engine(method, mem, cfg)
 
 
 def test_nan_embeddings_are_refused(tmp_path):
@@ -166,23 +252,30 @@ def test_bad_real_data_shape_and_dtype(tmp_path):
 
 
 def test_real_embedding_width_mismatch(tmp_path):
+    # the generic engine embeds the real data without knowing the generated width; the mismatch
+    # is refused by the solver at the start of Solve, before any update
     g, _ = _models()
     real = np.zeros((10, 5))
     cfg = EngineConfig(population=16, micro_batch=4, latent_dim=3, dtype="float64")
-    solver = SlicedSolver(n_directions=2)
-    store = Store(tmp_path / "s", Engine.store_config(cfg, solver, "g", "e", real))
-    eng = Engine(g, nn.Identity(), solver, real, store, torch.optim.SGD(g.parameters(), 0.1), cfg)
-    with pytest.raises(ValueError, match="does not fit the embedding"):
-        eng.embed_real()
+    method = RSR(g, real, torch.optim.SGD(g.parameters(), 0.1), n_directions=2,
+                 generator_spec="g", embedding_spec="e")
+    store = Store(tmp_path / "s", Engine.store_config(cfg, method))
+    eng = Engine(method, store, cfg)
+    before = [p.detach().clone() for p in g.parameters()]
+    with pytest.raises(ValueError, match="real embeddings have width 5, generated 6"):
+        eng.train(1)
+    assert all(torch.equal(p, q) for p, q in zip(g.parameters(), before))
+    assert not store.has("steps/0/targets")
+    store.release()
 
 
 def test_nan_from_generator_is_refused_before_storing(tmp_path):
     eng, _ = _engine(tmp_path, 64, 8, 64)
     eng.embed_real()
     with torch.no_grad():
-        eng.G[0].bias.fill_(float("nan"))
+        eng.method.G[0].bias.fill_(float("nan"))
     eng.store.group.require_group("steps/0")
-    with pytest.raises(NonFiniteError, match="embeddings of step 0"):
+    with pytest.raises(NonFiniteError, match="embeddings 'embeddings' of step 0"):
         eng.run(0)
     assert not eng.store.done("steps/0/embeddings").any()
 
@@ -192,7 +285,7 @@ def test_config_validation():
         EngineConfig(population=4, micro_batch=8, latent_dim=1)
     with pytest.raises(ValueError, match="multiple of micro_batch"):
         EngineConfig(population=64, micro_batch=8, latent_dim=1, chunk_rows=12)
-    with pytest.raises(ValueError, match="population must be positive"):
+    with pytest.raises(ValueError, match="population must be a positive integer"):
         EngineConfig(population=0, micro_batch=1, latent_dim=1)
     with pytest.raises(ValueError, match="directions must be"):
         SlicedSolver(n_directions=4, directions="orthogonal")
@@ -207,9 +300,169 @@ def test_generator_output_shape_is_checked(tmp_path):
 
     real = np.zeros((10, 6))
     cfg = EngineConfig(population=16, micro_batch=4, latent_dim=3, dtype="float64")
-    solver = SlicedSolver(n_directions=2)
-    store = Store(tmp_path / "s", Engine.store_config(cfg, solver, "g", "e", real))
     lin = nn.Linear(1, 1)
+    method = RSR(Flat(), real, torch.optim.SGD(lin.parameters(), 1), n_directions=2,
+                 generator_spec="g", embedding_spec="e")
+    store = Store(tmp_path / "s", Engine.store_config(cfg, method))
+    eng = Engine(method, store, cfg)
+    store.group.require_group("steps/0")
     with pytest.raises(ValueError, match=r"must return \[m, d\]"):
-        Engine(Flat(), nn.Identity(), solver, real, store, torch.optim.SGD(lin.parameters(), 1),
-               cfg)
+        eng.run(0)
+    assert not store.has("steps/0/embeddings")  # refused before the Run array is created
+    store.release()
+
+
+# --------------------------------------------------------------------------- keep_steps
+def _params(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_keep_steps_prunes_old_arrays_resumes_and_keeps_algorithm2(tmp_path):
+    kw = dict(directions="algorithm2", keep=2, k=5)
+    # reference: every array kept, 6 uninterrupted steps
+    ref, real = _engine(tmp_path / "ref", 128, 16, 90, keep_steps=None, **kw)
+    ref_res = ref.train(6)
+    for k in range(6):
+        assert ref.store.has(f"steps/{k}/embeddings") and ref.store.has(f"steps/{k}/directions")
+    ref.store.release()
+
+    # pruned run: 4 steps, then a fresh engine resumes to 6
+    eng, _ = _engine(tmp_path / "pruned", 128, 16, 90, keep_steps=2, real=real, **kw)
+    eng.train(4)
+    # keep_steps=2: the arrays of at most 2 steps coexist (the running one and the previous one
+    # it reads); once step 3 is done, the arrays of steps 0-2 are gone, their attributes stay
+    for k in (0, 1, 2):
+        assert not eng.store.has(f"steps/{k}/embeddings")
+        assert not eng.store.has(f"steps/{k}/directions")
+        assert not eng.store.has(f"steps/{k}/targets")
+        assert not eng.store.has(f"manifest/steps/{k}/embeddings")
+        attrs = eng.store.group[f"steps/{k}"].attrs
+        assert attrs["phase"] == "done"
+        assert attrs["metrics"] == ref_res[k].metrics
+    for name in ("embeddings", "directions", "distances", "targets"):
+        assert eng.store.is_complete(f"steps/3/{name}"), name
+    assert eng.store.is_complete("real/embeddings")
+    # only the checkpoint that resumes the next step is kept
+    assert [eng.store.get_bytes(f"checkpoints/step-{k}.pt") is not None for k in range(5)] \
+        == [False, False, False, False, True]
+    assert eng.completed_steps() == 4
+    eng.store.release()
+
+    # resume once for step 4 (algorithm2 reads step 3's directions and distances) …
+    eng2, _ = _engine(tmp_path / "pruned", 128, 16, 90, keep_steps=2, real=real, **kw)
+    more = eng2.train(5)
+    assert [r.step for r in more] == [4]
+    assert not eng2.store.has("steps/3/embeddings")
+    prev = eng2.store.array("steps/4/directions")[:]
+    prev_dist = eng2.store.array("steps/4/distances")[:]
+    eng2.store.release()
+    # … and again for step 5
+    eng3, _ = _engine(tmp_path / "pruned", 128, 16, 90, keep_steps=2, real=real, **kw)
+    more += eng3.train(6)
+    assert [r.step for r in more] == [4, 5]
+    for a, b in zip(more, ref_res[4:]):
+        assert a.metrics == b.metrics
+    for p, q in zip(eng3.method.G.parameters(), ref.method.G.parameters()):
+        assert torch.equal(p, q)
+    # algorithm2 at step 5 kept the r directions of step 4 with the largest distances
+    omega = eng3.store.array("steps/5/directions")[:]
+    top = np.sort(np.argsort(prev_dist)[::-1][:2])
+    assert all(any(np.allclose(omega[:, i], prev[:, t]) for i in range(5)) for t in top)
+    with Store(tmp_path / "ref" / "store", mode="r") as full:
+        np.testing.assert_array_equal(omega, full.array("steps/5/directions")[:])
+        np.testing.assert_array_equal(prev, full.array("steps/4/directions")[:])
+    assert not eng3.store.has("steps/4/embeddings")
+    eng3.store.release()
+
+
+def test_keep_steps_validation():
+    with pytest.raises(ValueError, match="keep_steps must be >= 2"):
+        EngineConfig(population=8, micro_batch=4, latent_dim=1, keep_steps=1)
+    # keep_steps does not change what is stored: it is not part of the fingerprint
+    a = EngineConfig(population=8, micro_batch=4, latent_dim=1, keep_steps=None)
+    b = EngineConfig(population=8, micro_batch=4, latent_dim=1, keep_steps=5)
+    assert a.fingerprint() == b.fingerprint()
+
+
+# --------------------------------------------------------------------------- in-memory store
+@pytest.mark.parametrize("mode", ["target", "cotangent"])
+def test_in_memory_store_is_bit_identical_to_disk(tmp_path, mode):
+    disk, real = _engine(tmp_path, 200, 16, 150, k=6, mode=mode, chunk_rows=48)
+    mem, _ = _engine(tmp_path / "unused", 200, 16, 150, k=6, mode=mode, chunk_rows=48,
+                     real=real, in_memory=True)
+    assert mem.store.in_memory and mem.store.url == "<memory>"
+    assert not (tmp_path / "unused").exists()  # nothing on disk for the in-memory store
+    r_disk, r_mem = disk.train(3), mem.train(3)
+    assert [r.metrics for r in r_disk] == [r.metrics for r in r_mem]
+    for p, q in zip(disk.method.G.parameters(), mem.method.G.parameters()):
+        assert torch.equal(p, q)
+    for path in ("steps/2/embeddings", "steps/2/targets", "steps/2/directions",
+                 "real/embeddings"):
+        np.testing.assert_array_equal(disk.store.array(path)[:], mem.store.array(path)[:])
+    assert mem.store.get_bytes("checkpoints/step-3.pt") is not None
+    assert not mem.store.has("steps/0/embeddings")  # pruned in memory too (keep_steps=2)
+    disk.store.release()
+    mem.store.release()
+
+
+# --------------------------------------------------------------------------- train(store=None)
+def _train_rsr(budget: int, keep_steps: int | None, steps: int = 3, callback=None):
+    from ootrain.methods import train
+
+    g, _ = _models()
+    real = np.random.default_rng(1).normal(size=(256, 6)) * 0.7 + 0.3
+    cfg = EngineConfig(population=256, micro_batch=32, latent_dim=3, dtype="float64",
+                       chunk_rows=64, memory_budget=budget, keep_steps=keep_steps)
+    method = RSR(g, real, torch.optim.SGD(g.parameters(), lr=0.1), n_directions=4)
+    return train(method, steps, cfg, store=None, callback=callback), cfg
+
+
+def test_train_without_store_uses_memory_or_a_temporary_folder(tmp_path, monkeypatch):
+    from ootrain.methods import estimate_step_bytes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    g, _ = _models()
+    real = np.random.default_rng(1).normal(size=(256, 6))
+    cfg = EngineConfig(population=256, micro_batch=32, latent_dim=3, dtype="float64")
+    est = estimate_step_bytes(RSR(g, real, torch.optim.SGD(g.parameters(), 0.1),
+                                  n_directions=4).bind(cfg), cfg)
+    # embeddings [256, 6] twice (embeddings + solver output) + real embeddings [256, 6]
+    assert est == (2 * 256 * 6 + 256 * 6) * 8
+    # one budget for both runs (it also sizes the solver's passes, so results must not depend
+    # on it): 2 kept steps fit, 3 (keep_steps=None over 3 steps) do not
+    budget = int(2.5 * est)
+
+    small, _ = _train_rsr(budget, keep_steps=2)
+    assert small.store == "<memory>"
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    seen: list[list[str]] = []
+
+    def on_step(res):  # while training, the store is a folder under the temporary directory
+        seen.append(sorted(p.name for p in (tmp_path / "tmp").iterdir()))
+
+    big, _ = _train_rsr(budget, keep_steps=None, callback=on_step)
+    assert big.store != "<memory>" and big.store.endswith("run.zarr")
+    assert big.store.startswith(str(tmp_path / "tmp"))
+    assert len(seen) == 3 and all(len(s) == 1 and s[0].startswith("ootrain-store-")
+                                  for s in seen)
+    assert not os.path.exists(big.store)
+    assert list((tmp_path / "tmp").iterdir()) == []   # the temporary folder is removed
+
+    assert [r.step for r in small.results] == [r.step for r in big.results] == [0, 1, 2]
+    assert [r.metrics for r in small.results] == [r.metrics for r in big.results]
+    for p, q in zip(small.method.G.parameters(), big.method.G.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_train_without_store_removes_temporary_folder_on_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def boom(res):
+        raise KeyboardInterrupt("stopped")
+
+    with pytest.raises(KeyboardInterrupt):
+        _train_rsr(1024, keep_steps=None, callback=boom)   # tiny budget: a temporary folder
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -20,8 +20,7 @@ _SCRIPT = textwrap.dedent("""
     import numpy as np, torch
     from torch import nn
     from ootrain.engine.core import EngineConfig
-    from ootrain.methods.train import train_rsr
-    from ootrain.methods.rsr import SlicedSolver
+    from ootrain.methods import RSR, make_optimizer, train
 
     torch.set_num_threads(1)
 
@@ -37,8 +36,9 @@ _SCRIPT = textwrap.dedent("""
     G = SlowMLP()
     real = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
     cfg = EngineConfig(population=1024, micro_batch=16, latent_dim=2, chunk_rows=32, seed=3)
-    train_rsr(G, nn.Identity(), real, sys.argv[1], cfg, SlicedSolver(n_directions=4), steps=2,
-              lr=1e-2, generator_spec="slow-mlp", embedding_spec="identity")
+    method = RSR(G, real, make_optimizer(G.parameters(), "adam", 1e-2), n_directions=4,
+                 generator_spec="slow-mlp", embedding_spec="identity")
+    train(method, 2, cfg, store=sys.argv[1])
     print("finished", flush=True)
 """)
 
@@ -56,7 +56,7 @@ def _final_state(store: str) -> dict[str, torch.Tensor]:
 
     s = Store(store, mode="r")
     raw = sync(s.group.store.get("checkpoints/step-2.pt", prototype=default_buffer_prototype()))
-    return torch.load(io.BytesIO(raw.to_bytes()), weights_only=True)["generator"]
+    return torch.load(io.BytesIO(raw.to_bytes()), weights_only=True)["modules"]["generator"]
 
 
 def test_killed_run_resumes_to_uninterrupted_result(tmp_path):
@@ -106,9 +106,10 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
                            dtype="float64", memory_budget=24000)
         solver = rsr.SlicedSolver(n_directions=6, mode="cotangent")
         assert rsr.plan_pass(256, 300, 6, 8, 64 * 3 * 8, cfg.memory_budget) == 2
-        store = Store(path, Engine.store_config(cfg, solver, "g", "e", real))
-        return Engine(G, nn.Identity(), solver, real, store,
-                      torch.optim.SGD(G.parameters(), lr=0.1), cfg)
+        method = rsr.RSR(G, real, torch.optim.SGD(G.parameters(), lr=0.1), solver=solver,
+                         generator_spec="g", embedding_spec="e")
+        store = Store(path, Engine.store_config(cfg, method))
+        return Engine(method, store, cfg)
 
     ref = make(tmp_path / "ref")
     ref.train(1)
@@ -130,7 +131,7 @@ def test_killed_solve_resumes_to_uninterrupted_result(tmp_path, monkeypatch):
     monkeypatch.setattr(rsr, "_align_in_memory", original)
     resumed = make(tmp_path / "cut")
     resumed.train(1)
-    for p, q in zip(ref.G.parameters(), resumed.G.parameters()):
+    for p, q in zip(ref.method.G.parameters(), resumed.method.G.parameters()):
         assert torch.equal(p, q)
     np.testing.assert_array_equal(ref.store.array("steps/0/cotangents")[:],
                                   resumed.store.array("steps/0/cotangents")[:])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from ootrain.engine.core import Engine, EngineConfig, latent_key
-from ootrain.methods.gradual import AssignmentSolver, GradualConfig, train_gradual
+from ootrain.methods import train
+from ootrain.methods.gradual import OTSFIT, GradualConfig
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 from ootrain.store import Store
 
@@ -19,61 +22,75 @@ def _targets(n: int = 48) -> np.ndarray:
     return (centres[rng.integers(0, 3, n)] + 0.3 * rng.standard_normal((n, 2))).astype(np.float64)
 
 
-def _engine(tmp_path, cost: str, b: int = 256, m: int = 32, lr: float = 1e-2):
+def _method(cost: str, lr: float = 1e-2, config: GradualConfig | None = None, rounds: int = 10
+            ) -> tuple[OTSFIT, np.ndarray]:
     torch.manual_seed(0)
     G = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 2)).double()
     y = _targets()
     ot = SemiDiscreteOT(torch.from_numpy(y), cost=cost, backend="torch")
-    cfg = EngineConfig(population=b, micro_batch=m, latent_dim=2, chunk_rows=64, dtype="float64")
-    solver = AssignmentSolver(ot)
-    store = Store(tmp_path / "store", Engine.store_config(cfg, solver, "mlp", "identity", y))
-    return Engine(G, nn.Identity(), solver, y, store, torch.optim.Adam(G.parameters(), lr=lr),
-                  cfg), y
+    return OTSFIT(G, ot, torch.optim.Adam(G.parameters(), lr=lr), config, rounds=rounds,
+                  generator_spec="mlp"), y
+
+
+def _cfg(b: int = 256, m: int = 32) -> EngineConfig:
+    return EngineConfig(population=b, micro_batch=m, latent_dim=2, chunk_rows=64, dtype="float64")
+
+
+def _engine(tmp_path, cost: str, b: int = 256, m: int = 32, lr: float = 1e-2):
+    method, y = _method(cost, lr)
+    cfg = _cfg(b, m)
+    store = Store(tmp_path / "store", Engine.store_config(cfg, method))
+    return Engine(method, store, cfg), y
 
 
 @pytest.mark.parametrize("cost", ["sqeuclidean", "l1"])
 def test_assignment_rerun_gradient_equals_full_batch(tmp_path, cost):
     """Out-of-core ReRun gradient == autograd of mean_i c(G(z_i), y_σ(i)) on the whole batch."""
     eng, y = _engine(tmp_path, cost)
-    eng.embed_real()
-    eng.solver.ot.potentials = torch.linspace(-0.3, 0.3, y.shape[0], dtype=torch.float64)
+    G, ot, opt = eng.method.G, eng.method.solver.ot, eng.method.optimizer
+    eng.embed_real()  # OTS + FIT has no static real data: nothing to embed
+    assert not eng.store.has("real/embeddings")
+    ot.potentials = torch.linspace(-0.3, 0.3, y.shape[0], dtype=torch.float64)
     eng.store.group.require_group("steps/0")
     eng.run(0)
     metrics = eng.solve(0)
     idx = torch.from_numpy(eng.store.array("steps/0/assignments")[:])
     # the stored assignment is the argmin of c − ψ (hard) / a valid index (soft)
-    z = torch.as_tensor(np.concatenate([eng.sampler(latent_key(0, 0, i // 32), 32)
+    z = torch.as_tensor(np.concatenate([eng.method.latent_sampler(32, latent_key(0, 0, i // 32))
                                         for i in range(0, 256, 32)]))
-    x = eng.G(z).detach()
+    plan = eng.method.plan(0)
+    assert torch.equal(z, eng.inputs(0, 0, plan.populations[0], 0, 256))
+    x = G(z).detach()
     if cost == "sqeuclidean":
-        C = eng.solver.ot.ground_cost.matrix(x, torch.from_numpy(y)) - eng.solver.ot.potentials
+        C = ot.ground_cost.matrix(x, torch.from_numpy(y)) - ot.potentials
         assert torch.equal(idx, C.argmin(dim=1))
     assert 0 <= int(idx.min()) and int(idx.max()) < y.shape[0]
-    eng.opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=True)
     eng.rerun(0)
-    g_ooc = [p.grad.clone() for p in eng.G.parameters()]
-    eng.opt.zero_grad(set_to_none=True)
-    loss = eng.solver.ot.ground_cost.pairwise(eng.G(z), torch.from_numpy(y)[idx]).mean()
+    g_ooc = [p.grad.clone() for p in G.parameters()]
+    opt.zero_grad(set_to_none=True)
+    loss = ot.ground_cost.pairwise(G(z), torch.from_numpy(y)[idx]).mean()
     loss.backward()
-    for a, b in zip(g_ooc, (p.grad for p in eng.G.parameters())):
+    for a, b in zip(g_ooc, (p.grad for p in G.parameters())):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-10)
 
 
 def test_replay_takes_one_step_per_micro_batch(tmp_path):
     eng, y = _engine(tmp_path, "sqeuclidean", lr=1e-3)
+    opt = eng.method.optimizer
     eng.embed_real()
     eng.store.group.require_group("steps/0")
     eng.run(0)
     w0 = eng.solve(0)["loss"]
-    for group in eng.opt.param_groups:
+    for group in opt.param_groups:
         group["lr"] = 0.0
     assert eng.replay(0, epochs=1) == [pytest.approx(w0, rel=1e-12)]  # loss = transport cost
-    for group in eng.opt.param_groups:
+    for group in opt.param_groups:
         group["lr"] = 1e-3
     steps = []
-    orig = eng.opt.step
-    eng.opt.step = lambda *a, **k: steps.append(1) or orig(*a, **k)
+    orig = opt.step
+    opt.step = lambda *a, **k: steps.append(1) or orig(*a, **k)
     losses = eng.replay(0, epochs=3)
     assert len(steps) == 3 * 256 // 32 and len(losses) == 3
     assert losses[-1] < losses[0] < w0  # regression onto a fixed map goes down
@@ -81,19 +98,34 @@ def test_replay_takes_one_step_per_micro_batch(tmp_path):
 
 
 def test_gradual_rounds_reduce_transport_cost_and_resume(tmp_path):
-    eng, y = _engine(tmp_path, "sqeuclidean", b=512, m=64)
-    cfg = GradualConfig(rounds=4, fit_epochs=4, alpha_fit=0.3, alpha_stop=10.0,
+    path = str(tmp_path / "store")
+    cfg = GradualConfig(fit_epochs=4, alpha_fit=0.3, alpha_stop=10.0,
                         ots={"batch": 512, "max_iter": 300, "tol": 0.2})
-    results = train_gradual(eng, cfg)
-    assert [r.round for r in results] == [0, 1, 2, 3]
-    w = [r.transport_cost for r in results]
+    method, _ = _method("sqeuclidean", config=cfg, rounds=4)
+    run = train(method, 4, _cfg(512, 64), store=path)   # one engine step = one OTS + FIT round
+    results = run.results
+    assert [r.step for r in results] == [0, 1, 2, 3]
+    w = [r.metrics["loss"] for r in results]             # the transport cost W_t
     assert min(w[1:]) < 0.5 * w[0] and w[-1] < w[0], w  # gradual, not monotone per round
-    assert all(r.fit_losses for r in results)
+    assert all(r.metrics["fit_losses"] for r in results)
+    for r in results:
+        assert {"imbalance", "imbalance_noise", "ots_checks"} <= set(r.metrics)
+    # the round's ψ is stored with the round and checkpointed for the next one
+    with Store(path, mode="r") as st:
+        raw = st.get_bytes("checkpoints/step-4.pt")
+        state = torch.load(io.BytesIO(raw), weights_only=True)
+        np.testing.assert_array_equal(state["method"]["potentials"].numpy(),
+                                      st.array("steps/3/potentials")[:])
+        assert state["method"]["costs"].tolist() == w
+    np.testing.assert_array_equal(method.ot.potentials.numpy(), state["method"]["potentials"])
     # resuming a finished run does nothing; asking for more rounds continues from round 4
-    eng.store.release()
-    eng2, _ = _engine(tmp_path, "sqeuclidean", b=512, m=64)
-    more = train_gradual(eng2, GradualConfig(rounds=5, fit_epochs=4, alpha_fit=0.3,
-                                             alpha_stop=10.0, ots=cfg.ots))
-    assert [r.round for r in more] == [4]
-    for p, q in zip(eng.G.parameters(), eng2.G.parameters()):
+    method2, _ = _method("sqeuclidean", config=GradualConfig(fit_epochs=4, alpha_fit=0.3,
+                                                             alpha_stop=10.0, ots=cfg.ots),
+                         rounds=5)
+    assert train(method2, 4, _cfg(512, 64), store=path).results == []
+    for p, q in zip(method.G.parameters(), method2.G.parameters()):
+        assert torch.equal(p, q)  # the finished run's checkpoint was loaded
+    more = train(method2, 5, _cfg(512, 64), store=path).results
+    assert [r.step for r in more] == [4]
+    for p, q in zip(method.G.parameters(), method2.G.parameters()):
         assert p.shape == q.shape

@@ -235,9 +235,50 @@ def test_cli_otgan_train_writes_outputs(tmp_path, micro):
     assert len(hist["history"]) == 5 and hist["config"]["batch"] == 16
     assert hist["config"]["micro_batch"] == (6 if micro else None)
     assert [r["player"] for r in hist["history"]].count("critic") == 1
+    assert hist["config"]["engine"]["population"] == 16
+    assert hist["config"]["engine"]["micro_batch"] == (6 if micro else 16)
+    assert hist["config"]["eps"] == 0.05 and hist["store"] == "<memory>"
+    assert [r["step"] for r in hist["history"]] == list(range(5))
+    times = [r["time_s"] for r in hist["history"]]
+    assert all(b > a for a, b in zip(times, times[1:]))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0 <= metrics["ring_metrics"]["modes_covered"] <= 8
-    assert "modes covered" in res.output
+    m = metrics["ring_metrics"]
+    assert type(m["modes_covered"]) is int
+    assert m == ring_metrics(np.load(out / "samples.npy"), ring8_modes())  # from the samples
+    assert m["modes_covered"] == sum(m["covered"]) and m["n_samples"] == 300
+    assert metrics["final_loss"] == hist["history"][-1]["loss"]
+    assert f"modes covered {m['modes_covered']}/8" in res.output
+
+
+def test_cli_otgan_train_resumes_from_a_store(tmp_path):
+    """--store: 4 steps, then the same command to 6 resumes (2 steps this call) and ends with
+    the models of an uninterrupted 6-step run; history.json holds all 6 rows."""
+    def cli(out, steps, store):
+        res = runner.invoke(app, ["otgan", "train", "--out", str(out), "--steps", str(steps),
+                                  "-b", "12", "-m", "6", "--n-gen", "1", "--n-samples", "50",
+                                  "--hidden", "8", "--critic-hidden", "8", "--feature-dim",
+                                  "4", "--latent-dim", "2", "--no-progress", "--threads", "1",
+                                  "--store", str(store)])
+        assert res.exit_code == 0, res.output
+        return res
+
+    cli(tmp_path / "full", 6, tmp_path / "full.zarr")
+    cli(tmp_path / "part", 4, tmp_path / "part.zarr")
+    res = cli(tmp_path / "part", 6, tmp_path / "part.zarr")
+    assert "2 steps this call" in res.output
+    full = json.loads((tmp_path / "full" / "history.json").read_text())["history"]
+    part = json.loads((tmp_path / "part" / "history.json").read_text())["history"]
+    assert [r["step"] for r in part] == list(range(6))
+    assert [r["loss"] for r in part] == [r["loss"] for r in full]
+    assert np.array_equal(np.load(tmp_path / "part" / "samples.npy"),
+                          np.load(tmp_path / "full" / "samples.npy"))
+    # another configuration on the same store is refused as a usage error
+    bad = runner.invoke(app, ["otgan", "train", "--out", str(tmp_path / "bad"), "--steps", "6",
+                              "-b", "12", "-m", "6", "--n-gen", "2", "--n-samples", "50",
+                              "--hidden", "8", "--critic-hidden", "8", "--feature-dim", "4",
+                              "--latent-dim", "2", "--no-progress", "--store",
+                              str(tmp_path / "part.zarr")])
+    assert bad.exit_code != 0 and "--store" in bad.output
 
 
 @pytest.mark.parametrize("args,match", [

