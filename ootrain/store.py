@@ -45,6 +45,8 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from ootrain._memory import MemoryGroup
+
 FORMAT_VERSION = 1
 LOCK_KEY = "ootrain.lock"
 
@@ -142,8 +144,14 @@ class Store:
             return
         if config is None:
             raise ValueError("a writable store needs the run's config (for its fingerprint)")
-        self._zstore = zarr.storage.MemoryStore() if self.in_memory else _open_zstore(self.url)
-        if lock and not self.in_memory:
+        if self.in_memory:   # in-process arrays (ootrain._memory): no zarr round trips
+            self.group = MemoryGroup()
+            self._bytes: dict[str, bytes] = {}
+            self.group.attrs["ootrain"] = {"format": FORMAT_VERSION,
+                                           "fingerprint": fingerprint(config), "config": config}
+            return
+        self._zstore = _open_zstore(self.url)
+        if lock:
             self._acquire_lock()
         try:
             exists = self._exists()
@@ -219,7 +227,7 @@ class Store:
 
     def release(self) -> None:
         """Release the writer lock if this object holds it (idempotent)."""
-        if self._lock is None:
+        if self._lock is None or self.in_memory:
             return
         held = self._read_lock()
         if held is not None and held.token == self._lock.token:
@@ -334,6 +342,9 @@ class Store:
     # ----------------------------------------------------------------- plain keys
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store ``data`` under the plain key ``key`` (not a zarr node: e.g. a checkpoint)."""
+        if self.in_memory:
+            self._bytes[key] = bytes(data)
+            return
         try:
             sync(self._zstore.set(key, default_buffer_prototype().buffer.from_bytes(data)))
         except OSError as e:
@@ -344,11 +355,16 @@ class Store:
 
     def get_bytes(self, key: str) -> bytes | None:
         """The bytes under the plain key ``key``, or None."""
+        if self.in_memory:
+            return self._bytes.get(key)
         raw = sync(self.group.store.get(key, prototype=default_buffer_prototype()))
         return None if raw is None else raw.to_bytes()
 
     def delete(self, key: str) -> None:
         """Remove the plain key ``key`` (no error when absent)."""
+        if self.in_memory:
+            self._bytes.pop(key, None)
+            return
         sync(self._zstore.delete(key))
 
     def delete_arrays(self, path: str) -> None:
@@ -360,7 +376,7 @@ class Store:
             members = [(name, node) for name, node in group.members()]
         for name, node in members:
             sub = f"{path}/{name}"
-            if isinstance(node, zarr.Group):
+            if isinstance(node, (zarr.Group, MemoryGroup)):
                 self.delete_arrays(sub)
                 continue
             del self.group[sub]
@@ -381,7 +397,7 @@ class Store:
                 path = f"{prefix}{name}"
                 if path == "manifest":
                     continue
-                if isinstance(node, zarr.Group):
+                if isinstance(node, (zarr.Group, MemoryGroup)):
                     yield from rec(node, path + "/")
                 else:
                     yield path, node

@@ -332,6 +332,9 @@ class Engine:
         self.progress = progress if hasattr(progress, "add_task") else None
         self.rank, self.world = rank_world()
         self._widths: dict[tuple[int, str], int] = {}
+        # the step whose starting state the models in memory hold (skips reloading it); an
+        # in-memory store keeps no checkpoints: the models in memory are the state
+        self._current: int | None = None
         bind = getattr(method, "bind", None)
         if bind is not None:
             bind(config)
@@ -462,6 +465,7 @@ class Engine:
         raw = self.store.get_bytes(self._ckpt_key(step))
         if raw is None:
             return False
+        self._current = step
         state = torch.load(io.BytesIO(raw), weights_only=True)
         for k, m in self.method.modules().items():
             m.load_state_dict(state["modules"][k])
@@ -668,8 +672,9 @@ class Engine:
         plan = self.method.plan(step)
         if self.rank == 0:
             self.store.group.require_group(self.prefix(step))
-            if not self.load_checkpoint(step):
-                self.save_checkpoint(step)
+            if self._current != step and not self.store.in_memory:
+                if not self.load_checkpoint(step):
+                    self.save_checkpoint(step)
         _barrier()
         group = self.store.group[self.prefix(step)]
         if group.attrs.get("phase") == "done":
@@ -700,8 +705,10 @@ class Engine:
         finish = getattr(self.method, "finish_step", None)
         if finish is not None:
             finish(step, metrics)
+        self._current = step + 1
         if self.rank == 0:
-            self.save_checkpoint(step + 1)
+            if not self.store.in_memory:
+                self.save_checkpoint(step + 1)
             # a fresh handle: ``group`` caches the attributes from before Solve wrote its
             # metrics, and zarr rewrites all of them on update
             self.store.group[self.prefix(step)].attrs.update(
@@ -727,7 +734,8 @@ class Engine:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         start = self.completed_steps()
-        if start > 0 and not self.load_checkpoint(start):
+        if start > 0 and self._current != start and not self.store.in_memory \
+                and not self.load_checkpoint(start):
             raise RuntimeError(f"{self.store.url} has {start} completed steps but no checkpoint "
                                f"for step {start}")
         if getattr(self.method, "real", None) is not None and \
