@@ -209,6 +209,84 @@ class POTRegulariser:
         return {"forest_loss": float(loss.detach()),
                 "matched": float(torch.unique(rho).numel() / fake_e.shape[0])}
 
+    def streamed(self, real: Any, fake: Any, moved: Any, write_moved: Any, block: int
+                 ) -> tuple[float, dict[str, float], Any]:
+        """:meth:`prepare` and :meth:`loss` over latents stored out of core, ``block`` rows at
+        a time: ``real`` [n, k] and ``fake`` [b, k] are array-likes (zarr, numpy); ``moved``
+        an array-like [b, k] that ``write_moved(lo, hi, rows)`` fills with ``F(fake)``.
+
+        The matching of each block of real latents runs against the stored ``F(fake)``
+        (:func:`ootrain.ot.ctransform.c_transform` streams it); Algorithm 2's ``L_F`` gradient
+        accumulates block by block; ``L_POT``'s gradient in ``fake_j`` is
+        ``J_F(fake_j)^T 2 (c_j F(fake_j) - S_j)`` with ``c_j`` the real latents matched to
+        ``j`` and ``S_j`` their sum, kept per generated row (``(k + 1)`` floats each).
+        Returns ``L_POT``, the stats of :meth:`prepare`, and ``cotangent(lo, hi)`` giving
+        ``d L_POT / d fake`` for rows ``[lo, hi)``.  Argmin matching only.
+        """
+        if self.pot.matching != "argmin":
+            raise ValueError("exact (one-to-one) matching needs the whole batch in memory; "
+                             "raise the memory budget or use matching='argmin'")
+        from ootrain.ot.ctransform import c_transform
+
+        n, b = int(real.shape[0]), int(fake.shape[0])
+        dtype = next(self.forest.parameters()).dtype
+
+        def rows_of(arr: Any, lo: int, hi: int) -> Tensor:
+            return torch.as_tensor(np.asarray(arr[lo:hi]), dtype=dtype)
+
+        def take(arr: Any, idx: Tensor) -> Tensor:
+            flat = idx.reshape(-1).numpy()
+            uniq, inv = np.unique(flat, return_inverse=True)
+            got = torch.as_tensor(np.asarray(arr.get_orthogonal_selection(
+                (uniq, slice(None)))), dtype=dtype)
+            return got[torch.from_numpy(inv.reshape(-1))].reshape(*idx.shape, -1)
+
+        def refresh() -> None:   # moved = F(fake), block by block
+            with torch.no_grad():
+                for lo in range(0, b, block):
+                    write_moved(lo, min(b, lo + block),
+                                self.forest(rows_of(fake, lo, min(b, lo + block))).numpy())
+
+        def matches() -> Any:
+            zero = torch.zeros(b, dtype=dtype)
+            for lo in range(0, n, block):
+                zr = rows_of(real, lo, min(n, lo + block))
+                yield zr, c_transform(zr, moved, zero, "sqeuclidean", self.pot.backend)[0]
+
+        if not self._initialised:
+            self.forest.init_from_rows(n, lambda rows: take(real, rows))
+            self._initialised = True
+        loss = 0.0
+        for _ in range(self.pot.forest_steps):
+            refresh()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = 0.0
+            for zr, rho in matches():
+                part = (zr - self.forest(take(fake, rho))).pow(2).sum() / n
+                part.backward()
+                loss += float(part.detach())
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        refresh()
+        counts = torch.zeros(b, dtype=dtype)
+        sums = torch.zeros(b, int(fake.shape[1]), dtype=dtype)
+        l_pot = 0.0
+        for zr, rho in matches():
+            l_pot += float((zr - take(moved, rho)).pow(2).sum())
+            counts.index_add_(0, rho, torch.ones_like(rho, dtype=dtype))
+            sums.index_add_(0, rho, zr)
+        stats = {"forest_loss": loss, "matched": float((counts > 0).double().mean())}
+
+        def cotangent(lo: int, hi: int) -> Tensor:
+            z = rows_of(fake, lo, hi).requires_grad_(True)
+            with frozen_parameters(self.forest):
+                fz = self.forest(z)
+                (g,) = torch.autograd.grad(fz, z, 2 * (counts[lo:hi, None] * fz.detach()
+                                                        - sums[lo:hi]))
+            return g
+
+        return l_pot, stats, cotangent
+
     def loss(self, real_e: Tensor, fake_e: Tensor) -> Tensor:
         """``L_POT = sum_i |z_r,i - F(fake_e)_rho_i|^2`` with ``F``'s parameters and the
         matching held fixed (no gradient reaches ``F``)."""

@@ -202,6 +202,9 @@ class GeneratorSolver:
 
     def solve(self, ctx: Any) -> dict[str, Any]:
         fake_arr = ctx.arrays["fake"]
+        stored = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in ctx.arrays.values())
+        if self.reg is not None and 4 * stored > ctx.memory_budget:
+            return self._solve_streamed(ctx)
         fake = torch.from_numpy(np.asarray(fake_arr[:])).requires_grad_(True)
         real = None
         if self.reg is not None:
@@ -217,6 +220,52 @@ class GeneratorSolver:
             lo, hi = int(c) * rows, min(fake_arr.shape[0], (int(c) + 1) * rows)
             ctx.store.write_chunk(path, (int(c), 0), cot[lo:hi].numpy().astype(fake_arr.dtype))
         out = {"player": "generator", "loss": float(value.detach()), **stats}
+        if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
+            raise FloatingPointError(f"a generator loss became non-finite at step {ctx.step}: "
+                                     f"{out}")
+        return out
+
+    def _solve_streamed(self, ctx: Any) -> dict[str, Any]:
+        """The same Solve with the stored rows read in blocks (a quarter of the budget's
+        worth of rows beyond it): :meth:`ootrain.methods.potgan.POTRegulariser.streamed`."""
+        fake_arr, real_arr = ctx.arrays["fake"], ctx.arrays["real"]
+        b, width = fake_arr.shape
+        k = width - 1
+        rows = fake_arr.chunks[0]
+        block = max(rows, (ctx.memory_budget // (64 * width * 8)) // rows * rows)
+        mpath = f"{ctx.prefix}/moved"
+        ctx.store.require_array(mpath, (b, k), (rows, k), fake_arr.dtype)
+        moved = ctx.store.array(mpath)
+
+        class _Latents:   # the latent columns of the stored fake rows, as an array-like
+            shape, dtype, chunks = (b, k), fake_arr.dtype, (rows, k)
+
+            def __getitem__(self, key: Any) -> np.ndarray:
+                return np.asarray(fake_arr[key])[:, 1:]
+
+            def get_orthogonal_selection(self, sel: Any) -> np.ndarray:
+                return np.asarray(fake_arr.get_orthogonal_selection(sel))[:, 1:]
+
+        def write_moved(lo: int, hi: int, values: np.ndarray) -> None:
+            for c0 in range(lo, hi, rows):
+                ctx.store.write_chunk(mpath, (c0 // rows, 0),
+                                      values[c0 - lo:c0 - lo + rows].astype(fake_arr.dtype))
+
+        l_pot, stats, cot = self.reg.streamed(real_arr, _Latents(), moved, write_moved, block)
+        adv = 0.0
+        for lo in range(0, b, block):
+            adv -= float(np.asarray(fake_arr[lo:lo + block][:, 0], dtype=np.float64).sum()) / b
+        ctx.store.put_bytes(f"{ctx.prefix}/regulariser.pt", self.reg.save_state())
+        path = f"{ctx.prefix}/cotangents/fake"
+        ctx.store.require_array(path, fake_arr.shape, fake_arr.chunks, fake_arr.dtype)
+        for c in np.flatnonzero(~ctx.store.done(path)):
+            lo, hi = int(c) * rows, min(b, (int(c) + 1) * rows)
+            g = np.empty((hi - lo, width), dtype=fake_arr.dtype)
+            g[:, 0] = -1.0 / b
+            g[:, 1:] = (self.reg.weight * cot(lo, hi)).numpy()
+            ctx.store.write_chunk(path, (int(c), 0), g)
+        value = adv + self.reg.weight * l_pot
+        out = {"player": "generator", "loss": value, "adv": adv, "reg": l_pot, **stats}
         if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
             raise FloatingPointError(f"a generator loss became non-finite at step {ctx.step}: "
                                      f"{out}")

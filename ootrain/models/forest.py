@@ -46,6 +46,8 @@ Choices fixed here, where the paper leaves room:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import math
 
 import torch
@@ -192,8 +194,15 @@ class LatentTransformForest(nn.Module):
         (unless its coordinate is constant).  The global RNG is not used.
         """
         self._check_input(z)
-        if z.shape[0] < 1:
+        self.init_from_rows(z.shape[0], lambda rows: z[rows.to(z.device)])
+
+    @torch.no_grad()
+    def init_from_rows(self, n: int, take: Callable[[Tensor], Tensor]) -> None:
+        """:meth:`init_from_data` for data read row by row: ``take(rows)`` returns the rows
+        ``rows`` (int64, any shape) of the ``n`` data rows, shape ``[*rows.shape, dim]``."""
+        if n < 1:
             raise ValueError("z must have at least one row")
         generator = torch.Generator().manual_seed(self.seed)
-        rows = torch.randint(z.shape[0], self.threshold.shape, generator=generator)
-        self.threshold.copy_(z[rows.to(z.device), self.feature])
+        rows = torch.randint(n, self.threshold.shape, generator=generator)
+        picked = take(rows).to(self.threshold.dtype)            # [*threshold.shape, dim]
+        self.threshold.copy_(picked.gather(-1, self.feature.unsqueeze(-1)).squeeze(-1))
