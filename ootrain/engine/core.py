@@ -483,6 +483,18 @@ class Engine:
             k += 1
         return k
 
+    def history(self) -> list[StepResult]:
+        """Every completed step of the store (also those of earlier, resumed runs), read back
+        from the steps' attributes: the solver's metrics, the update's results, timings."""
+        out = []
+        for k in range(self.completed_steps()):
+            attrs = dict(self.store.group[self.prefix(k)].attrs)
+            extra = {key: v for key, v in attrs.items()
+                     if key not in ("metrics", "solved", "phase", "timings")}
+            out.append(StepResult(k, {**attrs.get("metrics", {}), **extra},
+                                  dict(attrs.get("timings", {}))))
+        return out
+
     # ------------------------------------------------------------------ the three phases
     def embed_real(self) -> zarr.Array | None:
         """Embed the method's static real data once (no grad) into ``real/embeddings``."""

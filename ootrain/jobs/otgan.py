@@ -24,8 +24,7 @@ from ootrain.progress import make_progress
 from ootrain.store import Store, StoreConfigError, StoreLockedError
 from ootrain.validation import check_betas, check_bool, check_micro_batch, is_int, is_num
 
-__all__ = ["OTGANJob", "otgan_train", "otgan_engine_config", "otgan_method", "history_row",
-           "stored_history"]
+__all__ = ["OTGANJob", "otgan_train", "otgan_engine_config", "otgan_method", "history_row"]
 
 
 @dataclass
@@ -89,17 +88,6 @@ def _with_elapsed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def stored_history(store: str, steps: range) -> list[dict[str, Any]]:
-    """History rows of completed steps read back from a store (for resumed runs)."""
-    rows = []
-    with Store(store, mode="r") as st:
-        for k in steps:
-            attrs = dict(st.group[f"steps/{k}"].attrs)
-            rows.append(history_row(StepResult(k, dict(attrs.get("metrics", {})),
-                                               dict(attrs.get("timings", {})))))
-    return rows
-
-
 def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float = 0.05,
                 n_gen: int = 3, lr_gen: float = 1e-3, lr_critic: float = 1e-3,
                 beta1: float = 0.5, beta2: float = 0.999, sinkhorn_tol: float = 0.01,
@@ -157,11 +145,7 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
         except (StoreConfigError, StoreLockedError) as e:
             raise InputError(f"--store {store}: {e}") from None
     wall = time.perf_counter() - t0
-    rows = [history_row(r) for r in run.results]
-    first = rows[0]["step"] if rows else steps
-    if store is not None and first > 0:        # resumed: the earlier steps' rows from the store
-        rows = stored_history(str(store), range(first)) + rows
-    history = _with_elapsed(rows)
+    history = _with_elapsed([history_row(r) for r in run.steps])   # earlier runs' steps too
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x = generate(G, n_samples, latent_dim, seed=seed + 12345)

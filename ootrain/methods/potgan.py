@@ -327,8 +327,9 @@ def build_potgan(sampler: Any, dim: int, *, method: str = "potgan",
     reg, vae_history = None, None
     if method == "potgan":
         model = make_vae(dim, vae_latent, vae_hidden, seed=seed + 2)
-        vae_history = train_vae(model, sampler, vae if vae is not None else VAEConfig(seed=seed),
-                                progress=progress)
+        vcfg = vae if vae is not None else VAEConfig(seed=seed)
+        vae_history = train_vae(model, sampler, vcfg, progress=progress,
+                                optimizer=torch.optim.Adam(model.parameters(), lr=vcfg.lr))
         forest = LatentTransformForest(vae_latent, n_trees=forest_trees, depth=forest_depth,
                                        seed=seed + 3)
         reg = POTRegulariser(frozen_encoder(model), forest, pot)

@@ -26,18 +26,21 @@ __all__ = ["TrainResult", "train", "open_shared_store", "make_optimizer", "estim
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`: the method (its models trained in place), one
-    :class:`~ootrain.engine.StepResult` per step taken by this call, and where the store was
+    :class:`~ootrain.engine.StepResult` per step taken by this call (``results``) and per
+    completed step of the store, earlier runs' included (``steps``), and where the store was
     (``"<memory>"`` or a temporary folder that is gone for runs that did not name one)."""
 
     method: Any
     results: list[StepResult] = field(default_factory=list)
     store: str = "<memory>"
+    steps: list[StepResult] = field(default_factory=list)
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """One row per step: ``step``, the solver's metrics and the phase timings."""
+        """One row per completed step of the store: ``step``, the solver's metrics, the
+        update's results and the phase timings (``run_s``, ``solve_s``, …)."""
         return [{"step": r.step, **r.metrics, **{f"{k}_s": v for k, v in r.timings.items()}}
-                for r in self.results]
+                for r in self.steps]
 
 
 def make_optimizer(params: Any, name: str, lr: float,
@@ -134,8 +137,9 @@ def train(method: Method, steps: int, config: EngineConfig, *,
         with open_shared_store(store, Engine.store_config(config, method), overwrite) as st:
             engine = Engine(method, st, config, progress=progress)
             results = engine.train(steps, callback=callback)
+            done = engine.history()
             where = st.url
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
-    return TrainResult(method, results, where)
+    return TrainResult(method, results, where, done)

@@ -186,7 +186,7 @@ def _as_batch(x: Any, n: int, d: int, dtype: torch.dtype, device: torch.device) 
 
 
 def train_vae(vae: VAE, sampler: Callable[[int, np.random.Generator], Any], config: VAEConfig,
-              *, progress: Any = None,
+              *, optimizer: Optional[torch.optim.Optimizer] = None, progress: Any = None,
               callback: Optional[Callable[[dict[str, Any]], Any]] = None) -> list[dict[str, Any]]:
     """Fit ``vae`` in place by Adam on the negative ELBO of fresh draws.
 
@@ -195,6 +195,7 @@ def train_vae(vae: VAE, sampler: Callable[[int, np.random.Generator], Any], conf
         sampler: ``sampler(n, rng) -> [n, in_dim]`` (numpy or torch), e.g.
             :func:`ootrain.data.sample_ring8`; ``rng = numpy.random.default_rng([seed, 7])``.
         config: a :class:`VAEConfig`.
+        optimizer: over the VAE's parameters (default: Adam at ``config.lr``).
         progress: a ``rich.progress.Progress`` to add a task to, or a bool / None for a bar of
             its own (:func:`ootrain.progress.make_progress`).
         callback: called with each history row after its update.
@@ -215,7 +216,7 @@ def train_vae(vae: VAE, sampler: Callable[[int, np.random.Generator], Any], conf
     if not params:
         raise ValueError("the VAE has no trainable parameters")
     dtype, device = params[0].dtype, params[0].device
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(params, lr=config.lr)
     rng = np.random.default_rng([config.seed, 7])
     noise = torch.Generator().manual_seed(config.seed)
     vae.train()
