@@ -7,15 +7,26 @@ step, ``b ∈ POPULATIONS = (64, 256, 1024, 4096)``, with the micro-batch fixed 
 ``--budget``, so it takes ``budget // b`` steps; all runs of a seed start from the same generator
 init and use the same optimiser and learning rate (no rescaling with ``b``).
 
-One step: ``b`` latents and ``b`` real samples (drawn with replacement from a fixed training set of
-``N_TRAIN`` points), ``N_DIRECTIONS`` fresh Gaussian directions, loss = the exact sliced W2²
-between the two populations (:func:`ootrain.ot.sliced.sliced_wasserstein`), one Adam step.
+Training runs on the engine, Run → Sort → ReRun:
+``ootrain.methods.train(RSR(G, real, Adam, solver=SlicedSolver(N_DIRECTIONS)), budget // b,
+EngineConfig(population=b, micro_batch=min(MICRO_BATCH, b), latent_dim=LATENT_DIM, seed=…),
+store=None)`` (the in-memory store: in-process numpy arrays).  One step: Run embeds ``b``
+latents ``m`` at a time without autograd, Sort draws ``N_DIRECTIONS`` fresh Gaussian directions
+and computes each generated sample's exact quantile target, ReRun replays the ``m``-row
+micro-batches with autograd and accumulates the gradient, then one Adam step.  With this
+deterministic generator the accumulated gradient is the full-batch gradient of the sliced W2²
+(``tests/invariant.py``), so ``m`` changes memory, not the numbers.
 
-The gradient is taken in one autograd pass over the ``b`` samples.  This is the gradient that
-Run-Sort-ReRun computes with micro-batches of ``m`` (the engine's invariant: with a deterministic
-model the ReRun-accumulated gradient equals the full-batch gradient; ``tests/test_engine.py``), so
-``m`` changes memory, not the numbers.  At these sizes the engine's per-step store I/O would
-dominate the run time, which the table must keep under a few minutes.
+The real side: every step matches the ``b`` generated samples against the WHOLE fixed training
+set of ``N_TRAIN`` = 32768 points (the ``real`` of :class:`~ootrain.methods.rsr.RSR`, embedded
+once per run), with the exact quantile targets for unequal sizes (the target of rank ``r`` is
+the mean of the training set's quantile function over ``[r/b, (r+1)/b]``).  This differs from
+this pipeline's earlier in-memory loop, which drew ``b`` real samples with replacement per step
+and took the sliced W2² between two ``b``-sample populations: the generated side's mini-batch
+bias is unchanged (it is what the table measures), the real side's sampling noise and bias are
+gone (its quantile function is the training set's, every step).  The numbers are therefore not
+comparable with tables made by the old loop; in particular the ``b = m = 64`` row is now
+"mini-batch on the generated side only".
 
 Metrics, between ``N_EVAL = 2000`` generated samples and ``N_EVAL`` held-out target samples
 (neither seen in training): the sliced W2 (square root of the mean over ``EVAL_DIRECTIONS``
@@ -25,13 +36,24 @@ samples, the exact OT value that POT's ``ot.emd2`` also returns).  The row "targ
 ``N_EVAL`` training samples the same way: the floor set by finite samples.
 
 Setup: latent ``z ~ N(0, I_8)``; generator ``MLP(8 → 128 → 128 → 8)`` with LayerNorm and ReLU;
-Adam (betas 0.5, 0.999), lr 3e-3; ``N_DIRECTIONS = 64`` training directions per step; default
-budget ``2**21`` samples (≈ 4 min on 2 CPU cores for seeds 0, 1).
+Adam (betas 0.5, 0.999), lr 3e-3; ``N_DIRECTIONS = 64`` training directions per step; engine
+seed ``100003 · seed + b``; default budget ``2**21`` samples.
 
-What to expect: at equal samples seen, ``b`` trades bias for steps.  ``b = m = 64`` (32768 steps)
-is the worst: mini-batch sliced W2 is biased and its plateau does not improve with more samples
-(seed 0, sliced W2 0.25 → 0.30 from 2**20 to 2**22 samples), while ``b = 1024`` keeps improving
-(0.22 → 0.20).  ``b = 4096`` gets only 512 steps at the default budget and is not converged.
+Time (measured on the project's shared 2-core VM, one torch thread): an engine step costs
+about the same at every ``b`` here, because Solve re-sorts the 64 projections of the 32768
+training points every step: 0.15-0.18 s per step at b = 64 … 4096 under load ~2 (100/50/20/10
+steps), 0.28-0.47 s per step under load 4-5 (the run below).  The default budget is
+``32768 + 8192 + 2048 + 512 = 43520`` steps per seed, so ≈ 2-6 h per seed (4-11 h for seeds
+0, 1); it has not been run on the engine.  ``--budget 32768 --seeds 0`` (680 steps) took 305 s
+under load 4-5.
+
+What to expect: at equal samples seen, ``b`` trades bias for steps.  Measured on the engine
+with ``--budget 32768 --seeds 0`` only (512 / 128 / 32 / 8 steps; sliced W2 to held-out data,
+floor 0.134): b = 64: 0.445, b = 256: 0.385, b = 1024: 0.532, b = 4096: 1.148 — at this tiny
+budget the large populations get too few steps to converge, so the ordering is set by the
+step count, not yet by the mini-batch bias.  Tables from the old in-memory loop (b real
+samples per step; seed 0, sliced W2 0.25 → 0.30 at b = 64 and 0.22 → 0.20 at b = 1024 from
+2**20 to 2**22 samples) were not re-measured on the engine.
 
 Outputs (in ``--out``): ``table2.md`` (the table and the command that made it), ``table2.json``
 (configuration; per ``b``: steps, per-seed metrics, their mean and standard deviation; the floor)
@@ -57,6 +79,9 @@ from ootrain.data import load_dataset
 from ootrain.models.zoo import MLP
 from ootrain.progress import make_progress
 from ootrain.models.zoo import generate
+from ootrain.engine import EngineConfig
+from ootrain.methods import RSR, train as engine_train
+from ootrain.methods.rsr import SlicedSolver
 from ootrain.methods.training import make_optimizer
 from ootrain.ot.exact import exact_wasserstein
 from ootrain.ot.sliced import random_directions, sliced_wasserstein
@@ -86,22 +111,20 @@ def make_generator(seed: int) -> MLP:
 
 
 def train(generator: MLP, train_set: np.ndarray, b: int, steps: int, seed: int,
-          progress: Any) -> None:
-    """``steps`` steps of population-``b`` sliced W2 (see the module docstring)."""
+          progress: Any) -> list[dict[str, Any]]:
+    """``steps`` engine steps of population-``b`` sliced W2 against the whole ``train_set``
+    (see the module docstring); returns the engine's per-step history."""
     opt = make_optimizer(generator.parameters(), OPTIMIZER, LR)
-    rng = np.random.default_rng([seed, b])
-    directions = torch.Generator().manual_seed(seed * 100_003 + b)
-    real = torch.as_tensor(train_set)
+    method = RSR(generator, train_set, opt, solver=SlicedSolver(n_directions=N_DIRECTIONS))
+    config = EngineConfig(population=b, micro_batch=min(MICRO_BATCH, b), latent_dim=LATENT_DIM,
+                          seed=seed * 100_003 + b)
     task = progress.add_task(f"seed {seed}, b={b}", total=steps)
-    for _ in range(steps):
-        z = torch.as_tensor(rng.standard_normal((b, LATENT_DIM)), dtype=torch.float32)
-        y = real[torch.as_tensor(rng.integers(len(train_set), size=b))]
-        omega = random_directions(DIM, N_DIRECTIONS, generator=directions)
-        opt.zero_grad(set_to_none=True)
-        sliced_wasserstein(generator(z), y, omega).backward()
-        opt.step()
-        progress.advance(task)
-    progress.remove_task(task)
+    try:   # one bar per run: the engine's per-phase bars would cost more than these steps
+        run = engine_train(method, steps, config, store=None,
+                           callback=lambda _: progress.advance(task))
+    finally:
+        progress.remove_task(task)
+    return run.history
 
 
 def metrics(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]:
@@ -177,15 +200,17 @@ def run_table2(out: Path, budget: int = DEFAULT_BUDGET, seeds: tuple[int, ...] =
             for b in POPULATIONS:
                 generator = make_generator(seed)
                 t = time.perf_counter()
-                train(generator, train_set, b, budget // b, seed, bars)
+                history = train(generator, train_set, b, budget // b, seed, bars)
                 wall = time.perf_counter() - t
                 x = generate(generator, N_EVAL, LATENT_DIM, seed=3000 + seed)
-                runs[b].append({**metrics(x, held_out, seed), "wall_s": wall})
+                runs[b].append({**metrics(x, held_out, seed), "wall_s": wall,
+                                "train_loss": float(history[-1]["loss"])})
     result = {
         "config": {"target": TARGET, "micro_batch": MICRO_BATCH, "budget": budget,
                    "seeds": list(seeds), "n_directions": N_DIRECTIONS, "latent_dim": LATENT_DIM,
                    "hidden": list(HIDDEN), "layer_norm": True, "optimizer": OPTIMIZER, "lr": LR,
-                   "n_train": N_TRAIN, "n_eval": N_EVAL, "eval_directions": EVAL_DIRECTIONS},
+                   "n_train": N_TRAIN, "n_real": N_TRAIN, "n_eval": N_EVAL,
+                   "eval_directions": EVAL_DIRECTIONS, "store": "memory"},
         "rows": [{"b": b, "steps": budget // b, **_mean_std(runs[b]), "per_seed": runs[b]}
                  for b in POPULATIONS],
         "floor": _mean_std(floor),

@@ -272,7 +272,7 @@ def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath
     for i in range(omega.shape[1]):
         y[i].sort()
         _check_finite(y[i], "real projections")
-        y_sq = _sum_sq(y[i], r_step) / n
+        y_sq = _sum_sq(y[i], 1 << 16) / n
         xs, perm = sort.sort_with_permutation(x[i])
         sq_diff = t_sq = 0.0
         for r0 in range(0, b, r_step):

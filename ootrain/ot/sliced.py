@@ -26,6 +26,7 @@ algorithm2_directions  direction update of the RSR paper's Algorithm 2.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -115,6 +116,21 @@ def _check_int(name: str, v: int, lo: int, hi: int | None = None) -> int:
 # exact merging of two uniform quantile grids
 # ----------------------------------------------------------------------------------
 def _merged_pieces(
+    n: int, m: int, j_start: int, j_stop: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_pieces` of the last few rank ranges, reused: a Solve aligns every direction on
+    the same ranks (the integer pieces cost ~1.5 ms per direction at n = 32768, b = 1024).
+    The tensors are shared: callers must not modify them."""
+    return _pieces_cached(int(n), int(m), int(j_start), int(j_stop), str(device))
+
+
+@functools.lru_cache(maxsize=4)
+def _pieces_cached(n: int, m: int, j_start: int, j_stop: int, device: str
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    return _pieces(n, m, j_start, j_stop, torch.device(device))
+
+
+def _pieces(
     n: int, m: int, j_start: int, j_stop: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Partition of ``[j_start/m, j_stop/m]`` by the grids ``{i/n}`` and ``{j/m}``.
