@@ -380,19 +380,20 @@ def load_targets(spec: str, n: int | None = None, seed: int = 0,
     return load_data(spec, array=array, lazy=True)
 
 
-def row_sampler(data: Any, seed: int, dtype: torch.dtype) -> Callable[[int], torch.Tensor]:
+def row_sampler(data: Any, dtype: torch.dtype
+                ) -> Callable[[int, np.random.Generator], torch.Tensor]:
     """Draws of rows of ``data`` (numpy array, memory map or zarr array) with replacement;
     each draw reads only the rows it needs.
 
-    ``sampler(k)`` returns a ``[k, d]`` tensor of ``dtype`` (the sampler convention of
-    :class:`~ootrain.ot.semidiscrete.SemiDiscreteOT`); the draws come from
-    ``numpy.random.default_rng(seed)``.
+    ``sampler(k, rng)`` returns a ``[k, d]`` tensor of ``dtype`` whose rows are
+    ``rng.integers(0, n, k)`` (the project's sampler convention, ``rng`` a
+    ``numpy.random.Generator`` owned by the caller, e.g. ``SemiDiscreteOT.fit(sampler,
+    rng=seed)``).
     """
     n = int(data.shape[0])
-    rng = np.random.default_rng(seed)
     lazy = hasattr(data, "get_orthogonal_selection")
 
-    def draw(k: int) -> torch.Tensor:
+    def draw(k: int, rng: np.random.Generator) -> torch.Tensor:
         uniq, inv = np.unique(rng.integers(0, n, size=k), return_inverse=True)
         rows = data.get_orthogonal_selection((uniq, slice(None))) if lazy else data[uniq]
         rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64))
@@ -401,12 +402,13 @@ def row_sampler(data: Any, seed: int, dtype: torch.dtype) -> Callable[[int], tor
     return draw
 
 
-def source_sampler(spec: str, seed: int = 0, dtype: torch.dtype | None = None,
-                   array: str | None = None) -> tuple[Callable[[int], torch.Tensor], int, str]:
+def source_sampler(spec: str, dtype: torch.dtype | None = None, array: str | None = None
+                   ) -> tuple[Callable[[int, np.random.Generator], torch.Tensor], int, str]:
     """``(sampler, d, description)`` for a source spec of ``ootrain semidiscrete solve``.
 
-    ``sampler(k)`` returns a ``[k, d]`` tensor of i.i.d. source draws (``dtype``, default
-    float32):
+    ``sampler(k, rng)`` returns a ``[k, d]`` tensor of i.i.d. source draws (``dtype``,
+    default float32) made with the caller's ``numpy.random.Generator`` ``rng`` (the project's
+    sampler convention; a fixed ``rng`` seed gives fixed draws):
 
     - ``gaussian:D`` — N(0, I_D); ``uniform:D`` — uniform on the cube [0, 1]^D;
     - the other sampled built-ins (``mog1d``, ``ring8``, ``mog:D:K[:S]``) — exact draws;
@@ -422,19 +424,18 @@ def source_sampler(spec: str, seed: int = 0, dtype: torch.dtype | None = None,
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise ValueError(f"source {spec!r}: expected '{name}:D' with an integer D >= 1")
         d = int(args[0])
-        gen = torch.Generator().manual_seed(seed)
-        fn = torch.rand if name == "uniform" else torch.randn
+        uniform = name == "uniform"
 
-        def draw(k: int) -> torch.Tensor:
-            return fn(k, d, generator=gen, dtype=torch.float64).to(dtype)
+        def draw(k: int, rng: np.random.Generator) -> torch.Tensor:
+            x = rng.random((k, d)) if uniform else rng.standard_normal((k, d))
+            return torch.from_numpy(x).to(dtype)
 
         what = "N(0, I)" if name == "gaussian" else "uniform on [0, 1]^D"
         return draw, d, f"{spec}: {what}, exact draws"
     if name in DATASETS and name != "digits":
         d = int(load_dataset(spec, n=1).shape[1])          # validates the spec
-        rng = np.random.default_rng(seed)
 
-        def draw_builtin(k: int) -> torch.Tensor:
+        def draw_builtin(k: int, rng: np.random.Generator) -> torch.Tensor:
             x = load_dataset(spec, n=k, seed=int(rng.integers(2**63)))
             return torch.from_numpy(x).to(dtype)
 
@@ -444,5 +445,5 @@ def source_sampler(spec: str, seed: int = 0, dtype: torch.dtype | None = None,
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"source {spec!r}: {e}") from None
     n, d = (int(s) for s in data.shape)
-    return row_sampler(data, seed, dtype), d, \
+    return row_sampler(data, dtype), d, \
         f"{spec}: empirical distribution of {n} rows, drawn with replacement"

@@ -141,13 +141,14 @@ class W1Metric:
             x = G(self.latents)
         if self.ot is None:
             return w1_exact(x.numpy(), self.ref)
-        gen = torch.Generator().manual_seed(seed)
+        dim = self.latents.shape[1]
 
-        def draw(k: int) -> torch.Tensor:
+        def draw(k: int, rng: np.random.Generator) -> torch.Tensor:
+            z = torch.as_tensor(rng.standard_normal((k, dim)), dtype=torch.float32)
             with torch.no_grad():
-                return G(torch.randn(k, self.latents.shape[1], generator=gen))
+                return G(z)
 
-        self.ot.fit(draw, progress=False, **{**OTS, "max_iter": 300})
+        self.ot.fit(draw, rng=seed, progress=False, **{**OTS, "max_iter": 300})
         return self.ot.cost(x)
 
 
@@ -169,10 +170,11 @@ def _count_ots_iterations(ot: SemiDiscreteOT, counter: list[int]) -> None:
     wrapper of ``ot.fit``)."""
     fit = ot.fit
 
-    def counting_fit(sampler: Callable[[int], torch.Tensor], **kw: Any) -> SemiDiscreteOT:
-        def counted(k: int) -> torch.Tensor:
+    def counting_fit(sampler: Callable[[int, np.random.Generator], Any], **kw: Any
+                     ) -> SemiDiscreteOT:
+        def counted(k: int, rng: np.random.Generator) -> Any:
             counter[0] += 1
-            return sampler(k)
+            return sampler(k, rng)
         return fit(counted, **kw)
 
     ot.fit = counting_fit  # type: ignore[method-assign]

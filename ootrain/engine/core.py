@@ -204,7 +204,8 @@ class EngineConfig:
     multiple of m; default ≈ ``chunk_bytes`` per chunk).  seed: the counter-based key of every
     input and of solver randomness.  verify: compare ReRun's embeddings with Run's and refuse
     on mismatch.  memory_budget: bytes the solver may hold (sort rows, Sinkhorn blocks, …) and
-    the size up to which :func:`ootrain.methods.training.train` keeps the store in memory.
+    the size up to which :func:`ootrain.methods.training.train` keeps the store in memory;
+    store chunks are at most 1/16 of it.
     keep_steps: steps whose arrays stay in the store (None: all).
     """
 
@@ -375,8 +376,13 @@ class Engine:
             rows = self.cfg.chunk_rows
         else:
             row_bytes = width * np.dtype(self.cfg.dtype).itemsize
-            rows = max(m, (self.cfg.chunk_bytes // row_bytes) // m * m)
+            rows = max(m, (self._chunk_bytes() // row_bytes) // m * m)
         return min(rows, math.ceil(b / m) * m)
+
+    def _chunk_bytes(self) -> int:
+        """Bytes of a store chunk: ``chunk_bytes``, at most 1/16 of the memory budget (a
+        solver streams chunks, so one must fit well inside what it may hold)."""
+        return max(1, min(self.cfg.chunk_bytes, self.cfg.memory_budget // 16))
 
     def inputs(self, step: int, index: int, pop: Population, lo: int, hi: int) -> Tensor:
         """Inputs of rows [lo, hi) (lo a multiple of m) of the plan's ``index``-th population,
@@ -507,7 +513,7 @@ class Engine:
             with torch.no_grad():
                 d = int(E(torch.as_tensor(np.asarray(real[:1]), dtype=self.dtype)).shape[1])
             row_bytes = d * np.dtype(self.cfg.dtype).itemsize
-            rows = max(1, min(n, self.cfg.chunk_bytes // row_bytes))
+            rows = max(1, min(n, self._chunk_bytes() // row_bytes))
             self.store.require_array("real/embeddings", (n, d), (rows, d), self.cfg.dtype)
         _barrier()
         arr = self.store.array("real/embeddings")

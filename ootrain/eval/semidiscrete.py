@@ -5,16 +5,21 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 __all__ = ["evaluate_semidiscrete"]
 
 
-def evaluate_semidiscrete(ot: Any, sampler: Callable[[int], torch.Tensor], n_eval: int = 65536,
-                          batch: int = 8192, seed: int = 0) -> dict[str, float]:
+def evaluate_semidiscrete(ot: Any, sampler: Callable[[int, np.random.Generator], Any],
+                          n_eval: int = 65536, batch: int = 8192, seed: int = 0,
+                          rng: np.random.Generator | int | None = None) -> dict[str, float]:
     """Transport cost, dual and mass imbalance of the potentials of a fitted
     :class:`~ootrain.ot.semidiscrete.SemiDiscreteOT` ``ot``, on ``n_eval`` fresh draws of
-    ``sampler(k) -> [k, d]`` taken ``batch`` at a time.
+    ``sampler(k, rng) -> [k, d]`` (numpy array or tensor) taken ``batch`` at a time.
+
+    ``rng`` (a numpy ``Generator`` or an int seed; default ``seed``) drives the draws; give a
+    seed other than the fit's so the samples are fresh.
 
     Returns ``transport_cost`` (mean cost of the map ``T(x) = y_σ(x)``), ``dual`` (the dual
     estimate, ≤ the OT cost and equal at the optimum; on a second ``n_eval`` draws),
@@ -25,18 +30,24 @@ def evaluate_semidiscrete(ot: Any, sampler: Callable[[int], torch.Tensor], n_eva
     """
     if n_eval < 1:
         raise ValueError(f"n_eval must be >= 1, got {n_eval}")
+    rng = np.random.default_rng(seed if rng is None else rng)
     gen = torch.Generator().manual_seed(seed)
     total, counts, done = 0.0, torch.zeros(ot.n_targets, dtype=torch.float64), 0
     while done < n_eval:
-        x = sampler(min(batch, n_eval - done))
+        k = min(batch, n_eval - done)
+        x = sampler(k, rng)
+        x = torch.from_numpy(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+        if x.ndim != 2 or x.shape[0] != k:
+            raise ValueError(f"sampler({k}, rng) must return shape [{k}, d], got "
+                             f"{tuple(x.shape)}")
         total += float(ot.cost_per_sample(x).double().sum())
         counts += torch.bincount(ot.assign(x, generator=gen).cpu(),
                                  minlength=ot.n_targets).double()
-        done += x.shape[0]
+        done += k
     nu = ot.nu.double().cpu()
     return {
         "transport_cost": total / n_eval,
-        "dual": ot.dual(sampler, n=n_eval, batch=batch),
+        "dual": ot.dual(sampler, n=n_eval, batch=batch, rng=rng),
         "imbalance": float((counts / n_eval - nu).abs().sum()),
         "imbalance_noise": float(torch.sqrt(2 * nu * (1 - nu) / (math.pi * n_eval)).sum()),
     }

@@ -81,7 +81,7 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         targets = load_targets(target, n=n_target, seed=seed + 1, array=target_array)
     ot = make_ot(targets, cost, backend, eps, dtype)
     try:
-        sampler, d, described = source_sampler(source, seed, ot.dtype, source_array)
+        sampler, d, described = source_sampler(source, ot.dtype, source_array)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
     if d != ot.source.d:
@@ -89,12 +89,12 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
                          f"{ot.source.d}")
     calls = [0]
 
-    def counted(k: int) -> torch.Tensor:
+    def counted(k: int, rng: np.random.Generator) -> torch.Tensor:
         calls[0] += 1
-        return sampler(k)
+        return sampler(k, rng)
 
     fit_kw: dict[str, Any] = {"batch": batch, "max_iter": max_iter, "tol": tol, "grow": grow,
-                              "n0": n0, "check_every": check_every,
+                              "n0": n0, "check_every": check_every, "rng": seed,
                               "generator": torch.Generator().manual_seed(seed)}
     if lr is not None:
         fit_kw["lr"] = lr

@@ -221,12 +221,12 @@ class OTSFIT(GeneratorMethod):
         """OTS: fresh generated samples of the current generator, no autograd."""
         gen = np.random.default_rng([self.gcfg.ots_seed, self._step, 0x075])
 
-        def draw(k: int) -> Tensor:
-            z = torch.as_tensor(np.asarray(self.latent_sampler(k, gen)), dtype=self._dtype)
+        def draw(k: int, rng: np.random.Generator) -> Tensor:
+            z = torch.as_tensor(np.asarray(self.latent_sampler(k, rng)), dtype=self._dtype)
             with torch.no_grad():
                 return self.embed(z)
 
-        self.ot.fit(draw, progress=self._progress, **self.gcfg.ots)
+        self.ot.fit(draw, rng=gen, progress=self._progress, **self.gcfg.ots)
 
     def _fit(self, engine: Engine, step: int) -> dict[str, Any]:
         w_t = float(engine.store.group[engine.prefix(step)].attrs["metrics"]["loss"])

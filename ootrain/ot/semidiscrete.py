@@ -86,7 +86,13 @@ from ootrain.progress import make_progress
 
 __all__ = ["SemiDiscreteOT"]
 
-Sampler = Union[Callable[[int], Tensor], Tensor]
+#: What :meth:`SemiDiscreteOT.fit` and :meth:`SemiDiscreteOT.dual` sample from: the project's
+#: sampler convention ``draw(n, rng) -> [n, d]`` (numpy array or tensor; ``rng`` a
+#: ``numpy.random.Generator``, see :data:`ootrain.engine.core.Sampler`), or a fixed sample
+#: tensor ``[M, d]``.
+Sampler = Union[Callable[[int, np.random.Generator], Any], Tensor]
+#: ``rng`` arguments: a numpy ``Generator``, an int seed or None (``numpy.random.default_rng``).
+RngLike = Union[np.random.Generator, int, None]
 
 #: Default relative temperature per cost (0 = hard argmin).
 DEFAULT_EPS = {"sqeuclidean": 0.0, "euclidean": 0.0, "l1": 0.05, "lp": 0.0, "cosine": 0.0}
@@ -104,6 +110,17 @@ def default_batch(n: int) -> int:
     """Samples per iteration for ``n`` targets: ``n / 4`` rounded to a power of two, clipped
     to ``[256, 4096]`` (a few samples per cell per step; large enough for GEMM efficiency)."""
     return int(min(4096, max(256, 2 ** round(math.log2(max(1, n) / 4)))))
+
+
+def _as_rng(rng: Any) -> np.random.Generator:
+    """``numpy.random.default_rng(rng)`` (a ``Generator`` is returned as is), with a clear
+    error for anything else (a ``torch.Generator`` belongs in ``generator=``)."""
+    if isinstance(rng, bool) or not (rng is None or isinstance(rng, (np.random.Generator,
+                                                                     int, np.integer))):
+        raise ValueError("rng must be a numpy.random.Generator, an int seed or None, got "
+                         f"{type(rng).__name__}" + (" (pass a torch.Generator as generator=)"
+                                                    if isinstance(rng, torch.Generator) else ""))
+    return np.random.default_rng(rng)
 
 
 def _check_int(name: str, v: Any, lo: int) -> int:
@@ -253,14 +270,18 @@ class SemiDiscreteOT:
         """Mean transport cost of ``x`` under the map (expected cost for the soft map)."""
         return float(self.cost_per_sample(x).mean())
 
-    def dual(self, samples: Sampler, n: int = 65536, batch: int = 8192) -> float:
+    def dual(self, sampler: Sampler, n: int = 65536, batch: int = 8192,
+             rng: RngLike = None) -> float:
         """Estimate of the dual objective ``h(psi)`` (``h_eps`` when soft) on the samples
-        ``x [B, d]``, or on ``n`` draws of a sampler."""
+        ``x [B, d]`` (a tensor), or on ``n`` draws ``sampler(k, rng)`` of a sampler, ``batch``
+        at a time (``rng``: a numpy ``Generator``, an int seed or None)."""
         total, count = 0.0, 0
-        draws = [samples] if isinstance(samples, Tensor) else \
-            (samples(min(batch, n - k)) for k in range(0, n, batch))
+        if isinstance(sampler, Tensor):
+            draws: Any = [self._x(sampler)]
+        else:
+            draw = self._as_sampler(sampler, _as_rng(rng), None)
+            draws = (draw(min(batch, n - k)) for k in range(0, n, batch))
         for x in draws:
-            x = self._x(x)
             total += float(self._evaluate(x, self.source, self.potentials, self.nu)[0].sum())
             count += x.shape[0]
         return total / count + float(self.nu @ self.potentials)
@@ -269,14 +290,16 @@ class SemiDiscreteOT:
     def fit(self, sampler: Sampler, *, batch: int | None = None, max_iter: int = 20000,
             tol: float = 0.05, lr: float = 3.0, decay: float = 2 / 3,
             check_every: int | None = None, grow: bool = False, n0: int = 1024,
-            generator: torch.Generator | None = None,
+            rng: RngLike = None, generator: torch.Generator | None = None,
             progress: bool | None = None) -> "SemiDiscreteOT":
         """Averaged stochastic ascent of the (entropic) semi-discrete dual; see the module
         docstring.
 
         Args:
-            sampler: ``sampler(n) -> Tensor [n, d]`` i.i.d. source samples, or a fixed
-                sample ``[M, d]`` drawn from with replacement (``generator``).
+            sampler: ``sampler(n, rng) -> [n, d]`` (numpy array or tensor, converted to the
+                solver's dtype and device) i.i.d. source samples drawn with the numpy
+                ``Generator`` ``rng``, or a fixed sample tensor ``[M, d]`` drawn from with
+                replacement (``generator``).
             batch: samples per iteration (default: ``N / 4`` rounded to a power of two,
                 clipped to ``[256, 4096]``).
             max_iter: iteration budget (per stage when growing; checks not counted).
@@ -288,7 +311,15 @@ class SemiDiscreteOT:
             check_every: check every this many iterations (default: at geometrically
                 growing iterations, so that checking costs at most about as much as fitting).
             grow: fit on ``n0`` random targets first, doubling until all (warm starts).
-            generator: randomness of the fixed-sample draws and of the growth subsets.
+            rng: the sampler's randomness: a numpy ``Generator`` (used as is, so its stream
+                continues), an int seed or None (fresh entropy), as
+                ``numpy.random.default_rng(rng)``.
+            generator: ``torch.Generator`` of the solver's own randomness (the fixed-sample
+                draws and the growth subsets).  Default: seeded from one draw of ``rng``,
+                taken before any sampler call and only when needed (a fixed sample or
+                ``grow`` with several stages), so a callable sampler without growth sees
+                ``rng``'s stream untouched.  The fit is deterministic for a given ``rng``
+                (and ``generator``) on a deterministic backend.
             progress: show a progress bar (default: when stderr is a terminal).
 
         Returns:
@@ -302,7 +333,6 @@ class SemiDiscreteOT:
             raise ValueError(f"decay must be in [0.5, 1], got {decay!r}")
         if check_every is not None:
             check_every = _check_int("check_every", check_every, 1)
-        draw = self._as_sampler(sampler, generator)
         n = self.n_targets
         batch = default_batch(n) if batch is None else _check_int("batch", batch, 1)
         sizes = [n]
@@ -313,6 +343,10 @@ class SemiDiscreteOT:
                 sizes.append(n0)
                 n0 *= 2
             sizes.append(n)
+        rng = _as_rng(rng)
+        if generator is None and (isinstance(sampler, Tensor) or len(sizes) > 1):
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        draw = self._as_sampler(sampler, rng, generator)
         perm = None if len(sizes) == 1 else \
             torch.randperm(n, generator=generator).numpy()
         prev_rows: np.ndarray | None = None
@@ -337,8 +371,10 @@ class SemiDiscreteOT:
         self.potentials = psi - (self.nu @ psi)
         return self
 
-    def _as_sampler(self, sampler: Sampler, generator: torch.Generator | None
-                    ) -> Callable[[int], Tensor]:
+    def _as_sampler(self, sampler: Sampler, rng: np.random.Generator,
+                    generator: torch.Generator | None) -> Callable[[int], Tensor]:
+        """``draw(k) -> Tensor [k, d]`` of the solver's dtype and device, checked: rows of a
+        fixed sample tensor (``generator``) or ``sampler(k, rng)`` (array or tensor)."""
         if isinstance(sampler, Tensor):
             data = self._x(sampler)
 
@@ -347,16 +383,29 @@ class SemiDiscreteOT:
                 return data[i.to(data.device)]
             return draw
         if not callable(sampler):
-            raise ValueError("sampler must be a callable n -> Tensor[n, d] or a Tensor [M, d], "
-                             f"got {type(sampler).__name__}")
+            raise ValueError("sampler must be a callable (n, rng) -> [n, d] array or Tensor, "
+                             f"or a Tensor [M, d], got {type(sampler).__name__}")
+        d = self.source.d
 
         def checked(k: int) -> Tensor:
-            x = sampler(k)
-            if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] != k:
-                raise ValueError(f"sampler({k}) must return a Tensor of shape [{k}, "
-                                 f"{self.source.d}], got "
-                                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x)}")
-            return self._x(x)
+            x = sampler(k, rng)
+            if isinstance(x, np.ndarray):
+                if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+                    raise ValueError(f"sampler({k}, rng) must return a numeric array or Tensor "
+                                     f"[{k}, {d}], got an array of dtype {x.dtype}")
+                x = torch.from_numpy(np.ascontiguousarray(x)).to(self.dtype)
+            if not isinstance(x, Tensor):
+                raise ValueError(f"sampler({k}, rng) must return a numpy array or Tensor of "
+                                 f"shape [{k}, {d}], got {type(x).__name__}")
+            if x.ndim != 2 or x.shape[0] != k:
+                raise ValueError(f"sampler({k}, rng) must return shape [{k}, {d}], got "
+                                 f"{tuple(x.shape)}")
+            if not x.is_floating_point():
+                x = x.to(self.dtype)
+            try:
+                return self._x(x)
+            except ValueError as e:
+                raise ValueError(f"sampler({k}, rng): {e}") from None
         return checked
 
     def _grow_potentials(self, src: TargetSource, rows: np.ndarray | None,
