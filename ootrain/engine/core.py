@@ -165,13 +165,14 @@ class Plan:
     """What one engine step does: Run the ``populations``, Solve with ``solver``, then the
     update: ReRun and ``optimizer.step()`` (``player``'s parameters accumulate gradients, every
     other module of the method is frozen), or ``update(engine, step)`` instead (e.g. FIT's
-    regression).  ``prepare()`` runs before Run unless the step's Solve is already done."""
+    regression).  ``prepare(engine, step)`` runs before Run unless the step's Solve is already
+    done; what it leaves for the step's record it stores in the step's attributes."""
 
     populations: Sequence[Population]
     solver: Solver
     optimizer: torch.optim.Optimizer
     player: nn.Module
-    prepare: Callable[[], None] | None = None
+    prepare: Callable[["Engine", int], None] | None = None
     update: Callable[["Engine", int], dict[str, Any]] | None = None
 
 
@@ -492,14 +493,16 @@ class Engine:
     def history(self) -> list[StepResult]:
         """Every completed step of the store (also those of earlier, resumed runs), read back
         from the steps' attributes: the solver's metrics, the update's results, timings."""
-        out = []
-        for k in range(self.completed_steps()):
-            attrs = dict(self.store.group[self.prefix(k)].attrs)
-            extra = {key: v for key, v in attrs.items()
-                     if key not in ("metrics", "solved", "phase", "timings")}
-            out.append(StepResult(k, {**attrs.get("metrics", {}), **extra},
-                                  dict(attrs.get("timings", {}))))
-        return out
+        return [self._recorded(k) for k in range(self.completed_steps())]
+
+    def _recorded(self, step: int) -> StepResult:
+        """Step ``step`` as its attributes record it (Solve's metrics, what the update and
+        ``prepare`` stored, the timings)."""
+        attrs = dict(self.store.group[self.prefix(step)].attrs)
+        extra = {key: v for key, v in attrs.items()
+                 if key not in ("metrics", "solved", "phase", "timings")}
+        return StepResult(step, {**attrs.get("metrics", {}), **extra},
+                          dict(attrs.get("timings", {})))
 
     # ------------------------------------------------------------------ the three phases
     def embed_real(self) -> zarr.Array | None:
@@ -702,7 +705,7 @@ class Engine:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         if plan.prepare is not None and not group.attrs.get("solved"):
-            plan.prepare()
+            plan.prepare(self, step)
             timings["prepare"] = time.perf_counter() - t
             t = time.perf_counter()
         self.run(step, plan)
@@ -733,7 +736,7 @@ class Engine:
                 {"phase": "done", "timings": timings, **extra})
             self._prune(step)
         _barrier()
-        return StepResult(step, {**metrics, **extra}, timings)
+        return self._recorded(step)
 
     def _prune(self, step: int) -> None:
         """Delete the arrays (not the attributes) of steps older than ``keep_steps``, and
@@ -803,7 +806,7 @@ class GeneratorMethod:
         self.latent_sampler = latent_sampler
         self.latent_dim = latent_dim
         self.specs = (generator_spec, embedding_spec)
-        self.prepare: Callable[[], None] | None = None
+        self.prepare: Callable[[Engine, int], None] | None = None
         self.update: Callable[[Engine, int], dict[str, Any]] | None = None
 
     def config(self) -> dict[str, Any]:

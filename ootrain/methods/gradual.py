@@ -190,8 +190,6 @@ class OTSFIT(GeneratorMethod):
         self.epochs = self.gcfg.fit_epochs if self.gcfg.alternate \
             else self.gcfg.fit_epochs * self.rounds
         self.alpha_fit = self.gcfg.alpha_fit if self.gcfg.alternate else 0.0
-        self._step = 0
-        self._seen = 0
         self._progress: bool | None = None
         self._costs: list[float] = []   # W_t of the rounds done (checkpointed: the α-stop)
 
@@ -217,16 +215,20 @@ class OTSFIT(GeneratorMethod):
         self._dtype = getattr(torch, config.dtype)
         return self
 
-    def _ots(self) -> None:
-        """OTS: fresh generated samples of the current generator, no autograd."""
-        gen = np.random.default_rng([self.gcfg.ots_seed, self._step, 0x075])
+    def _ots(self, engine: Engine, step: int) -> None:
+        """OTS: fresh generated samples of the current generator, no autograd; its checks go
+        into the step's attributes (a round resumed after its Solve still reports them)."""
+        gen = np.random.default_rng([self.gcfg.ots_seed, step, 0x075])
 
         def draw(k: int, rng: np.random.Generator) -> Tensor:
             z = torch.as_tensor(np.asarray(self.latent_sampler(k, rng)), dtype=self._dtype)
             with torch.no_grad():
                 return self.embed(z)
 
+        seen = len(self.ot.history)
         self.ot.fit(draw, rng=gen, progress=self._progress, **self.gcfg.ots)
+        engine.store.group[engine.prefix(step)].attrs.update(
+            {"ots_checks": self.ot.history[seen:]})
 
     def _fit(self, engine: Engine, step: int) -> dict[str, Any]:
         w_t = float(engine.store.group[engine.prefix(step)].attrs["metrics"]["loss"])
@@ -234,11 +236,9 @@ class OTSFIT(GeneratorMethod):
                                stop=lambda _e, loss: loss <= self.alpha_fit * w_t)
         self.ot.load(engine.store, f"{engine.prefix(step)}/potentials")  # the round's ψ, also
         # when resumed after Solve (the checkpoint of the next round keeps it)
-        checks, self._seen = self.ot.history[self._seen:], len(self.ot.history)
-        return {"fit_losses": losses, "ots_checks": checks}
+        return {"fit_losses": losses}
 
     def plan(self, step: int):
-        self._step = step
         self.prepare, self.update = self._ots, self._fit
         return super().plan(step)
 

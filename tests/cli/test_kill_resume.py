@@ -147,14 +147,6 @@ class Method:
     xfail: dict[str, str] = field(default_factory=dict)
 
 
-#: Known bugs (outside the engine and the store) that these cases show.
-_OTS_CHECKS_BUG = (
-    "steps/<k>.attrs['ots_checks'] of a round resumed after its Solve is [] instead of the "
-    "round's OTS checks: Engine.step skips plan.prepare (OTS) once the step is solved "
-    "(ootrain/engine/core.py, the `not group.attrs.get('solved')` test), and OTSFIT._fit "
-    "(ootrain/methods/gradual.py, `checks, self._seen = self.ot.history[self._seen:], ...`) "
-    "reports the checks from the in-memory SemiDiscreteOT.history of this process, which the "
-    "killed process took with it; parameters, samples and every other attribute match")
 
 METHODS: dict[str, Method] = {
     # 3 steps of b=256 in 8 micro-batches; the memory budget makes Sort align in 2 passes
@@ -177,8 +169,7 @@ METHODS: dict[str, Method] = {
         kills={"run": {"phase": "run", "step": 1, "path": "steps/1/embeddings", "after": 2},
                "solve": {"phase": "solve", "step": 1, "path": "steps/1/assignments", "after": 2},
                "rerun": {"phase": "rerun", "step": 1, "backward": 3}},
-        default="run",
-        xfail={"rerun": _OTS_CHECKS_BUG}),
+        default="run"),
     # 3 iterations (generator, critic, generator: n_gen=1) of 4 x 64 in micro-batches of 32;
     # the kills land in the critic update (all four sets replayed)
     "otgan": Method(
