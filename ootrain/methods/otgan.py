@@ -314,26 +314,17 @@ class EnergySolver:
             def rows(name: str, lo: int, hi: int) -> np.ndarray:
                 return cot[name][lo:hi].numpy()
         else:
-            from ootrain.ot.sinkhorn import sinkhorn_streamed
+            from ootrain.ot.sinkhorn import energy_distance_streamed
 
-            block = _block_rows(ctx.memory_budget)
-            results = {key: sinkhorn_streamed(arrays[a], arrays[b], self.cfg.eps, "cosine",
-                                              tol=self.cfg.sinkhorn_tol,
-                                              max_iter=self.cfg.sinkhorn_max_iter,
-                                              scaling=self.cfg.sinkhorn_scaling,
-                                              block_rows=block, dtype=torch.float64)
-                       for key, a, b, _ in ENERGY_TERMS}
-            value = float(sum(c * float(results[key].cost) for key, _, _, c in ENERGY_TERMS))
-            warm = False
+            streamed = energy_distance_streamed(
+                *(arrays[k] for k in SETS), self.cfg.eps, "cosine", tol=self.cfg.sinkhorn_tol,
+                max_iter=self.cfg.sinkhorn_max_iter, scaling=self.cfg.sinkhorn_scaling,
+                block_rows=_block_rows(ctx.memory_budget), dtype=torch.float64)
+            results, value, warm = streamed.results, float(streamed.value), False
             self.state["prev"] = None
 
             def rows(name: str, lo: int, hi: int) -> np.ndarray:
-                out = 0.0
-                for key, a, b, c in ENERGY_TERMS:
-                    for side, own in (("x", a), ("y", b)):
-                        if own == name:
-                            out = out + c * results[key].gradient(side, lo, hi)
-                return (self.sign * out).numpy()
+                return (self.sign * streamed.cotangent(name, lo, hi)).numpy()
         for name in self.replay:
             arr = arrays[name]
             path = f"{ctx.prefix}/cotangents/{name}"
