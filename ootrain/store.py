@@ -368,8 +368,9 @@ class Store:
         sync(self._zstore.delete(key))
 
     def delete_arrays(self, path: str) -> None:
-        """Delete every array under the group ``path`` and their manifests; the group and its
-        attributes stay."""
+        """Delete every array and plain key under the group ``path``, and the arrays'
+        manifests; the group and its attributes stay."""
+        self._delete_plain_keys(path)
         group = self.group[path]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -383,9 +384,21 @@ class Store:
             if self.has(f"manifest/{sub}"):
                 del self.group[f"manifest/{sub}"]
 
-    def reset(self, path: str) -> None:
-        """Forget the completion flags of ``path`` (its chunks will be recomputed)."""
-        self._manifest(path)[:] = 0
+    def _delete_plain_keys(self, path: str) -> None:
+        """The plain keys (e.g. ``steps/3/regulariser.pt``) directly under ``path``."""
+        prefix = path.rstrip("/") + "/"
+        if self.in_memory:
+            for key in [k for k in self._bytes if k.startswith(prefix) and "/" not in
+                        k[len(prefix):]]:
+                del self._bytes[key]
+            return
+
+        async def keys() -> list[str]:
+            return [k async for k in self._zstore.list_dir(prefix)]
+        for name in sync(keys()):
+            name = name.rstrip("/")
+            if name != "zarr.json" and "." in name and not self.has(f"{path}/{name}"):
+                sync(self._zstore.delete(prefix + name))
 
     def walk_arrays(self) -> Iterator[tuple[str, zarr.Array]]:
         """All data arrays (not manifests), depth first, with their paths."""

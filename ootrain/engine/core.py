@@ -42,7 +42,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -337,6 +337,8 @@ class Engine:
         # the step whose starting state the models in memory hold (skips reloading it); an
         # in-memory store keeps no checkpoints: the models in memory are the state
         self._current: int | None = None
+        self._changed = False        # a step of this engine has begun changing the models
+        self._pruned = 0             # steps below this have had their arrays pruned
         bind = getattr(method, "bind", None)
         if bind is not None:
             bind(config)
@@ -472,7 +474,7 @@ class Engine:
         raw = self.store.get_bytes(self._ckpt_key(step))
         if raw is None:
             return False
-        self._current = step
+        self._current = None
         state = torch.load(io.BytesIO(raw), weights_only=True)
         for k, m in self.method.modules().items():
             m.load_state_dict(state["modules"][k])
@@ -480,6 +482,7 @@ class Engine:
             o.load_state_dict(state["optimizers"][k])
         if "method" in state:
             self.method.load_state_dict(state["method"])
+        self._current = step
         return True
 
     def completed_steps(self) -> int:
@@ -689,14 +692,27 @@ class Engine:
                 p.grad = None
 
     def step(self, step: int) -> StepResult:
-        """One full step ``step`` (resumes a partially done one): Run, Solve, update."""
-        plan = self.method.plan(step)
+        """One full step ``step`` (resumes a partially done one): Run, Solve, update.
+
+        A step that raised after it began changing the models is retried from its checkpoint
+        (disk or URL stores); an in-memory store has none, and such a retry is refused."""
         if self.rank == 0:
             self.store.group.require_group(self.prefix(step))
-            if self._current != step and not self.store.in_memory:
-                if not self.load_checkpoint(step):
+            if self._current != step:
+                if self.store.in_memory:
+                    if self._current is not None or self._changed:
+                        raise RuntimeError(
+                            f"step {step} cannot start: the models in memory are not the state "
+                            f"before it (a step of this in-memory store failed after changing "
+                            "them, or another engine trained them); an in-memory store keeps "
+                            "no checkpoints: start again, or train with a store on disk to "
+                            "resume")
+                elif not self.load_checkpoint(step):
                     self.save_checkpoint(step)
+                    self._current = step
         _barrier()
+        plan = self.method.plan(step)
+        self._current, self._changed = None, True   # from here on the models change
         group = self.store.group[self.prefix(step)]
         if group.attrs.get("phase") == "done":
             raise RuntimeError(f"step {step} is already complete in {self.store.url}")
@@ -739,15 +755,16 @@ class Engine:
         return self._recorded(step)
 
     def _prune(self, step: int) -> None:
-        """Delete the arrays (not the attributes) of steps older than ``keep_steps``, and
-        checkpoints before the one that resumes the next step."""
-        self.store.delete(self._ckpt_key(step))
+        """After step ``step``: delete the arrays and plain keys (not the attributes) of steps
+        older than ``keep_steps``, and the checkpoints before the one that resumes the next
+        step — those of earlier, interrupted runs too."""
         keep = self.cfg.keep_steps
-        if keep is None or step + 1 - keep < 0:
-            return
-        old = self.prefix(step + 1 - keep)
-        if self.store.has(old):
-            self.store.delete_arrays(old)
+        upto = step + 1 if keep is None else step + 2 - keep   # steps [_pruned, upto) go
+        for j in range(self._pruned, step + 1):
+            self.store.delete(self._ckpt_key(j))
+            if keep is not None and j < upto and self.store.has(self.prefix(j)):
+                self.store.delete_arrays(self.prefix(j))
+        self._pruned = max(self._pruned, upto if keep is not None else step + 1)
 
     def train(self, steps: int, callback: Callable[[StepResult], None] | None = None
               ) -> list[StepResult]:
@@ -755,17 +772,24 @@ class Engine:
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         start = self.completed_steps()
-        if start > 0 and self._current != start and not self.store.in_memory \
-                and not self.load_checkpoint(start):
-            raise RuntimeError(f"{self.store.url} has {start} completed steps but no checkpoint "
-                               f"for step {start}")
+        if start > 0 and self._current != start:
+            if self.store.in_memory:
+                raise RuntimeError(f"the in-memory store has {start} completed steps but this "
+                                   "engine's models are not their result (an in-memory store "
+                                   "keeps no checkpoints); train them with the engine that "
+                                   "trained the earlier steps, or with a store on disk")
+            if not self.load_checkpoint(start):
+                raise RuntimeError(f"{self.store.url} has {start} completed steps but no "
+                                   f"checkpoint for step {start}")
+        stop = getattr(self.method, "stop", None)
+        if start > 0 and stop is not None and stop(self.history()):
+            return []             # a run that stopped by its method's rule stays stopped
         if getattr(self.method, "real", None) is not None and \
                 not self.store.is_complete("real/embeddings"):  # False when absent too
             self.embed_real()
         results: list[StepResult] = []
         task = self._bar("training steps", steps)
         self._advance(task, start)
-        stop = getattr(self.method, "stop", None)
         for k in range(start, steps):
             res = self.step(k)
             results.append(res)
@@ -806,8 +830,6 @@ class GeneratorMethod:
         self.latent_sampler = latent_sampler
         self.latent_dim = latent_dim
         self.specs = (generator_spec, embedding_spec)
-        self.prepare: Callable[[Engine, int], None] | None = None
-        self.update: Callable[[Engine, int], dict[str, Any]] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"solver": self.solver.config(), "generator": self.specs[0],
@@ -829,7 +851,7 @@ class GeneratorMethod:
         return self.latent_sampler
 
     def bind(self, config: EngineConfig) -> "GeneratorMethod":
-        """Fix the latent sampler from the engine's config (called by the engine's owner)."""
+        """Fix the latent sampler from the engine's config (the engine calls it)."""
         self.sampler(config.latent_dim, config.dtype)
         return self
 
@@ -838,7 +860,7 @@ class GeneratorMethod:
             raise RuntimeError("GeneratorMethod needs a latent sampler: pass latent_sampler= "
                                "or call bind(config)")
         pop = Population("embeddings", self.latent_sampler, self.embed)
-        return Plan([pop], self.solver, self.optimizer, self.G, self.prepare, self.update)
+        return Plan([pop], self.solver, self.optimizer, self.G)
 
 
 # --------------------------------------------------------------------------- checks

@@ -21,7 +21,7 @@ from ootrain.methods.otgan import (OTGAN, OTGANConfig, data_sampler, make_critic
 from ootrain.methods.training import train
 from ootrain.models.zoo import generate
 from ootrain.progress import make_progress
-from ootrain.store import Store, StoreConfigError, StoreLockedError
+from ootrain.store import StoreConfigError, StoreLockedError
 from ootrain.validation import check_betas, check_bool, check_micro_batch, is_int, is_num
 
 __all__ = ["OTGANJob", "otgan_train", "otgan_engine_config", "otgan_method", "history_row"]

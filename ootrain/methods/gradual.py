@@ -27,9 +27,10 @@ that single map (``α_fit = 0``) with the same total number of epochs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from torch import Tensor
 
 from torch import nn
 
-from ootrain.engine.core import Engine, GeneratorMethod, Sampler, SolveContext, StepResult
+from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveContext,
+                                 StepResult, rank_world)
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 
 __all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT"]
@@ -211,6 +213,9 @@ class OTSFIT(GeneratorMethod):
         self._costs.append(float(metrics["loss"]))
 
     def bind(self, config: Any) -> "OTSFIT":
+        if rank_world()[1] > 1:
+            raise NotImplementedError("OTS + FIT runs in one process (FIT's replay is not "
+                                      "sharded over torch.distributed ranks)")
         super().bind(config)
         self._dtype = getattr(torch, config.dtype)
         return self
@@ -238,9 +243,8 @@ class OTSFIT(GeneratorMethod):
         # when resumed after Solve (the checkpoint of the next round keeps it)
         return {"fit_losses": losses}
 
-    def plan(self, step: int):
-        self.prepare, self.update = self._ots, self._fit
-        return super().plan(step)
+    def plan(self, step: int) -> Plan:
+        return dataclasses.replace(super().plan(step), prepare=self._ots, update=self._fit)
 
     def stop(self, results: list[StepResult]) -> bool:
         """The α-stop: a round whose cost is not below ``alpha_stop`` × the previous one's."""

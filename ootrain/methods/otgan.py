@@ -52,8 +52,6 @@ The 2-D models (:func:`make_generator`, :class:`Critic`) are the toy problems'; 
 from __future__ import annotations
 
 import math
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
 

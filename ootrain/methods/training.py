@@ -69,10 +69,19 @@ def open_shared_store(path: str | None, config: dict[str, Any], overwrite: bool 
 def estimate_step_bytes(method: Method, config: EngineConfig) -> int:
     """Bytes one step keeps in its store: each population's embeddings, and as much again for
     what the solver writes per sample, plus the static real embeddings (one forward pass of a
-    micro-batch per population measures the widths)."""
+    micro-batch per population measures the widths); the largest over the first 8 steps."""
     itemsize = np.dtype(config.dtype).itemsize
+    plans = {}
+    for k in range(8):   # adversarial methods alternate plans; one of each kind
+        plan = method.plan(k)
+        plans.setdefault(tuple((p.name, p.size) for p in plan.populations), plan)
+    return max(_plan_bytes(method, plan, config, itemsize) for plan in plans.values())
+
+
+def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int) -> int:
+    """:func:`estimate_step_bytes` of one step's plan (adversarial methods alternate plans:
+    the estimate is the largest of the first steps')."""
     total = 0
-    plan = method.plan(0)
     for pop in plan.populations:
         b = pop.size if pop.size is not None else config.population
         m = min(config.micro_batch, b)
@@ -128,6 +137,9 @@ def train(method: Method, steps: int, config: EngineConfig, *,
     if bind is not None:
         bind(config)
     temp = None
+    if store is None and rank_world()[1] > 1:
+        raise ValueError("ranks of torch.distributed need a store they all see: pass a path or "
+                         "URL as store=")
     if store is None:
         keep = config.keep_steps if config.keep_steps is not None else max(steps, 1)
         if estimate_step_bytes(method, config) * keep > config.memory_budget:

@@ -28,10 +28,8 @@ Defaults are the WGAN-GP paper's (Adam 1e-4, betas (0.5, 0.9), lambda 10, n_crit
 from __future__ import annotations
 
 import math
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 import torch

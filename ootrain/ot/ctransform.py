@@ -87,7 +87,7 @@ from torch import Tensor
 from ootrain.ot.backends import (BACKENDS, SOFT_BACKENDS, TORCH_BLOCK, check_backend,
                                  faiss_available, keops_available)
 from ootrain.ot.checks import check_eps, check_query
-from ootrain.ot.costs import COSTS, Cost, parse_cost  # noqa: F401  (COSTS: old home)
+from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
 
 __all__ = [

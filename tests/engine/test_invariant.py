@@ -55,7 +55,6 @@ def test_ots_fit(where, cost):
     ot = SemiDiscreteOT(y, cost=cost, backend="torch")
     ot.potentials = torch.linspace(-0.3, 0.3, 40, dtype=torch.float64)
     method = OTSFIT(G, ot, torch.optim.SGD(G.parameters(), 0.1))
-    method.prepare = None
 
     def reference(eng, inputs):
         idx = torch.from_numpy(eng.store.array("steps/0/assignments")[:])
