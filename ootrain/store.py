@@ -5,11 +5,18 @@ Layout (every array is a plain zarr v3 array; attributes are JSON)::
     <root>/                      attrs["ootrain"] = {"format": 1, "fingerprint": sha256, "config": {...}}
     <root>/ootrain.lock          a plain key (not a zarr node): {"host", "pid", "token", "since"}
     <root>/real/embeddings       [n, d]   embeddings of the real data, computed once
-    <root>/steps/<k>/            one group per optimisation step k (attrs: solver results, e.g. "loss")
-        latents                  [b, z]   only with ``store_latents``; otherwise regenerated from
-                                          the counter-based key (seed, step, micro-batch index)
-        embeddings               [b, d]   e_i = E(G(z_i)), written by Run
-        directions, projections, targets [k, b] or cotangents [b, d] ...   written by the solver
+    <root>/steps/<k>/            one group per engine step k; attrs: "metrics" (the solver's),
+                                 "solved", "phase" ("done" when complete), "timings", and what the
+                                 method's update / prepare recorded (e.g. "fit_losses")
+        <population>             [b, d]   embeddings of each population, written by Run
+                                          ("embeddings" for one generator; "x", "x2", "y", "y2"
+                                          for OT-GAN; "pairs", "fake", "real" for WGAN-GP)
+        latents, <pop>_inputs    [b, z]   only with ``store_latents``; otherwise regenerated from
+                                          the counter-based key (seed, step, population,
+                                          micro-batch index)
+        directions, targets, cotangents/<pop>, ...   written by the solver
+        regulariser.pt           a plain key: POT-GAN's forest after its Solve
+    <root>/checkpoints/step-<k>.pt   plain key: every model and optimiser before step k
     <root>/manifest/<path>       [n_chunks] uint8, 1 where the chunk of array <path> is complete
 
 Chunks are written whole by one writer and only then flagged in the manifest, so a run killed at
@@ -114,8 +121,8 @@ class Store:
     Parameters
     ----------
     url:
-        Local path or fsspec URL of the group; ``None`` for a store in memory (a zarr
-        ``MemoryStore``, gone with the object).
+        Local path or fsspec URL of the group; ``None`` for a store in memory: in-process
+        arrays with the same interface (:mod:`ootrain._memory`), gone with the object.
     config:
         JSON-serialisable dict of everything that determines the stored data (population size,
         micro-batch, seeds, model specs, solver settings...). ``None`` opens an existing store
