@@ -57,6 +57,11 @@ from ootrain._memory import MemoryGroup
 FORMAT_VERSION = 1
 LOCK_KEY = "ootrain.lock"
 
+#: The command line of the running ``ootrain`` command (set by the CLI): a store it creates
+#: keeps it in ``attrs["ootrain"]["command"]`` (outside the fingerprint), so ``ootrain store
+#: info`` can say which command resumes the run.
+COMMAND: list[str] | None = None
+
 
 class StoreError(RuntimeError):
     """Base class of store errors."""
@@ -80,11 +85,21 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{k}: store has {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}"
-            for k in keys if json.dumps(a.get(k), sort_keys=True, default=str)
-            != json.dumps(b.get(k), sort_keys=True, default=str)]
+def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """The differing leaves of two configs, one ``dotted.key: store has X, requested Y`` each."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a or k not in b:
+                out.append(f"{key}: store has {a.get(k, '<absent>')!r}, requested "
+                           f"{b.get(k, '<absent>')!r}")
+            else:
+                out.extend(_config_diff(a[k], b[k], key))
+        return out
+    if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+        return [f"{prefix or '<config>'}: store has {a!r}, requested {b!r}"]
+    return []
 
 
 def _pid_alive(pid: int) -> bool:
@@ -164,9 +179,11 @@ class Store:
             exists = self._exists()
             if mode == "w" or not exists:
                 self.group = zarr.open_group(self._zstore, mode="w" if mode == "w" else "a")
-                self.group.attrs["ootrain"] = {"format": FORMAT_VERSION,
-                                               "fingerprint": fingerprint(config),
-                                               "config": config}
+                meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint(config),
+                        "config": config}
+                if COMMAND is not None:
+                    meta["command"] = list(COMMAND)
+                self.group.attrs["ootrain"] = meta
             else:
                 self.group = zarr.open_group(self._zstore, mode="a")
                 self._check_format(config)
@@ -191,10 +208,10 @@ class Store:
             raise StoreConfigError(f"{self.url} has store format {meta.get('format')}, "
                                    f"this ootrain reads format {FORMAT_VERSION}")
         if config is not None and meta["fingerprint"] != fingerprint(config):
-            diff = "\n  ".join(_config_diff(meta["config"], config))
+            diff = "; ".join(_config_diff(meta["config"], config)) or "fingerprint differs"
             raise StoreConfigError(
-                f"store {self.url} was written by another configuration; refusing to mix runs.\n"
-                f"  {diff}\nUse a new store path, or mode='w' (--overwrite) to discard it.")
+                f"store {self.url} was written by another configuration ({diff}); rerun with "
+                "the same options, use a new --store, or pass --overwrite to discard it")
 
     def _read_lock(self) -> Lock | None:
         buf = sync(self._zstore.get(LOCK_KEY, prototype=default_buffer_prototype()))
@@ -242,13 +259,18 @@ class Store:
         self._lock = None
 
     @staticmethod
+    def read_lock(url: str) -> Lock | None:
+        """The writer lock of the store at ``url`` (None when nobody holds it)."""
+        buf = sync(_open_zstore(os.fspath(url)).get(LOCK_KEY, prototype=default_buffer_prototype()))
+        return None if buf is None else Lock(**json.loads(buf.to_bytes()))
+
+    @staticmethod
     def break_lock(url: str) -> Lock | None:
         """Remove a stale writer lock; returns what it held. Only for a writer known to be gone."""
-        zs = _open_zstore(os.fspath(url))
-        buf = sync(zs.get(LOCK_KEY, prototype=default_buffer_prototype()))
-        if buf is not None:
-            sync(zs.delete(LOCK_KEY))
-        return None if buf is None else Lock(**json.loads(buf.to_bytes()))
+        held = Store.read_lock(url)
+        if held is not None:
+            sync(_open_zstore(os.fspath(url)).delete(LOCK_KEY))
+        return held
 
     def __enter__(self) -> "Store":
         return self

@@ -9,17 +9,20 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from typing import Optional
+
 import typer
 from rich.console import Console
 
 __all__ = ["console", "THREADS_HELP", "parse_bytes", "json_kwargs", "int_list", "set_threads",
-           "usage_errors"]
+           "usage_errors", "POPULATION_HELP", "MICRO_BATCH_HELP", "population_alias"]
 
 console = Console()
 
 #: Help of every command's ``--threads``.
-THREADS_HELP = ("torch intra-op threads (0: torch's default). On a small shared machine 1 "
-                "avoids OpenMP stalls.")
+THREADS_HELP = ("Threads of torch, BLAS and numba together (default: ootrain.threads."
+                "default_threads(), 1 on machines of <= 2 physical cores, or OOTRAIN_THREADS; "
+                "0: the libraries' own defaults).")
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -58,22 +61,29 @@ def int_list(text: str, option: str) -> tuple:
     return out
 
 
-def set_threads(threads: int) -> None:
-    """``--threads``: torch's intra-op threads (0 leaves torch's default)."""
-    if threads < 0:
+def set_threads(threads: Optional[int]) -> None:
+    """``--threads``: torch's, the BLAS/OpenMP pools' and numba's threads together (None:
+    :func:`ootrain.threads.default_threads`; 0 leaves the libraries' own defaults)."""
+    if threads is not None and threads < 0:
         raise typer.BadParameter(f"--threads must be >= 0, got {threads}")
-    if threads:
-        import torch
+    from ootrain.threads import apply_threads
 
-        torch.set_num_threads(threads)
+    apply_threads(threads)
 
 
 @contextmanager
 def usage_errors() -> Iterator[None]:
-    """Show a job's :class:`~ootrain.jobs.common.InputError` as a usage error (one line)."""
-    from ootrain.jobs.common import InputError
+    """Kept for compatibility: a job's :class:`~ootrain.jobs.common.InputError` is shown as a
+    one-line usage error (exit 2) by the root command (:mod:`ootrain.cli`) for every command."""
+    yield
 
-    try:
-        yield
-    except InputError as e:
-        raise typer.BadParameter(str(e)) from None
+
+#: Help of every command's ``-b/--population``.
+POPULATION_HELP = "Samples of each population per step (engine population b)."
+#: Help of every command's ``-m/--micro-batch``.
+MICRO_BATCH_HELP = "Samples per forward pass (engine micro-batch m)."
+
+
+def population_alias(population: int, batch: "int | None") -> int:
+    """``--batch``, the hidden deprecated alias of ``--population``."""
+    return population if batch is None else batch

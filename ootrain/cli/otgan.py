@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import (THREADS_HELP, console, int_list, set_threads,
-                                 usage_errors)
+from ootrain.cli.options import (POPULATION_HELP, THREADS_HELP, console, int_list,
+                                 population_alias, set_threads, usage_errors)
 
 __all__ = ["app", "otgan_train"]
 
@@ -18,14 +18,16 @@ app = typer.Typer(help="OT-GAN: generator and critic on the mini-batch energy di
 
 @app.command("train")
 def otgan_train(
-    out: Path = typer.Option(..., help="Output folder: samples.npy, samples.png, loss.png, "
-                             "history.json, metrics.json."),
+    out: Path = typer.Option(Path("otgan-out"), help="Output folder: samples.npy, "
+                             "samples.png, loss.png, history.json, metrics.json."),
     data: str = typer.Option("ring8", help="Real data: ring8 (8 Gaussians on a circle, the "
                              "paper's toy), gaussian:D, mog:D:K[:S], mog1d (exact draws), or "
                              "digits / a .npy/.npz/zarr array (rows drawn with replacement)."),
-    batch: int = typer.Option(200, "--batch", "-b", help="Samples in EACH of X, X' (real) and "
-                              "Y, Y' (generated): 4 x batch per iteration (the paper's '8000' "
-                              "is that total)."),
+    population: int = typer.Option(200, "--population", "-b", help=POPULATION_HELP + " Here "
+                                   "each of X, X' (real) and Y, Y' (generated): 4 x b samples "
+                                   "per iteration (the paper's '8000' is that total)."),
+    batch: Optional[int] = typer.Option(None, "--batch", hidden=True,
+                                        help="Deprecated alias of --population."),
     eps: float = typer.Option(0.05, help="Sinkhorn temperature in cosine-cost units (cost in "
                               "[0, 2]); the paper's 1/500 needs ~10x more Sinkhorn iterations."),
     n_gen: int = typer.Option(3, help="Generator updates per critic update (paper: 3)."),
@@ -47,8 +49,8 @@ def otgan_train(
                                                       "after this many iterations."),
     steps: int = typer.Option(1000, help="Iterations (generator and critic updates)."),
     latent_dim: int = typer.Option(8, help="Latent dimension (z ~ N(0, I))."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Rows per "
-                                              "forward pass: critic features are computed "
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Samples per "
+                                              "forward pass (engine micro-batch m): critic features are computed "
                                               "and replayed with autograd m rows at a time "
                                               "against the solves' per-sample cotangents "
                                               "(same gradient; default: the whole batch in "
@@ -69,7 +71,7 @@ def otgan_train(
     n_samples: int = typer.Option(2500, help="Samples written to samples.npy and scored "
                                   "(PacGAN scores 2500)."),
     progress: bool = typer.Option(True, help="Progress bar."),
-    threads: int = typer.Option(0, help=THREADS_HELP),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Train a generator against a learned critic by OT-GAN's Algorithm 1.
 
@@ -80,6 +82,7 @@ def otgan_train(
     streaming engine, resumable from --store.
     """
     set_threads(threads)
+    batch = population_alias(population, batch)
     g_hidden = int_list(hidden, "--hidden")
     c_hidden = int_list(critic_hidden, "--critic-hidden")
     from ootrain.jobs.otgan import otgan_train as job
@@ -99,7 +102,7 @@ def otgan_train(
         console.print(f"modes covered {m['modes_covered']}/{m['n_modes']}  high-quality "
                       f"{100 * m['high_quality_fraction']:.1f} %  reverse KL "
                       f"{m['reverse_kl']:.3f}")
-    console.print(f"wrote {out / 'samples.npy'}, history.json, metrics.json, loss.png"
-                  + (", samples.png" if res.wrote_plot else "")
-                  + (f"; {res.summary['steps_this_call']} steps this call, store {store}"
-                     if store is not None else ""))
+    console.print(f"{res.summary['steps_this_call']} steps this call, store "
+                  f"{store if store is not None else 'in memory'}; wrote {out}/: samples.npy, "
+                  "history.json, metrics.json, loss.png"
+                  + (", samples.png" if res.wrote_plot else ""), soft_wrap=True)

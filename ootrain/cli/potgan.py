@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import console, set_threads, usage_errors
+from ootrain.cli.options import (POPULATION_HELP, THREADS_HELP, console, population_alias,
+                                 set_threads, usage_errors)
 
 __all__ = ["app", "potgan_train"]
 
@@ -17,8 +18,8 @@ app = typer.Typer(help="POT-GAN: WGAN-GP with the parallel latent OT regulariser
 
 @app.command("train")
 def potgan_train(
-    out: Path = typer.Option(..., help="Output folder: samples.npy, samples.png, loss.png, "
-                             "history.json, metrics.json."),
+    out: Path = typer.Option(Path("potgan-out"), help="Output folder: samples.npy, "
+                             "samples.png, loss.png, history.json, metrics.json."),
     data: str = typer.Option("ring8", help="Real data: ring8 (8 Gaussians on a circle), "
                              "gaussian:D (D=3: the paper's ball), mog:D:K[:S], mog1d (exact "
                              "draws), or digits / a .npy/.npz/zarr array (rows drawn with "
@@ -26,8 +27,10 @@ def potgan_train(
     method: str = typer.Option("potgan", help="potgan | wgan-gp (the baseline: the same "
                                "training without L_POT)."),
     steps: int = typer.Option(3000, help="Generator updates."),
-    batch: int = typer.Option(256, "--batch", "-b", help="Real and generated samples per "
-                              "update."),
+    population: int = typer.Option(256, "--population", "-b", help=POPULATION_HELP + " Here "
+                                   "the real and generated samples per update."),
+    batch: Optional[int] = typer.Option(None, "--batch", hidden=True,
+                                        help="Deprecated alias of --population."),
     n_critic: int = typer.Option(5, help="Critic updates per generator update."),
     gp_weight: float = typer.Option(10.0, help="Gradient-penalty weight lambda."),
     lr: float = typer.Option(5e-4, help="Adam learning rate of generator and critic "
@@ -45,7 +48,7 @@ def potgan_train(
     forest_depth: int = typer.Option(3, help="Depth of each tree of F."),
     vae_latent: int = typer.Option(2, help="VAE latent dimension (the space of L_POT)."),
     vae_steps: int = typer.Option(1500, help="VAE training steps (before the GAN)."),
-    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Rows per "
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch", "-m", help="Samples per "
                                               "forward pass of the engine's Run and ReRun "
                                               "(default: the whole batch)."),
     seed: int = typer.Option(0, help="Seed of the models' init, real draws and latents."),
@@ -59,7 +62,7 @@ def potgan_train(
                                         "store (a named store resumes an interrupted run); "
                                         "default: in memory, or a temporary folder."),
     progress: bool = typer.Option(True, help="Progress bars."),
-    threads: int = typer.Option(0, help="torch intra-op threads (0: torch's default)."),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Train WGAN-GP with (potgan) or without (wgan-gp) the latent OT regulariser.
 
@@ -71,6 +74,7 @@ def potgan_train(
     many real samples, and mode metrics on ring8.
     """
     set_threads(threads)
+    batch = population_alias(population, batch)
     from ootrain.jobs.potgan import potgan_train as job
 
     with usage_errors():
@@ -89,5 +93,6 @@ def potgan_train(
         m = summary["ring_metrics"]
         console.print(f"modes covered {m['modes_covered']}/{m['n_modes']}  high-quality "
                       f"{100 * m['high_quality_fraction']:.1f} %")
-    console.print(f"wrote {out / 'samples.npy'}, history.json, metrics.json, loss.png"
-                  + (", samples.png" if res.wrote_plot else ""))
+    console.print(f"store {store if store is not None else 'in memory'}; wrote {out}/: "
+                  "samples.npy, history.json, metrics.json, loss.png"
+                  + (", samples.png" if res.wrote_plot else ""), soft_wrap=True)

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import THREADS_HELP, console, json_kwargs, parse_bytes, set_threads
+from ootrain.cli.options import (MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP, console,
+                                 json_kwargs, parse_bytes, set_threads)
 
 __all__ = ["app", "rsr_train"]
 
@@ -28,8 +29,8 @@ def rsr_train(
     embedding: str = typer.Option("identity", help="Embedding: zoo name or module:factory."),
     embedding_args: str = typer.Option("", help="JSON kwargs for the embedding factory."),
     latent_dim: int = typer.Option(8, help="Latent dimension."),
-    population: int = typer.Option(4096, "--population", "-b", help="b: samples per step."),
-    micro_batch: int = typer.Option(256, "--micro-batch", "-m", help="m: samples per pass."),
+    population: int = typer.Option(4096, "--population", "-b", help=POPULATION_HELP),
+    micro_batch: int = typer.Option(256, "--micro-batch", "-m", help=MICRO_BATCH_HELP),
     directions: int = typer.Option(64, "--directions", "-p", help="Projections per step."),
     keep: int = typer.Option(0, "--keep", "-r", help="Algorithm 2: directions kept."),
     direction_mode: str = typer.Option("gaussian", help="gaussian | algorithm2"),
@@ -43,9 +44,9 @@ def rsr_train(
     store_latents: bool = typer.Option(False, help="Store latents (default: regenerate them "
                                        "from their counter-based key)."),
     overwrite: bool = typer.Option(False, help="Discard an existing store at this path."),
-    out: Optional[Path] = typer.Option(None, help="Write samples.npy and loss.png here."),
+    out: Path = typer.Option(Path("rsr-out"), help="Output folder: samples.npy and loss.png."),
     progress: bool = typer.Option(True, help="Progress bars."),
-    threads: int = typer.Option(0, help=THREADS_HELP),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store."""
     set_threads(threads)
@@ -60,6 +61,6 @@ def rsr_train(
               keep=keep, direction_mode=direction_mode, mode=mode, steps=steps, lr=lr,
               optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
               store_latents=store_latents, overwrite=overwrite, out=out, progress=progress)
-    console.print(f"[green]done[/]: {len(res.run.results)} steps this call, store {store}")
-    if res.samples is not None:
-        console.print(f"wrote {res.samples}")
+    console.print(f"[green]done[/]: {len(res.run.results)} steps this call, store {store}; "
+                  f"wrote {out}/: samples.npy" + (", loss.png" if res.losses else ""),
+                  soft_wrap=True)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ootrain.cli.options import (THREADS_HELP, console, json_kwargs, parse_bytes, set_threads,
-                                 usage_errors)
+from ootrain.cli.options import (MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP, console,
+                                 json_kwargs, parse_bytes, set_threads, usage_errors)
 
 __all__ = ["app", "sd_solve", "sd_train"]
 
@@ -35,9 +35,9 @@ def sd_solve(
     target: str = typer.Argument(..., help="Target points y_j: a built-in (digits[:split], or a "
                                  "sampled one with --n-target) or a .npy/.npz/zarr path or "
                                  "URL (zarr stays on disk and is streamed in blocks)."),
-    out: str = typer.Option(..., "--out", "-o", help="zarr group (local path or URL) the "
-                            "potentials are written to; created, or added to."),
-    name: str = typer.Option("potentials", help="Name of the potentials array inside --out."),
+    store: str = typer.Option(..., "--store", "-s", help="zarr group (local path or URL) the "
+                              "potentials are written to; created, or added to."),
+    name: str = typer.Option("potentials", help="Name of the potentials array inside --store."),
     cost: str = typer.Option("sqeuclidean", help=_COST_HELP),
     backend: str = typer.Option("auto", help=_BACKEND_HELP),
     eps: Optional[float] = typer.Option(None, help=_EPS_HELP),
@@ -65,7 +65,7 @@ def sd_solve(
                               "float64."),
     seed: int = typer.Option(0, help="Seed of the source draws and of built-in targets."),
     progress: bool = typer.Option(True, help="Progress bar."),
-    threads: int = typer.Option(0, help=THREADS_HELP),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
 
@@ -78,7 +78,7 @@ def sd_solve(
     from ootrain.jobs.semidiscrete import solve_semidiscrete
 
     with usage_errors():
-        res = solve_semidiscrete(source, target, out, name=name, cost=cost, backend=backend,
+        res = solve_semidiscrete(source, target, store, name=name, cost=cost, backend=backend,
                                  eps=eps, batch=batch, max_iter=max_iter, tol=tol, lr=lr,
                                  check_every=check_every, grow=grow, n0=n0, n_target=n_target,
                                  target_array=target_array, source_array=source_array,
@@ -97,10 +97,12 @@ def sd_solve(
                   f"{summary['imbalance_noise']:.4f} at {n_eval} samples)")
     if summary["imbalance_fit"] is not None:
         table.add_row("imbalance (last fit check)", f"{summary['imbalance_fit']:.4f}")
-    table.add_row("potentials", f"{out} / {name}")
+    table.add_row("potentials", f"{store} / {name}")
     console.print(table)
     console.print(f"transport cost {summary['transport_cost']:.6g}  dual "
                   f"{summary['dual']:.6g}  imbalance {summary['imbalance']:.4f}",
+                  soft_wrap=True)
+    console.print(f"wrote the potentials to the array {name!r} of the store {store}",
                   soft_wrap=True)
 
 
@@ -121,10 +123,10 @@ def sd_train(
                                "sigmoid | tanh | auto (sigmoid for digits, whose pixels are in "
                                "[0, 1]; none otherwise)."),
     latent_dim: int = typer.Option(16, help="Latent dimension (z ~ N(0, I))."),
-    population: int = typer.Option(2048, "--population", "-b", help="b: generated samples per "
-                                   "round (FIT's regression set)."),
-    micro_batch: int = typer.Option(128, "--micro-batch", "-m", help="m: samples per pass "
-                                    "(and per FIT optimiser step)."),
+    population: int = typer.Option(2048, "--population", "-b", help=POPULATION_HELP + " Here "
+                                   "the generated samples per round (FIT's regression set)."),
+    micro_batch: int = typer.Option(128, "--micro-batch", "-m", help=MICRO_BATCH_HELP + " Also "
+                                    "the samples per FIT optimiser step."),
     rounds: int = typer.Option(10, help="OTS + FIT rounds (resumes to this count)."),
     fit_epochs: int = typer.Option(5, help="FIT epochs per round (all rounds' epochs in one FIT "
                                    "with --no-alternate)."),
@@ -149,12 +151,12 @@ def sd_train(
     seed: int = typer.Option(0, help="Seed of latents, OTS draws and model init."),
     verify: bool = typer.Option(False, help="Check ReRun reproduces Run's outputs."),
     overwrite: bool = typer.Option(False, help="Discard an existing store at this path."),
-    out: Optional[Path] = typer.Option(None, help="Write samples.npy, samples.png and "
-                                       "rounds.json here."),
+    out: Path = typer.Option(Path("semidiscrete-out"), help="Output folder: samples.npy, "
+                             "samples.png and rounds.json."),
     n_samples: Optional[int] = typer.Option(None, help="Samples written to --out (default: "
                                             "as many as data rows, at most 100000)."),
     progress: bool = typer.Option(True, help="Progress bars."),
-    threads: int = typer.Option(0, help=THREADS_HELP),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
     """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
 
@@ -177,6 +179,5 @@ def sd_train(
             lr=lr, optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
             overwrite=overwrite, out=out, n_samples=n_samples, progress=progress)
     console.print(f"[green]done[/]: {res.rounds_this_call} rounds this call, "
-                  f"{res.rounds_in_store} in store {store}")
-    if res.files:
-        console.print("wrote " + ", ".join(str(f) for f in res.files))
+                  f"{res.rounds_in_store} in store {store}; wrote {out}/: "
+                  + ", ".join(f.name for f in res.files), soft_wrap=True)

@@ -20,8 +20,21 @@ def sort_cmd(src: str = typer.Argument(..., help="2-D zarr array (path or URL) t
     """Out-of-core sort of every row of a zarr array (in memory when a row fits, else an external sample sort)."""
     budget = parse_bytes(memory_budget)
 
+    from ootrain.jobs.common import InputError, input_errors
+    from ootrain.jobs.store import node_kind
     from ootrain.ot.sort import sort_zarr
 
+    kind = node_kind(src, array)
+    if kind is None:
+        raise InputError(f"SRC {src}{'/' + array if array else ''}: no zarr array there; "
+                         "give the path of an existing 2-D zarr array")
+    if kind == "group":
+        raise InputError(f"SRC {src} is a zarr group, not an array; name the array inside "
+                         "it with --array NAME")
+    if node_kind(dst, array) is not None:
+        raise InputError(f"DST {dst} already exists; sort never overwrites: remove it or "
+                         "give a new destination")
     t = time.perf_counter()
-    sort_zarr(src, dst, budget, array=array, progress=progress)
-    console.print(f"sorted {src} → {dst} in {time.perf_counter() - t:.2f}s")
+    with input_errors(f"sort {src}: "):
+        sort_zarr(src, dst, budget, array=array, progress=progress)
+    console.print(f"sorted {src} → {dst} in {time.perf_counter() - t:.2f}s; wrote {dst}")

@@ -26,6 +26,17 @@ def store_info(path: str = typer.Argument(..., help="Store path or URL.")) -> No
     for a in info.arrays:
         table.add_row(a.name, str(a.shape), str(a.chunks), a.dtype, f"{a.complete}/{a.total}")
     console.print(table)
+    st = info.steps
+    line = f"steps: {st.completed} completed"
+    if st.unfinished is not None:
+        line += f"; step {st.unfinished} unfinished, {st.unfinished_phase}"
+    console.print(line)
+    console.print(f"lock: held by {st.lock}" if st.lock else "lock: not held")
+    if st.unfinished is not None or st.lock:
+        cmd = " ".join(st.command) if st.command else "`ootrain <method> train ...`"
+        console.print(f"resume: rerun the same command: {cmd}", soft_wrap=True)
+    elif st.command:
+        console.print(f"created by: {' '.join(st.command)}", soft_wrap=True)
 
 
 @app.command("verify")

@@ -21,7 +21,6 @@ from ootrain.methods.otgan import (OTGAN, OTGANConfig, data_sampler, make_critic
 from ootrain.methods.training import train
 from ootrain.models.zoo import generate
 from ootrain.progress import make_progress
-from ootrain.store import StoreConfigError, StoreLockedError
 from ootrain.validation import check_betas, check_bool, check_micro_batch, is_int, is_num
 
 __all__ = ["OTGANJob", "otgan_train", "otgan_engine_config", "otgan_method", "history_row"]
@@ -139,11 +138,8 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
             + (f", store {store}" if store is not None else ""))
     t0 = time.perf_counter()
     with make_progress(progress) as bars:
-        try:
-            run = train(method, steps, ecfg, store=None if store is None else str(store),
-                        overwrite=overwrite, progress=bars)
-        except (StoreConfigError, StoreLockedError) as e:
-            raise InputError(f"--store {store}: {e}") from None
+        run = train(method, steps, ecfg, store=None if store is None else str(store),
+                    overwrite=overwrite, progress=bars)
     wall = time.perf_counter() - t0
     history = _with_elapsed([history_row(r) for r in run.steps])   # earlier runs' steps too
     out = Path(out)

@@ -138,14 +138,15 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     """
     if method not in GAN_METHODS:
         raise InputError(f"--method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
-    for name, v, lo in (("--steps", steps, 1), ("--batch", batch, 2),
+    for name, v, lo in (("--steps", steps, 1), ("--population (batch)", batch, 2),
                         ("--latent-dim", latent_dim, 1), ("--n-samples", n_samples, 1),
                         ("--vae-latent", vae_latent, 1), ("--forest-trees", forest_trees, 1),
                         ("--forest-depth", forest_depth, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
     if micro_batch is not None and not 1 <= micro_batch <= batch:
-        raise InputError(f"--micro-batch must be in [1, --batch = {batch}], got {micro_batch}")
+        raise InputError(f"--micro-batch must be in [1, --population = {batch}], got "
+                         f"{micro_batch}")
     if not (np.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be > 0, got {lr}")
     with input_errors():

@@ -13,7 +13,8 @@ import torch
 from ootrain.data import load_targets
 from ootrain.engine.core import EngineConfig
 from ootrain.eval.plots import plot_rsr_losses
-from ootrain.jobs.common import default_rows
+from ootrain.jobs.common import (check_finite_data, check_population, check_steps, default_rows,
+                                 input_errors, model_errors)
 from ootrain.methods.rsr import RSR, SlicedSolver
 from ootrain.methods.training import TrainResult, make_optimizer, train
 from ootrain.models.zoo import build_model, generate
@@ -50,18 +51,28 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
     step is logged on the progress console.  With ``out``, writes ``samples.npy`` (as many
     samples as data rows, at most 100000) and ``loss.png`` (when steps ran).
     """
+    check_steps("--steps", steps)
+    check_population(population, micro_batch)
     builtin_n = default_rows(data, n_real)
-    real = load_targets(data, n=builtin_n, seed=seed + 1)
+    with input_errors(f"--data {data!r}: "):
+        real = load_targets(data, n=builtin_n, seed=seed + 1)
+    check_finite_data(real)
     torch.manual_seed(seed)
     gkw = {"in_dim": latent_dim, "out_dim": real.shape[1], **(generator_args or {})}
     ekw = dict(embedding_args or {})
-    G = build_model(generator, **gkw)
-    E = build_model(embedding, **ekw).eval()
-    cfg = EngineConfig(population=population, micro_batch=micro_batch, latent_dim=latent_dim,
-                       seed=seed, memory_budget=memory_budget, verify=verify,
-                       store_latents=store_latents)
-    solver = SlicedSolver(n_directions=directions, directions=direction_mode, keep=keep,
-                          mode=mode)
+    with model_errors(f"--generator {generator!r}"):
+        G = build_model(generator, **gkw)
+    with model_errors(f"--embedding {embedding!r}"):
+        E = build_model(embedding, **ekw).eval()
+    with input_errors():
+        cfg = EngineConfig(population=population, micro_batch=micro_batch,
+                           latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
+                           verify=verify, store_latents=store_latents)
+    with input_errors("--optimizer: "):
+        make_optimizer([torch.zeros(1, requires_grad=True)], optimizer, lr)
+    with input_errors():
+        solver = SlicedSolver(n_directions=directions, directions=direction_mode, keep=keep,
+                              mode=mode)
     losses: list[float] = []
     with make_progress(progress) as bars:
         def report(res: Any) -> None:

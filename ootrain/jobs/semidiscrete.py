@@ -17,7 +17,8 @@ from ootrain.data import DATASETS, load_targets, source_sampler
 from ootrain.engine.core import EngineConfig
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
-from ootrain.jobs.common import InputError, default_rows, input_errors
+from ootrain.jobs.common import (InputError, check_finite_data, check_population, check_steps,
+                                 default_rows, input_errors, model_errors)
 from ootrain.methods.gradual import OTSFIT, GradualConfig
 from ootrain.methods.training import make_optimizer, train
 from ootrain.store import Store
@@ -156,14 +157,18 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     """
     if squash not in SQUASHES:
         raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
+    check_steps("--rounds", rounds)
+    check_population(population, micro_batch)
     with input_errors(f"--data {data!r}: "):
         real = load_targets(data, n=default_rows(data, n_real), seed=seed + 1,
                             array=data_array)
+    check_finite_data(real)
     if squash == "auto":
         squash = "sigmoid" if data.startswith("digits") else "none"
     torch.manual_seed(seed)
     gkw = {"in_dim": latent_dim, "out_dim": int(real.shape[1]), **(generator_args or {})}
-    G = build_model(generator, **gkw)
+    with model_errors(f"--generator {generator!r}"):
+        G = build_model(generator, **gkw)
     if squash != "none":
         G = nn.Sequential(G, nn.Sigmoid() if squash == "sigmoid" else nn.Tanh())
     ot = make_ot(real, cost, backend, eps)
@@ -176,6 +181,7 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
                            verify=verify)
         gcfg = GradualConfig(alternate=alternate, fit_epochs=fit_epochs,
                              alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=ots, ots_seed=seed)
+    with input_errors("--optimizer: "):
         opt = make_optimizer(G.parameters(), optimizer, lr)
     method = OTSFIT(G, ot, opt, gcfg, rounds=rounds,
                     generator_spec=json.dumps([generator, gkw, squash]))

@@ -8,10 +8,49 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ootrain.store import Store
+from ootrain.jobs.common import InputError
+from ootrain.store import Store, StoreError
 
-__all__ = ["ArrayInfo", "StoreInfo", "store_info", "verify_store", "unlock_store",
-           "row_blocks"]
+__all__ = ["ArrayInfo", "StoreInfo", "StepsInfo", "store_info", "verify_store",
+           "unlock_store", "row_blocks", "node_kind", "open_store", "RESUME_HINT"]
+
+#: How to resume an interrupted run.
+RESUME_HINT = ("rerun the same `ootrain <method> train ...` command (with the same --store) "
+               "to resume it")
+
+
+def node_kind(path: str, name: Optional[str] = None) -> Optional[str]:
+    """"array", "group" or None (nothing there) for the zarr node at ``path`` (/``name``)."""
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r", path=name or "")
+    except Exception:   # zarr raises several types for "nothing here"
+        return None
+    return "array" if isinstance(node, zarr.Array) else "group"
+
+
+def open_store(path: str) -> Store:
+    """The store at ``path``, read-only; a missing or foreign one is a usage error."""
+    if node_kind(path) is None:
+        raise InputError(f"no ootrain store at {path}: check the path (a store is the --store "
+                         "folder of a training command)")
+    try:
+        return Store(path, mode="r")
+    except StoreError as e:
+        raise InputError(str(e)) from None
+
+
+@dataclass
+class StepsInfo:
+    """The training steps of a store: how many are complete, the phase of an unfinished one
+    (None: none), the writer lock (None: not held) and the command that created it."""
+
+    completed: int
+    unfinished: Optional[int] = None
+    unfinished_phase: Optional[str] = None
+    lock: Optional[str] = None
+    command: Optional[list] = None
 
 
 @dataclass
@@ -33,13 +72,15 @@ class StoreInfo:
     fingerprint: str
     config: Any
     arrays: list[ArrayInfo] = field(default_factory=list)
+    steps: Optional[StepsInfo] = None
 
 
 def store_info(path: str) -> StoreInfo:
     """Layout, sizes and completion of every array in the store at ``path`` (opened
     read-only)."""
-    s = Store(path, mode="r")
-    info = StoreInfo(fingerprint=s.fingerprint, config=s.stored_config)
+    s = open_store(path)
+    info = StoreInfo(fingerprint=s.fingerprint, config=s.stored_config,
+                     steps=steps_info(s, path))
     for name, arr in s.walk_arrays():
         done = s.done(name)
         info.arrays.append(ArrayInfo(name, tuple(arr.shape), tuple(arr.chunks), str(arr.dtype),
@@ -50,12 +91,13 @@ def store_info(path: str) -> StoreInfo:
 def verify_store(path: str, finite: bool = True) -> list[str]:
     """The problems of the store at ``path``, one line each (empty: every array is complete
     and, with ``finite``, free of NaN/Inf; values are read in blocks of whole rows)."""
-    s = Store(path, mode="r")
+    s = open_store(path)
     problems = []
     for name, arr in s.walk_arrays():
         done = s.done(name)
         if not done.all():
-            problems.append(f"{name}: {int((~done).sum())} of {done.size} chunks incomplete")
+            problems.append(f"{name}: {int((~done).sum())} of {done.size} chunks incomplete "
+                            f"({RESUME_HINT})")
             continue
         if finite:
             bad = sum(int((~np.isfinite(arr[sl])).sum()) for sl in row_blocks(arr))
@@ -77,3 +119,36 @@ def unlock_store(path: str) -> Optional[str]:
     returns the removed lock's description, or None when no lock was held."""
     held = Store.break_lock(path)
     return None if held is None else held.describe()
+
+
+def _step_numbers(s: Store) -> list[int]:
+    try:
+        group = s.group["steps"]
+    except KeyError:
+        return []
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names = [name for name, _ in group.members()]
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def steps_info(s: Store, path: str) -> StepsInfo:
+    """Completed steps, the phase of an unfinished one, the lock holder and the command."""
+    completed, unfinished, phase = 0, None, None
+    for k in _step_numbers(s):
+        attrs = s.group[f"steps/{k}"].attrs
+        if attrs.get("phase") == "done":
+            completed += 1
+        elif unfinished is None:
+            unfinished = k
+            phase = ("solved (interrupted in its ReRun / update)" if attrs.get("solved")
+                     else "not solved (interrupted in its Run / Solve)")
+    lock = None
+    try:
+        held = Store.read_lock(path)
+        lock = None if held is None else held.describe()
+    except Exception:   # a lock that cannot be read is reported as none
+        lock = None
+    return StepsInfo(completed=completed, unfinished=unfinished, unfinished_phase=phase,
+                     lock=lock, command=s.group.attrs["ootrain"].get("command"))

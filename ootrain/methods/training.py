@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from ootrain.engine.core import Engine, EngineConfig, Method, StepResult, rank_world
 from ootrain.store import Store
+from ootrain.threads import threads as thread_pools
 
 __all__ = ["TrainResult", "train", "open_shared_store", "make_optimizer", "estimate_step_bytes"]
 
@@ -102,7 +103,8 @@ def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int) 
 
 def train(method: Method, steps: int, config: EngineConfig, *,
           store: str | None = None, overwrite: bool = False, progress: Any = None,
-          callback: Callable[[StepResult], None] | None = None) -> TrainResult:
+          callback: Callable[[StepResult], None] | None = None,
+          threads: int | None = None) -> TrainResult:
     """Train ``method`` until ``steps`` steps are complete (resuming from ``store``).
 
     Args:
@@ -116,6 +118,10 @@ def train(method: Method, steps: int, config: EngineConfig, *,
         overwrite: discard an existing store at ``store``.
         progress: a ``rich.progress.Progress`` for the engine's bars, or None.
         callback: called with each :class:`~ootrain.engine.StepResult`.
+        threads: threads of torch, BLAS/OpenMP and numba while training, restored after;
+            ``None``: the process's setting (the CLI's ``--threads``, ``OOTRAIN_THREADS``), else
+            :func:`ootrain.threads.default_threads` (1 on a machine of <= 2 cores);
+            ``0``: leave the pools as they are.
 
     Returns:
         A :class:`TrainResult`.
@@ -146,7 +152,8 @@ def train(method: Method, steps: int, config: EngineConfig, *,
             temp = tempfile.mkdtemp(prefix="ootrain-store-")
             store = f"{temp}/run.zarr"
     try:
-        with open_shared_store(store, Engine.store_config(config, method), overwrite) as st:
+        with thread_pools(threads), \
+                open_shared_store(store, Engine.store_config(config, method), overwrite) as st:
             engine = Engine(method, st, config, progress=progress)
             results = engine.train(steps, callback=callback)
             done = engine.history()

@@ -225,6 +225,7 @@ def test_dropout_or_batchnorm_in_any_module_is_refused_before_any_work(tmp_path,
         train(build(), 1, cfg, store=str(tmp_path / "t"))
     with Store(tmp_path / "t", mode="r") as st:
         assert list(st.walk_arrays()) == []
+        assert st.get_bytes("checkpoints/step-0.pt") is None
     # in eval mode the same layers are deterministic and accepted
     method = build()
     for mod in method.modules().values():

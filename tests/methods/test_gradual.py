@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -64,7 +65,8 @@ def test_assignment_rerun_gradient_equals_full_batch(tmp_path, cost):
     if cost == "sqeuclidean":
         C = ot.ground_cost.matrix(x, torch.from_numpy(y)) - ot.potentials
         assert torch.equal(idx, C.argmin(dim=1))
-    assert 0 <= int(idx.min()) and int(idx.max()) < y.shape[0]
+    else:
+        _check_soft_l1_draws(ot, x, y, idx)
     opt.zero_grad(set_to_none=True)
     eng.rerun(0)
     g_ooc = [p.grad.clone() for p in G.parameters()]
@@ -74,6 +76,41 @@ def test_assignment_rerun_gradient_equals_full_batch(tmp_path, cost):
     for a, b in zip(g_ooc, (p.grad for p in G.parameters())):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     assert metrics["loss"] == pytest.approx(float(loss.detach()), rel=1e-10)
+
+
+def _check_soft_l1_draws(ot: SemiDiscreteOT, x: torch.Tensor, y: np.ndarray,
+                         idx: torch.Tensor) -> None:
+    """The soft (l1) assignments are draws of P_ij = softmax_j((psi_j - |x_i - y_j|_1) / eps),
+    all recomputed here: eps = 0.05 x the median l1 distance of a target to its nearest other
+    one (the lower median of the 48, as torch's), C by brute force.  The sampled indices are
+    likely under P, their log-likelihood and histogram agree with P's, and repeated draws of
+    the 4 most mixed rows match P's rows (a wrong temperature, x1.5 or /2, or a missing psi
+    moves those by > 0.04 in total variation; the draws' own noise is ~0.01)."""
+    yt = torch.from_numpy(y)
+    nn_cost = ((yt[:, None] - yt[None]).abs().sum(-1) + torch.diag(
+        torch.full((len(y),), math.inf, dtype=torch.float64))).min(1).values.sort().values
+    eps = 0.05 * float(nn_cost[(len(y) - 1) // 2])
+    assert ot.eps == pytest.approx(eps, rel=1e-12)
+    C = (x[:, None] - yt[None]).abs().sum(-1)
+    logP = torch.log_softmax((ot.potentials - C) / eps, dim=1)
+    P, rows = logP.exp(), torch.arange(x.shape[0])
+    assert float(P[rows, idx].min()) > 1e-6
+    # log-likelihood of the draws: a sum of independent rows, mean sum_ij P log P
+    ll, mean = float(logP[rows, idx].sum()), float((P * logP).sum())
+    var = float(((P * logP**2).sum(1) - (P * logP).sum(1) ** 2).sum())
+    assert abs(ll - mean) < 5 * math.sqrt(var), (ll, mean, var)
+    # histogram vs the expected counts P.sum(0) (Poisson-binomial variance V_j); each term's
+    # mean is V_j / (V_j + 1) < 1, so under P the sum stays well below the 48 bins
+    counts = torch.bincount(idx, minlength=len(y)).double()
+    V = (P * (1 - P)).sum(0)
+    assert float(((counts - P.sum(0)) ** 2 / (V + 1)).sum()) < len(y)
+    mixed = (-(P * logP).sum(1)).argsort(descending=True)[:4]
+    n = 4000
+    draws = ot.assign(x[mixed].repeat_interleave(n, 0),
+                      generator=torch.Generator().manual_seed(7)).view(4, n)
+    for k, i in enumerate(mixed):
+        freq = torch.bincount(draws[k], minlength=len(y)).double() / n
+        assert float((freq - P[i]).abs().sum()) / 2 < 0.035, (k, freq, P[i])
 
 
 def test_replay_takes_one_step_per_micro_batch(tmp_path):
@@ -107,9 +144,16 @@ def test_gradual_rounds_reduce_transport_cost_and_resume(tmp_path):
     assert [r.step for r in results] == [0, 1, 2, 3]
     w = [r.metrics["loss"] for r in results]             # the transport cost W_t
     assert min(w[1:]) < 0.5 * w[0] and w[-1] < w[0], w  # gradual, not monotone per round
-    assert all(r.metrics["fit_losses"] for r in results)
-    for r in results:
-        assert {"imbalance", "imbalance_noise", "ots_checks"} <= set(r.metrics)
+    for r in results:   # FIT: at most fit_epochs epochs, stopped early only at alpha_fit W_t
+        fit = r.metrics["fit_losses"]
+        assert 1 <= len(fit) <= cfg.fit_epochs, fit
+        assert fit[-1] <= cfg.alpha_fit * r.metrics["loss"] or len(fit) == cfg.fit_epochs
+        assert all(fit[k] > cfg.alpha_fit * r.metrics["loss"] for k in range(len(fit) - 1))
+        checks = r.metrics["ots_checks"]   # OTS ran this round and recorded its checks
+        assert checks and all(c["iteration"] > 0 for c in checks), checks
+        assert np.isfinite(r.metrics["imbalance"])
+        # a balanced histogram's noise level: sqrt(2 N / (pi b)), N = 48 targets, b = 512
+        assert r.metrics["imbalance_noise"] == pytest.approx(math.sqrt(96 / (math.pi * 512)))
     # the round's ψ is stored with the round and checkpointed for the next one
     with Store(path, mode="r") as st:
         raw = st.get_bytes("checkpoints/step-4.pt")
@@ -127,5 +171,14 @@ def test_gradual_rounds_reduce_transport_cost_and_resume(tmp_path):
         assert torch.equal(p, q)  # the finished run's checkpoint was loaded
     more = train(method2, 5, _cfg(512, 64), store=path).results
     assert [r.step for r in more] == [4]
-    for p, q in zip(method.G.parameters(), method2.G.parameters()):
-        assert p.shape == q.shape
+    # … and ends where 5 uninterrupted rounds in another store end, bit for bit
+    method3, _ = _method("sqeuclidean", config=GradualConfig(fit_epochs=4, alpha_fit=0.3,
+                                                             alpha_stop=10.0, ots=cfg.ots),
+                         rounds=5)
+    full = train(method3, 5, _cfg(512, 64), store=str(tmp_path / "full")).results
+    assert [r.step for r in full] == [0, 1, 2, 3, 4]
+    for p, q in zip(method3.G.parameters(), method2.G.parameters()):
+        assert torch.equal(p, q)
+    assert [r.metrics["loss"] for r in full] == w + [more[0].metrics["loss"]]
+    assert full[-1].metrics["fit_losses"] == more[0].metrics["fit_losses"]
+    assert torch.equal(method3.ot.potentials, method2.ot.potentials)

@@ -3,6 +3,7 @@ train`` and the ring pipeline's smoke run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -239,8 +240,13 @@ def test_cli_otgan_train_writes_outputs(tmp_path, micro):
     assert hist["config"]["engine"]["micro_batch"] == (6 if micro else 16)
     assert hist["config"]["eps"] == 0.05 and hist["store"] == "<memory>"
     assert [r["step"] for r in hist["history"]] == list(range(5))
-    times = [r["time_s"] for r in hist["history"]]
-    assert all(b > a for a, b in zip(times, times[1:]))
+    # time_s: the running sum of the steps' step_s, itself the sum of the phase timings
+    np.testing.assert_allclose([r["time_s"] for r in hist["history"]],
+                               np.cumsum([r["step_s"] for r in hist["history"]]), rtol=1e-12)
+    for r in hist["history"]:
+        assert r["step_s"] == pytest.approx(sum(v for k, v in r.items()
+                                                if k.endswith("_s") and k not in
+                                                ("step_s", "time_s")), rel=1e-12)
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["ring_metrics"]
     assert type(m["modes_covered"]) is int
@@ -248,6 +254,29 @@ def test_cli_otgan_train_writes_outputs(tmp_path, micro):
     assert m["modes_covered"] == sum(m["covered"]) and m["n_samples"] == 300
     assert metrics["final_loss"] == hist["history"][-1]["loss"]
     assert f"modes covered {m['modes_covered']}/8" in res.output
+    # the CLI's run is the library's: the same models, method and engine settings trained by
+    # train(...) give the same history (timings aside) and the same samples, bit for bit
+    from ootrain.jobs.otgan import otgan_engine_config, otgan_method
+    from ootrain.methods.otgan import data_sampler
+    from ootrain.models.zoo import generate
+
+    sampler, d, _ = data_sampler("ring8")
+    G = make_generator(3, d, (16, 16), layer_norm=True, seed=0)
+    C = make_critic(d, 4, (16,), seed=1)
+    cfg = OTGANConfig(eps=0.05, n_gen=3, sinkhorn_tol=0.01, sinkhorn_max_iter=1000,
+                      backend="auto")
+    method = otgan_method(G, C, sampler, cfg, lr_gen=1e-3, lr_critic=1e-3, betas=(0.5, 0.999),
+                          real_spec="ring8")
+    ecfg = otgan_engine_config(16, 3, 0, 6 if micro else None, bool(micro))
+    assert hist["config"]["engine"] == json.loads(json.dumps(dataclasses.asdict(ecfg)))
+    lib = train(method, 5, ecfg).history
+
+    def untimed(r):
+        return {k: v for k, v in r.items() if not k.endswith("_s")}
+
+    assert [untimed(r) for r in hist["history"]] == json.loads(json.dumps(
+        [untimed(r) for r in lib]))
+    np.testing.assert_array_equal(np.load(out / "samples.npy"), generate(G, 300, 3, seed=12345))
 
 
 def test_cli_otgan_train_resumes_from_a_store(tmp_path):
@@ -309,7 +338,7 @@ def test_pipeline_smoke(tmp_path):
 
 
 @pytest.mark.parametrize("step", [0, 3])   # a generator update, a critic update (n_gen 3)
-def test_streamed_solve_equals_the_in_memory_one(tmp_path, step):
+def test_streamed_solve_equals_the_in_memory_one(tmp_path, step, monkeypatch):
     """Critic features beyond a quarter of the memory budget are solved by the streamed
     Sinkhorn (blocks read from the store): the same D^2 and the same ReRun gradient as the
     in-memory Solve (float64, tight tolerance)."""
@@ -328,7 +357,20 @@ def test_streamed_solve_equals_the_in_memory_one(tmp_path, step):
         eng.rerun(step, plan)
         return metrics, [p.grad.clone() for p in plan.player.parameters()]
 
-    (m_mem, g_mem), (m_str, g_str) = run(2**30), run(2**14)
+    import ootrain.ot.sinkhorn as sk
+
+    calls = []
+    real_streamed = sk.energy_distance_streamed
+
+    def counting(*args, **kw):
+        calls.append(kw.get("block_rows"))
+        return real_streamed(*args, **kw)
+
+    monkeypatch.setattr(sk, "energy_distance_streamed", counting)
+    m_mem, g_mem = run(2**30)
+    assert calls == []                                     # in memory: no streamed solve
+    m_str, g_str = run(2**14)
+    assert len(calls) == 1                                 # the small budget streamed
     assert m_mem["player"] == m_str["player"]
     assert m_str["loss"] == pytest.approx(m_mem["loss"], rel=1e-8)
     for a, b in zip(g_str, g_mem):

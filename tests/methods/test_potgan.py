@@ -77,6 +77,25 @@ def test_algorithm_2_learns_the_latent_shift():
     assert (moved.mean(0) - real.mean(0)).abs().max() < 0.15
 
 
+def test_matched_is_the_fraction_of_generated_latents_some_real_latent_picks():
+    """Real latents in 3 tight clusters at (0, 0), (10, 0), (0, 10); generated latents: one at
+    each centre, a second one 1 away from (0, 0), and 4 far away: argmin picks only the 3
+    centres (3/8 matched); exact one-to-one matching of 6 real latents picks 6 of the 8."""
+    g = torch.Generator().manual_seed(4)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=torch.float64)
+    real = centres.repeat(10, 1) + 0.05 * torch.randn(30, 2, generator=g, dtype=torch.float64)
+    fake = torch.cat([centres, torch.tensor([[1.0, 0.0], [50.0, 50.0], [-50.0, 50.0],
+                                             [50.0, -50.0], [-50.0, -50.0]],
+                                            dtype=torch.float64)])
+    reg = _regulariser(forest_steps=0)                 # F stays the identity (zero leaves)
+    reg.forest.double()
+    assert reg.prepare(real, fake)["matched"] == 3 / 8
+    torch.testing.assert_close(reg.forest(fake), fake, rtol=0, atol=0)
+    exact = _regulariser(forest_steps=0, matching="exact")
+    exact.forest.double()
+    assert exact.prepare(real[:6], fake)["matched"] == 6 / 8
+
+
 def test_regulariser_gradient_reaches_only_the_generated_latents():
     """With F the identity (its initial state), d L_POT / d z_g,j = 2 sum_{i: rho_i = j}
     (z_g,j - z_r,i); F's parameters get no gradient."""
@@ -158,17 +177,18 @@ def test_cli_potgan_train_writes_outputs(tmp_path, method):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert [r["engine_step"] for r in rows] == [1, 3, 5, 7]
     assert all(np.isfinite([r["wasserstein"], r["gp"], r["critic_loss"]]).all() for r in rows)
-    times = [r["time_s"] for r in rows]
-    assert all(t1 > t0 for t0, t1 in zip(times, times[1:])) and rows[0]["step_s"] > 0
+    # time_s: the running sum of the cycles' step_s
+    np.testing.assert_allclose([r["time_s"] for r in rows],
+                               np.cumsum([r["step_s"] for r in rows]), rtol=1e-12)
+    assert all(r["step_s"] > 0 for r in rows)
     assert ("reg" in rows[0]) == (method == "potgan")
     w = hist["pot"]["weight"] if method == "potgan" else 0.0
     for r in rows:   # L_G = adv + lambda_POT * L_POT
         np.testing.assert_allclose(r["loss"], r["adv"] + w * r.get("reg", 0.0), rtol=1e-5)
     if method == "potgan":
-        assert all(r["reg"] > 0 and 0 < r["matched"] <= 1 for r in rows)
+        assert all(r["reg"] > 0 for r in rows)
         assert hist["vae"]["steps"] == 5
-        # build_potgan does not keep train_vae's history yet: None until it does
-        assert hist["vae_history"] is None or len(hist["vae_history"]) == 5
+        assert len(hist["vae_history"]) == 5   # build_potgan keeps train_vae's history
     else:
         assert hist["vae_history"] is None
     metrics = json.loads((out / "metrics.json").read_text())
@@ -176,6 +196,40 @@ def test_cli_potgan_train_writes_outputs(tmp_path, method):
     assert np.isfinite(metrics["reverse_kl_last"]) and metrics["ema"] == 0.999
     assert metrics["ring_metrics"] == json.loads(json.dumps(ring_metrics(x, ring8_modes())))
     assert metrics["wall_s"] == rows[-1]["time_s"]
+    # the CLI's run is the library's: the same configuration built by build_potgan and
+    # trained by train(...) (in memory) gives the same engine history, bit for bit: each
+    # generator row's metrics and its preceding critic row's, and the same samples
+    from ootrain.methods.otgan import data_sampler
+    from ootrain.methods.potgan import build_potgan
+    from ootrain.models.vae import VAEConfig
+    from ootrain.models.zoo import generate
+
+    sampler, d, _ = data_sampler("ring8")
+    pcfg = POTConfig(weight=0.03, forest_steps=1, forest_lr=1e-3, matching="argmin",
+                     backend="auto")
+    assert hist["pot"] == pcfg.to_dict()
+    lib_m = build_potgan(sampler, d, method=method, wgan=WGANConfig(n_critic=1, gp_weight=10.0),
+                         pot=pcfg, vae=VAEConfig(steps=5, seed=0), latent_dim=2, lr=5e-4,
+                         betas=(0.5, 0.9), vae_latent=2, forest_trees=2, forest_depth=2,
+                         ema=0.999, seed=0, real_spec="ring8")
+    lib = train(lib_m, 4 * 2, EngineConfig(population=32, micro_batch=10, latent_dim=2,
+                                           seed=0)).history
+    assert len(lib) == 8
+
+    def untimed(r):
+        return {k: v for k, v in r.items() if not k.endswith("_s")}
+
+    for r in rows:
+        gen, critic = lib[r["engine_step"]], lib[r["engine_step"] - 1]
+        assert (gen["player"], critic["player"]) == ("generator", "critic")
+        expected = {k: v for k, v in untimed(gen).items() if k not in ("step", "player")}
+        expected.update(step=r["step"], engine_step=gen["step"], wasserstein=critic[
+            "wasserstein"], gp=critic["gp"], critic_loss=critic["loss"])
+        assert untimed(r) == expected
+    if method == "potgan":
+        assert [untimed(v) for v in hist["vae_history"]] == \
+            [untimed(v) for v in lib_m.vae_history]
+    np.testing.assert_array_equal(x, generate(lib_m.generator_ema.module, 200, 2, seed=12345))
 
 
 @pytest.mark.parametrize("args,match", [

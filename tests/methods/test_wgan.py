@@ -75,8 +75,15 @@ def test_wgan_gp_learns_a_shifted_gaussian():
     with torch.no_grad():
         y = G(torch.randn(4000, 2, generator=torch.Generator().manual_seed(9))).numpy()
     assert np.abs(y.mean(0) - [3.0, -2.0]).max() < 0.3, y.mean(0)
-    assert np.mean([r["wasserstein"] for r in h[-20:]]) < 0.3 * h[0]["wasserstein"] or \
-        h[0]["wasserstein"] < 0.05
+    # the critic's estimate once it has learned shrinks as the generator catches up.  "Once
+    # it has learned": the largest estimate of the first half of the run (measured: the
+    # gradient penalty first scales the untrained critic up, sign included, so the first ~40
+    # estimates are negative, down to -1.5; the estimate then peaks at 4.2 near critic update
+    # 100, the initial gap being ~3.6 in the mean alone; the last 20 average 0.21)
+    w = [r["wasserstein"] for r in h]
+    learned = max(w[:len(w) // 2])
+    assert learned > 2.0, w[::10]
+    assert np.mean(w[-20:]) < 0.3 * learned, (np.mean(w[-20:]), learned)
 
 
 @pytest.mark.parametrize("field,value", [("n_critic", 0), ("n_critic", 1.5),

@@ -1,0 +1,136 @@
+"""Bad input gives one readable line, the right exit code (2 usage, 1 run failure), no
+traceback (unless ``--debug``), and creates no store or output folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from ootrain.cli import app
+from ootrain.store import Store
+
+runner = CliRunner()
+
+RSR = ["rsr", "train", "--store", "s.zarr", "--out", "o", "--no-progress", "--data",
+       "gaussian:2", "--n-real", "64", "--latent-dim", "2", "-b", "64", "-m", "32", "-p", "4",
+       "--steps", "1"]
+
+
+def _check(res, code, text):
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("warning:")]
+    assert lines == [lines[0]] and lines[0].startswith("error: "), res.stderr
+    assert text in lines[0]
+    assert "Traceback" not in res.output
+    assert not os.path.exists("s.zarr") and not os.path.exists("o")
+
+
+@pytest.fixture
+def files(tmp_path):
+    np.save("nan.npy", np.array([[1.0, np.nan], [2.0, 3.0]] * 50, dtype=np.float32))
+    np.save("one.npy", np.arange(100, dtype=np.float32))
+    np.save("three.npy", np.zeros((10, 2, 2), dtype=np.float32))
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--data", "nan.npy"], "--data: 50 non-finite values (NaN/Inf)"),
+    (["--data", "one.npy"], "must be 2-D [n, d], got shape (100,)"),
+    (["--data", "three.npy"], "must be 2-D [n, d], got shape (10, 2, 2)"),
+    (["--data", "missing.npy"], "--data 'missing.npy': [Errno 2] No such file"),
+    (["-m", "128"], "--micro-batch/-m 128 exceeds --population/-b 64; pass -m <= -b"),
+    (["-b", "0"], "--population/-b must be a positive integer, got 0"),
+    (["--optimizer", "foo"], "--optimizer: optimizer must be 'adam' or 'sgd', got 'foo'"),
+    (["--generator", "nomod:f"], "--generator 'nomod:f': model spec 'nomod:f': cannot import"),
+    (["--steps", "-1"], "--steps must be an integer >= 0, got -1"),
+])
+def test_rsr_bad_input_is_one_line_usage_error(files, args, text):
+    _check(runner.invoke(app, [*RSR, *args]), 2, text)
+
+
+def test_semidiscrete_nan_data(files):
+    res = runner.invoke(app, ["semidiscrete", "train", "--store", "s.zarr", "--out", "o",
+                              "--no-progress", "--data", "nan.npy", "-b", "64", "-m", "32"])
+    _check(res, 2, "--data: 50 non-finite values")
+
+
+@pytest.mark.parametrize("cmd", ["potgan"])  # otgan clips -m to -b (documented)
+def test_gan_population_below_micro_batch(cmd):
+    res = runner.invoke(app, [cmd, "train", "--store", "s.zarr", "--out", "o", "--steps", "1",
+                              "--no-progress", "--population", "16", "-m", "32"])
+    assert res.exit_code == 2 and "--micro-batch must be in [1, --population = 16]" in res.stderr
+    assert "Traceback" not in res.output and not os.path.exists("o")
+
+
+def test_sort_into_existing_destination_and_on_a_group():
+    a = zarr.create_array("src.zarr", shape=(2, 10), chunks=(1, 10), dtype="f4")
+    a[:] = 1
+    zarr.create_array("dst.zarr", shape=(2, 10), chunks=(1, 10), dtype="f4")
+    zarr.open_group("grp.zarr", mode="w").create_array("x", shape=(2, 10), dtype="f4")
+    _check(runner.invoke(app, ["sort", "src.zarr", "dst.zarr", "--no-progress"]), 2,
+           "DST dst.zarr already exists; sort never overwrites")
+    _check(runner.invoke(app, ["sort", "grp.zarr", "d2.zarr", "--no-progress"]), 2,
+           "SRC grp.zarr is a zarr group, not an array; name the array inside it with --array")
+    assert not os.path.exists("d2.zarr")
+
+
+@pytest.mark.parametrize("cmd", ["info", "verify"])
+def test_store_info_on_a_missing_store(cmd):
+    _check(runner.invoke(app, ["store", cmd, "nope.zarr"]), 2, "no ootrain store at nope.zarr")
+    assert not os.path.exists("nope.zarr")
+
+
+def test_second_writer_is_a_run_failure():
+    ok = runner.invoke(app, [*RSR[:3], "run.zarr", *RSR[4:]])
+    assert ok.exit_code == 0, ok.output
+    held = Store("run.zarr", Store("run.zarr", mode="r").stored_config)  # another writer
+    try:
+        res = runner.invoke(app, [*RSR[:3], "run.zarr", *RSR[4:5], "o2", *RSR[6:]])
+    finally:
+        held.release()
+    assert res.exit_code == 1 and res.stderr.startswith("error: store run.zarr is being "
+                                                        "written by pid")
+    assert len(res.stderr.splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_changed_config_names_the_key_and_the_flags():
+    assert runner.invoke(app, [*RSR[:3], "run.zarr", *RSR[4:]]).exit_code == 0
+    res = runner.invoke(app, [*RSR[:3], "run.zarr", *RSR[4:], "--seed", "3"])
+    assert res.exit_code == 1
+    line, = res.stderr.splitlines()
+    assert "engine.seed: store has 0, requested 3" in line
+    assert line.endswith("rerun with the same options, use a new --store, or pass "
+                         "--overwrite to discard it")
+    assert "mode='w'" not in line and "Traceback" not in res.output
+
+
+def test_debug_shows_the_traceback():
+    env = dict(os.environ, OOTRAIN_NO_PROGRESS="1")
+    res = subprocess.run([sys.executable, "-m", "ootrain.cli", "--debug", "store", "info",
+                          "nope.zarr"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode != 0 and "Traceback" in res.stderr and "InputError" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "ootrain.cli", "store", "info", "nope.zarr"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith("error: no ootrain store at nope.zarr")
+
+
+def test_store_info_shows_steps_lock_and_resume_command():
+    assert runner.invoke(app, [*RSR[:3], "run.zarr", *RSR[4:]]).exit_code == 0
+    info = runner.invoke(app, ["store", "info", "run.zarr"])
+    assert info.exit_code == 0, info.output
+    assert "steps: 1 completed" in info.output and "lock: not held" in info.output
+    assert "created by: ootrain rsr train --store run.zarr" in info.output
+    s = Store("run.zarr", Store("run.zarr", mode="r").stored_config)
+    try:
+        info = runner.invoke(app, ["store", "info", "run.zarr"])
+    finally:
+        s.release()
+    assert "lock: held by pid" in info.output
+    assert "resume: rerun the same command: ootrain rsr train --store run.zarr" in info.output
