@@ -573,14 +573,10 @@ ENERGY_TERMS: tuple[tuple[str, str, str, float], ...] = (
     ("x2y2", "x2", "y2", 1.0), ("xx2", "x", "x2", -2.0), ("yy2", "y", "y2", -2.0))
 
 
-@dataclass
-class EnergyDistanceResult:
-    """Output of :func:`energy_distance`: ``value`` (``D^2``, differentiable in all four
-    inputs) and the six :class:`SinkhornResult` by the keys of :data:`ENERGY_TERMS`
-    (pass the whole result as ``init`` to warm-start the next call)."""
+class _SixProblems:
+    """What the energy distance's results derive from their six problems (``results``)."""
 
-    value: Tensor
-    results: dict[str, SinkhornResult]
+    results: dict[str, Any]
 
     @property
     def marginal_error(self) -> float:
@@ -589,7 +585,18 @@ class EnergyDistanceResult:
 
     @property
     def converged(self) -> bool:
+        """Whether all six problems reached the tolerance."""
         return all(r.converged for r in self.results.values())
+
+
+@dataclass
+class EnergyDistanceResult(_SixProblems):
+    """Output of :func:`energy_distance`: ``value`` (``D^2``, differentiable in all four
+    inputs) and the six :class:`SinkhornResult` by the keys of :data:`ENERGY_TERMS`
+    (pass the whole result as ``init`` to warm-start the next call)."""
+
+    value: Tensor
+    results: dict[str, SinkhornResult]
 
 
 def _populations(x: Tensor, x2: Tensor, y: Tensor, y2: Tensor) -> dict[str, Tensor]:
@@ -937,20 +944,12 @@ def sinkhorn_streamed(x: Any, y: Any, eps: float, cost: str | Cost = "cosine", *
 
 
 @dataclass
-class StreamedEnergyDistance:
+class StreamedEnergyDistance(_SixProblems):
     """Output of :func:`energy_distance_streamed`: ``value`` (``D^2``, a float) and the six
     :class:`StreamedSinkhornResult` by the keys of :data:`ENERGY_TERMS`."""
 
     value: float
     results: dict[str, StreamedSinkhornResult]
-
-    @property
-    def marginal_error(self) -> float:
-        return max(r.marginal_error for r in self.results.values())
-
-    @property
-    def converged(self) -> bool:
-        return all(r.converged for r in self.results.values())
 
     def cotangent(self, name: str, lo: int, hi: int) -> Tensor:
         """Rows ``[lo, hi)`` of ``dD^2/d(name)`` (``name`` in ``x, x2, y, y2``): ``sum`` over
