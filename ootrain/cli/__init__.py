@@ -57,6 +57,13 @@ def _plain_warnings() -> Iterator[None]:
         warnings.showwarning = old
 
 
+#: Usage errors of click and of the click that Typer vendors (``typer._click``: a different
+#: class hierarchy; reached through the public ``typer.BadParameter``).
+_USAGE_ERRORS = tuple({click.UsageError, *(c for c in typer.BadParameter.__mro__
+                                           if c.__name__ == "UsageError")})
+_EXITS = (click.exceptions.Exit, click.exceptions.Abort, typer.Exit, typer.Abort)
+
+
 class _Root(TyperGroup):
     """The root group: records the command line (stores keep it in their attributes) and turns
     ootrain's errors into one line and an exit code."""
@@ -77,9 +84,9 @@ class _Root(TyperGroup):
         with _plain_warnings():
             try:
                 return super().invoke(ctx)
-            except (click.exceptions.Exit, click.exceptions.Abort):
+            except _EXITS:
                 raise
-            except click.UsageError as e:
+            except _USAGE_ERRORS as e:
                 if debug or (no_args and isinstance(e, no_args)):
                     raise
                 click.echo(f"error: {_one_line(e.format_message())}", err=True)

@@ -49,6 +49,9 @@ def files(tmp_path):
     (["--optimizer", "foo"], "--optimizer: optimizer must be 'adam' or 'sgd', got 'foo'"),
     (["--generator", "nomod:f"], "--generator 'nomod:f': model spec 'nomod:f': cannot import"),
     (["--steps", "-1"], "--steps must be an integer >= 0, got -1"),
+    # option-parsing errors (raised by Typer's vendored click, before the command runs)
+    (["--steps", "abc"], "Invalid value for '--steps'"),
+    (["--bogus"], "No such option: --bogus"),
 ])
 def test_rsr_bad_input_is_one_line_usage_error(files, args, text):
     _check(runner.invoke(app, [*RSR, *args]), 2, text)
