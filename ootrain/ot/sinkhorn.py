@@ -456,6 +456,30 @@ class _EnvelopeCost(torch.autograd.Function):
         return gx, gy, None, None, None, None, None
 
 
+def _iterate(f_of: Any, g_of: Any, f: Tensor, g: Tensor, stages: Any, eps: float,
+             la: Tensor, a_w: Any, tol: float, max_iter: int
+             ) -> tuple[Tensor, Tensor, Tensor, float, int]:
+    """The Sinkhorn iterations shared by the in-memory and the streamed solver: ``STAGE_ITERS``
+    updates per eps-scaling stage, then updates at ``eps`` until the marginal error
+    ``||P 1 - a||_1 <= tol`` or ``max_iter``; returns ``f, g``, ``P 1``, the error and the
+    number of iterations."""
+    iters = 0
+    for e in [e for e in stages for _ in range(STAGE_ITERS)] + [eps]:
+        f = f_of(g, e)
+        g = g_of(f, e)
+        iters += 1
+    target = 1
+    while True:
+        f_next = f_of(g, eps)
+        row = torch.exp(la + (f - f_next) / eps)      # P 1 for the pair (f, g)
+        err = float((row - a_w).abs().sum())
+        if err <= tol or target >= max_iter:
+            return f, g, row, err, iters
+        f, g = f_next, g_of(f_next, eps)
+        iters += 1
+        target += 1
+
+
 def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
              a: Tensor | None = None, b: Tensor | None = None, *, tol: float = 1e-4,
              max_iter: int = 1000, scaling: float | None = 0.5, backend: str = "auto",
@@ -518,21 +542,7 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
             return -e * KT.lse(None, la + f / e, 1.0 / e)
 
         f, g = start if start is not None else (torch.zeros_like(la), torch.zeros_like(lb))
-        iters = 0
-        for e in [e for e in stages for _ in range(STAGE_ITERS)] + [eps]:
-            f = f_of(g, e)
-            g = g_of(f, e)
-            iters += 1
-        target = 1
-        while True:
-            f_next = f_of(g, eps)
-            row = torch.exp(la + (f - f_next) / eps)      # P 1 for the pair (f, g)
-            err = float((row - a_w).abs().sum())
-            if err <= tol or target >= max_iter:
-                break
-            f, g = f_next, g_of(f_next, eps)
-            iters += 1
-            target += 1
+        f, g, row, err, iters = _iterate(f_of, g_of, f, g, stages, eps, la, a_w, tol, max_iter)
         dual = (a_w * f).sum() + (b_w * g).sum() - eps * (row.sum() - 1)
         if isinstance(K, _Dense):
             K.release()   # the result keeps K for the gradient: drop the s C working copy
@@ -920,21 +930,8 @@ def sinkhorn_streamed(x: Any, y: Any, eps: float, cost: str | Cost = "cosine", *
         else:
             f = torch.zeros(n, dtype=st.dtype, device=st.device)
             g = torch.zeros(m, dtype=st.dtype, device=st.device)
-        iters = 0
-        for e in [e for e in stages for _ in range(STAGE_ITERS)] + [eps]:
-            f = f_of(g, e)
-            g = g_of(f, e)
-            iters += 1
-        target = 1
-        while True:
-            f_next = f_of(g, eps)
-            row = torch.exp(la + (f - f_next) / eps)      # P 1 for the pair (f, g)
-            err = float((row - 1.0 / n).abs().sum())
-            if err <= tol or target >= max_iter:
-                break
-            f, g = f_next, g_of(f_next, eps)
-            iters += 1
-            target += 1
+        f, g, row, err, iters = _iterate(f_of, g_of, f, g, stages, eps, la, 1.0 / n, tol,
+                                         max_iter)
         dual = float(f.mean() + g.mean() - eps * (row.sum() - 1))
         value = st.transport_cost(la + f / eps, lb + g / eps, 1.0 / eps)
     return StreamedSinkhornResult(f=f, g=g, eps=eps, iterations=iters, marginal_error=err,
