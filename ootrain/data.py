@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
@@ -63,7 +64,9 @@ __all__ = [
     "sample_ring8",
     "load_targets",
     "row_sampler",
-    "source_sampler",
+    "data_sampler",
+    "check_finite_rows",
+    "row_blocks",
 ]
 
 MOG1D_MEANS: tuple[float, ...] = (-6.0, -2.0, 2.0, 6.0)
@@ -120,6 +123,31 @@ def check_array(x: Any, name: str = "x", ndim: int | None = 2, finite: bool = Tr
             f"{name} contains {n_bad} non-finite value(s) (NaN: {n_nan}, Inf: {n_bad - n_nan}); "
             f"first at index {first}"
         )
+
+
+def row_blocks(x: Any, block_bytes: int = 64 << 20) -> Iterator[slice]:
+    """Slices of rows of ``x`` (numpy, memory map or zarr ``[n, ...]``) of about
+    ``block_bytes`` each, aligned to the row chunks of a zarr array."""
+    n = int(x.shape[0])
+    row = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize)
+    step = max(1, block_bytes // row)
+    chunks = getattr(x, "chunks", None)
+    if chunks:
+        step = max(int(chunks[0]), step // int(chunks[0]) * int(chunks[0]))
+    for lo in range(0, n, step):
+        yield slice(lo, min(n, lo + step))
+
+
+def check_finite_rows(x: Any) -> None:
+    """Raise ``ValueError`` if ``x`` (any ``[n, ...]`` array, read in row blocks, so it may
+    be larger than memory) holds NaN or Inf: the count, the block and the first row."""
+    for sl in row_blocks(x):
+        bad = ~np.isfinite(np.asarray(x[sl]))
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0])
+            raise ValueError(f"{int(bad.sum())} non-finite values (NaN/Inf) in rows "
+                             f"[{sl.start}, {sl.stop}), first at row {sl.start + first}; "
+                             "clean or drop them and rerun")
 
 
 # --------------------------------------------------------------------------- #
@@ -340,7 +368,7 @@ def load_data(
     A spec whose part before the first ``:`` is a built-in name (``DATASETS``)
     is a built-in data set (write ``./digits`` for a file of that name);
     anything else goes to :func:`load_array`. Eagerly loaded user arrays are
-    cast to float32 when numeric, 1-D arrays become ``[n, 1]``, ``n`` rows are
+    cast to float32 when numeric (they must be 2-D ``[n, d]``), ``n`` rows are
     drawn without replacement using ``seed`` when given, and the result is
     validated with :func:`check_array`. With ``lazy=True`` the unloaded array
     is returned after a shape/dtype check only.
@@ -358,8 +386,7 @@ def load_data(
         return x
     if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating):
         x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
+    check_array(x, spec, finite=False)
     x = _subsample(x, n, seed, spec)
     check_array(x, spec)
     return x
@@ -402,9 +429,10 @@ def row_sampler(data: Any, dtype: torch.dtype
     return draw
 
 
-def source_sampler(spec: str, dtype: torch.dtype | None = None, array: str | None = None
-                   ) -> tuple[Callable[[int, np.random.Generator], torch.Tensor], int, str]:
-    """``(sampler, d, description)`` for a source spec of ``ootrain semidiscrete solve``.
+def data_sampler(spec: str, dtype: torch.dtype | None = None, array: str | None = None
+                 ) -> tuple[Callable[[int, np.random.Generator], torch.Tensor], int, str]:
+    """``(sampler, d, description)`` for a data spec drawn i.i.d. (the GANs' real data, the
+    source of ``ootrain semidiscrete solve``).
 
     ``sampler(k, rng)`` returns a ``[k, d]`` tensor of i.i.d. source draws (``dtype``,
     default float32) made with the caller's ``numpy.random.Generator`` ``rng`` (the project's
@@ -414,9 +442,15 @@ def source_sampler(spec: str, dtype: torch.dtype | None = None, array: str | Non
     - the other sampled built-ins (``mog1d``, ``ring8``, ``mog:D:K[:S]``) — exact draws;
     - ``digits[:split]``, a ``.npy``/``.npz`` file or a zarr array/group (path or URL) — the
       empirical distribution of its rows, sampled with replacement (a zarr array stays on
-      disk; each draw reads only its rows; see :func:`row_sampler`).
+      disk; each draw reads only its rows; see :func:`row_sampler`).  It must be 2-D and
+      finite (checked in row blocks).
 
-    Raises ``ValueError`` (``FileNotFoundError`` for a missing file) naming the spec.
+    Raises ``ValueError`` (``FileNotFoundError`` for a missing file).
+
+    Example:
+        >>> draw, d, _ = data_sampler("ring8")
+        >>> draw(5, np.random.default_rng(0)).shape, d
+        (torch.Size([5, 2]), 2)
     """
     dtype = dtype or torch.float32
     name, *args = spec.split(":")
@@ -432,6 +466,13 @@ def source_sampler(spec: str, dtype: torch.dtype | None = None, array: str | Non
 
         what = "N(0, I)" if name == "gaussian" else "uniform on [0, 1]^D"
         return draw, d, f"{spec}: {what}, exact draws"
+    direct = {"ring8": sample_ring8, "mog1d": sample_mog1d}.get(spec)
+    if direct is not None:
+        def draw_direct(k: int, rng: np.random.Generator) -> torch.Tensor:
+            return torch.from_numpy(direct(k, rng)).to(dtype)
+
+        return draw_direct, int(direct(1, np.random.default_rng(0)).shape[1]), \
+            f"{spec}: exact draws"
     if name in DATASETS and name != "digits":
         d = int(load_dataset(spec, n=1).shape[1])          # validates the spec
 
@@ -440,10 +481,8 @@ def source_sampler(spec: str, dtype: torch.dtype | None = None, array: str | Non
             return torch.from_numpy(x).to(dtype)
 
         return draw_builtin, d, f"{spec}: exact draws"
-    try:
-        data = load_data(spec) if name == "digits" else load_data(spec, array=array, lazy=True)
-    except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"source {spec!r}: {e}") from None
+    data = load_data(spec) if name == "digits" else load_data(spec, array=array, lazy=True)
+    check_finite_rows(data)
     n, d = (int(s) for s in data.shape)
     return row_sampler(data, dtype), d, \
         f"{spec}: empirical distribution of {n} rows, drawn with replacement"

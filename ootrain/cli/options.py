@@ -1,21 +1,17 @@
 """What the command groups share: option parsing (sizes, JSON kwargs, width lists, thread
-counts), the console, and turning a job's :class:`~ootrain.jobs.common.InputError` into a
-one-line usage error."""
+counts), the console and the help of the shared options."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from typing import Optional
 
 import typer
 from rich.console import Console
 
 __all__ = ["console", "THREADS_HELP", "parse_bytes", "json_kwargs", "int_list", "set_threads",
-           "usage_errors", "POPULATION_HELP", "MICRO_BATCH_HELP", "population_alias"]
+           "POPULATION_HELP", "MICRO_BATCH_HELP"]
 
 console = Console()
 
@@ -71,19 +67,8 @@ def set_threads(threads: Optional[int]) -> None:
     apply_threads(threads)
 
 
-@contextmanager
-def usage_errors() -> Iterator[None]:
-    """Kept for compatibility: a job's :class:`~ootrain.jobs.common.InputError` is shown as a
-    one-line usage error (exit 2) by the root command (:mod:`ootrain.cli`) for every command."""
-    yield
-
-
 #: Help of every command's ``-b/--population``.
 POPULATION_HELP = "Samples of each population per step (engine population b)."
 #: Help of every command's ``-m/--micro-batch``.
 MICRO_BATCH_HELP = "Samples per forward pass (engine micro-batch m)."
 
-
-def population_alias(population: int, batch: "int | None") -> int:
-    """``--batch``, the hidden deprecated alias of ``--population``."""
-    return population if batch is None else batch

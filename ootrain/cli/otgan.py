@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ootrain.cli.options import (POPULATION_HELP, THREADS_HELP, console, int_list,
-                                 population_alias, set_threads, usage_errors)
+                                 set_threads)
 
 __all__ = ["app", "otgan_train"]
 
@@ -26,8 +26,6 @@ def otgan_train(
     population: int = typer.Option(200, "--population", "-b", help=POPULATION_HELP + " Here "
                                    "each of X, X' (real) and Y, Y' (generated): 4 x b samples "
                                    "per iteration (the paper's '8000' is that total)."),
-    batch: Optional[int] = typer.Option(None, "--batch", hidden=True,
-                                        help="Deprecated alias of --population."),
     eps: float = typer.Option(0.05, help="Sinkhorn temperature in cosine-cost units (cost in "
                               "[0, 2]); the paper's 1/500 needs ~10x more Sinkhorn iterations."),
     n_gen: int = typer.Option(3, help="Generator updates per critic update (paper: 3)."),
@@ -75,28 +73,26 @@ def otgan_train(
 ) -> None:
     """Train a generator against a learned critic by OT-GAN's Algorithm 1.
 
-    Each iteration draws X, X' real and Y, Y' generated (each --batch samples), computes the
+    Each iteration draws X, X' real and Y, Y' generated (each --population samples), computes the
     mini-batch energy distance of their critic features with the cosine cost (six log-domain
     Sinkhorn solves), and updates the critic (ascent, every n_gen+1-th iteration, until
     --freeze-critic-after) or the generator (descent); each iteration is one step of the
     streaming engine, resumable from --store.
     """
     set_threads(threads)
-    batch = population_alias(population, batch)
     g_hidden = int_list(hidden, "--hidden")
     c_hidden = int_list(critic_hidden, "--critic-hidden")
     from ootrain.jobs.otgan import otgan_train as job
 
-    with usage_errors():
-        res = job(out, data=data, batch=batch, eps=eps, n_gen=n_gen, lr_gen=lr_gen,
-                  lr_critic=lr_critic, beta1=beta1, beta2=beta2, sinkhorn_tol=sinkhorn_tol,
-                  sinkhorn_max_iter=sinkhorn_max_iter, backend=backend, warm_start=warm_start,
-                  warm_start_method=warm_start_method, freeze_critic_after=freeze_critic_after,
-                  steps=steps, latent_dim=latent_dim, micro_batch=micro_batch, verify=verify,
-                  store=store, overwrite=overwrite,
-                  hidden=g_hidden, layer_norm=layer_norm, critic_hidden=c_hidden,
-                  feature_dim=feature_dim, seed=seed, n_samples=n_samples, progress=progress,
-                  log=console.print)
+    res = job(out, data=data, batch=population, eps=eps, n_gen=n_gen, lr_gen=lr_gen,
+              lr_critic=lr_critic, beta1=beta1, beta2=beta2, sinkhorn_tol=sinkhorn_tol,
+              sinkhorn_max_iter=sinkhorn_max_iter, backend=backend, warm_start=warm_start,
+              warm_start_method=warm_start_method, freeze_critic_after=freeze_critic_after,
+              steps=steps, latent_dim=latent_dim, micro_batch=micro_batch, verify=verify,
+              store=store, overwrite=overwrite,
+              hidden=g_hidden, layer_norm=layer_norm, critic_hidden=c_hidden,
+              feature_dim=feature_dim, seed=seed, n_samples=n_samples, progress=progress,
+              log=console.print)
     m = res.summary["ring_metrics"]
     if m is not None:
         console.print(f"modes covered {m['modes_covered']}/{m['n_modes']}  high-quality "

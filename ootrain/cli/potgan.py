@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import (POPULATION_HELP, THREADS_HELP, console, population_alias,
-                                 set_threads, usage_errors)
+from ootrain.cli.options import POPULATION_HELP, THREADS_HELP, console, set_threads
 
 __all__ = ["app", "potgan_train"]
 
@@ -29,8 +28,6 @@ def potgan_train(
     steps: int = typer.Option(3000, help="Generator updates."),
     population: int = typer.Option(256, "--population", "-b", help=POPULATION_HELP + " Here "
                                    "the real and generated samples per update."),
-    batch: Optional[int] = typer.Option(None, "--batch", hidden=True,
-                                        help="Deprecated alias of --population."),
     n_critic: int = typer.Option(5, help="Critic updates per generator update."),
     gp_weight: float = typer.Option(10.0, help="Gradient-penalty weight lambda."),
     lr: float = typer.Option(5e-4, help="Adam learning rate of generator and critic "
@@ -74,17 +71,15 @@ def potgan_train(
     many real samples, and mode metrics on ring8.
     """
     set_threads(threads)
-    batch = population_alias(population, batch)
     from ootrain.jobs.potgan import potgan_train as job
 
-    with usage_errors():
-        res = job(out, data=data, method=method, steps=steps, batch=batch, n_critic=n_critic,
-                  gp_weight=gp_weight, lr=lr, latent_dim=latent_dim, pot_weight=pot_weight,
-                  matching=matching, backend=backend, forest_steps=forest_steps,
-                  forest_lr=forest_lr, forest_trees=forest_trees, forest_depth=forest_depth,
-                  vae_latent=vae_latent, vae_steps=vae_steps, micro_batch=micro_batch,
-                  seed=seed, ema=ema, n_samples=n_samples, bandwidth=bandwidth,
-                  store=store, progress=progress, log=console.print)
+    res = job(out, data=data, method=method, steps=steps, batch=population, n_critic=n_critic,
+              gp_weight=gp_weight, lr=lr, latent_dim=latent_dim, pot_weight=pot_weight,
+              matching=matching, backend=backend, forest_steps=forest_steps,
+              forest_lr=forest_lr, forest_trees=forest_trees, forest_depth=forest_depth,
+              vae_latent=vae_latent, vae_steps=vae_steps, micro_batch=micro_batch,
+              seed=seed, ema=ema, n_samples=n_samples, bandwidth=bandwidth,
+              store=store, progress=progress, log=console.print)
     summary = res.summary
     console.print(f"Parzen reverse KL(P_g || P_r) = {summary['reverse_kl']:.4f} (averaged "
                   f"generator; last: {summary['reverse_kl_last']:.4f}; bandwidth "

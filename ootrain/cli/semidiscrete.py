@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ootrain.cli.options import (MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP, console,
-                                 json_kwargs, parse_bytes, set_threads, usage_errors)
+                                 json_kwargs, parse_bytes, set_threads)
 
 __all__ = ["app", "sd_solve", "sd_train"]
 
@@ -77,12 +77,11 @@ def sd_solve(
     set_threads(threads)
     from ootrain.jobs.semidiscrete import solve_semidiscrete
 
-    with usage_errors():
-        res = solve_semidiscrete(source, target, store, name=name, cost=cost, backend=backend,
-                                 eps=eps, batch=batch, max_iter=max_iter, tol=tol, lr=lr,
-                                 check_every=check_every, grow=grow, n0=n0, n_target=n_target,
-                                 target_array=target_array, source_array=source_array,
-                                 n_eval=n_eval, dtype=dtype, seed=seed, progress=progress)
+    res = solve_semidiscrete(source, target, store, name=name, cost=cost, backend=backend,
+                             eps=eps, batch=batch, max_iter=max_iter, tol=tol, lr=lr,
+                             check_every=check_every, grow=grow, n0=n0, n_target=n_target,
+                             target_array=target_array, source_array=source_array,
+                             n_eval=n_eval, dtype=dtype, seed=seed, progress=progress)
     ot, summary = res.ot, res.summary
     table = Table("", "value", title="semi-discrete OT", title_justify="left")
     table.add_row("source", summary["source"])
@@ -169,15 +168,14 @@ def sd_train(
     budget = parse_bytes(memory_budget)
     from ootrain.jobs.semidiscrete import train_semidiscrete
 
-    with usage_errors():
-        res = train_semidiscrete(
-            str(store), data=data, n_real=n_real, data_array=data_array, generator=generator,
-            generator_args=gargs, squash=squash, latent_dim=latent_dim, population=population,
-            micro_batch=micro_batch, rounds=rounds, fit_epochs=fit_epochs, alpha_fit=alpha_fit,
-            alpha_stop=alpha_stop, alternate=alternate, cost=cost, backend=backend, eps=eps,
-            ots_batch=ots_batch, ots_max_iter=ots_max_iter, ots_tol=ots_tol, ots_lr=ots_lr,
-            lr=lr, optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
-            overwrite=overwrite, out=out, n_samples=n_samples, progress=progress)
+    res = train_semidiscrete(
+        str(store), data=data, n_real=n_real, data_array=data_array, generator=generator,
+        generator_args=gargs, squash=squash, latent_dim=latent_dim, population=population,
+        micro_batch=micro_batch, rounds=rounds, fit_epochs=fit_epochs, alpha_fit=alpha_fit,
+        alpha_stop=alpha_stop, alternate=alternate, cost=cost, backend=backend, eps=eps,
+        ots_batch=ots_batch, ots_max_iter=ots_max_iter, ots_tol=ots_tol, ots_lr=ots_lr,
+        lr=lr, optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
+        overwrite=overwrite, out=out, n_samples=n_samples, progress=progress)
     console.print(f"[green]done[/]: {res.rounds_this_call} rounds this call, "
                   f"{res.rounds_in_store} in store {store}; wrote {out}/: "
                   + ", ".join(f.name for f in res.files), soft_wrap=True)

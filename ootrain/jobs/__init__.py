@@ -14,10 +14,9 @@ from ootrain.jobs.potgan import POTGANJob, potgan_train
 from ootrain.jobs.rsr import RSRJob, rsr_train
 from ootrain.jobs.semidiscrete import (SolveJob, GradualJob, make_ot, solve_semidiscrete,
                                        train_semidiscrete)
-from ootrain.jobs.store import (ArrayInfo, StoreInfo, store_info, verify_store, unlock_store,
-                                row_blocks)
+from ootrain.jobs.store import (ArrayInfo, StoreInfo, store_info, verify_store, unlock_store)
 
 __all__ = ["InputError", "input_errors", "default_rows", "run_fig1", "OTGANJob", "otgan_train",
            "POTGANJob", "potgan_train", "RSRJob", "rsr_train", "SolveJob", "GradualJob",
            "make_ot", "solve_semidiscrete", "train_semidiscrete", "ArrayInfo", "StoreInfo",
-           "store_info", "verify_store", "unlock_store", "row_blocks"]
+           "store_info", "verify_store", "unlock_store"]

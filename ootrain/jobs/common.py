@@ -3,11 +3,12 @@ a built-in data set."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
 
-__all__ = ["InputError", "input_errors", "default_rows", "check_steps", "check_finite_data",
+__all__ = ["InputError", "input_errors", "option_name", "default_rows", "check_steps", "check_finite_data",
            "model_errors", "check_population"]
 
 
@@ -19,17 +20,40 @@ class InputError(ValueError):
     """
 
 
+_LEADING_NAME = re.compile(r"^([a-z][a-z0-9_]*)(?= must | \()")
+_UNKNOWN_NAME = re.compile(r"^unknown ([a-z][a-z0-9_]*) ")
+
+
+def option_name(message: str, names: Mapping[str, str] = {}) -> str:
+    """A library message that starts with a parameter name (``eps must be ...``,
+    ``warm_start_method must ...``) restated with the command's option: ``names[name]`` when
+    given, else ``--`` + the name with dashes (``--warm-start-method must ...``); one that
+    starts ``unknown cost ...`` is prefixed with the option (``--cost: unknown cost ...``)."""
+    m = _UNKNOWN_NAME.match(message)
+    if m is not None:
+        return f"{names.get(m.group(1), '--' + m.group(1).replace('_', '-'))}: {message}"
+    m = _LEADING_NAME.match(message)
+    if m is None:
+        return message
+    name = m.group(1)
+    return names.get(name, "--" + name.replace("_", "-")) + message[m.end():]
+
+
 @contextmanager
-def input_errors(prefix: str = "") -> Iterator[None]:
+def input_errors(prefix: str = "", names: Optional[Mapping[str, str]] = None
+                 ) -> Iterator[None]:
     """Re-raise a ``ValueError`` or ``FileNotFoundError`` of the block as an
     :class:`InputError` whose message is ``prefix`` + the original one (an
-    :class:`InputError` passes unchanged)."""
+    :class:`InputError` passes unchanged).  With ``names`` (library parameter -> option; may
+    be empty), a message starting with a parameter name names the option instead (see
+    :func:`option_name`)."""
     try:
         yield
     except InputError:
         raise
     except (ValueError, FileNotFoundError) as e:
-        raise InputError(f"{prefix}{e}") from None
+        text = str(e) if names is None else option_name(str(e), names)
+        raise InputError(f"{prefix}{text}") from None
 
 
 def default_rows(spec: str, n: Optional[int]) -> Optional[int]:
@@ -48,18 +72,10 @@ def check_steps(name: str, value: Any, low: int = 0) -> None:
 
 def check_finite_data(real: Any, option: str = "--data") -> None:
     """Refuse data with NaN/Inf (read in blocks of rows) before anything is created."""
-    import numpy as np
+    from ootrain.data import check_finite_rows
 
-    from ootrain.jobs.store import row_blocks
-
-    for sl in row_blocks(real):
-        block = np.asarray(real[sl])
-        bad = ~np.isfinite(block)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise InputError(f"{option}: {int(bad.sum())} non-finite values (NaN/Inf) in rows "
-                             f"[{sl.start}, {sl.stop}), first at row {sl.start + first[0]}; "
-                             "clean or drop them and rerun")
+    with input_errors(f"{option}: "):
+        check_finite_rows(real)
 
 
 @contextmanager

@@ -15,9 +15,9 @@ import torch
 from ootrain.engine.core import EngineConfig, StepResult
 from ootrain.eval.plots import plot_otgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, input_errors
-from ootrain.methods.otgan import (OTGAN, OTGANConfig, data_sampler, make_critic,
-                                   make_generator)
+from ootrain.jobs.common import InputError, check_population, input_errors
+from ootrain.data import data_sampler
+from ootrain.methods.otgan import OTGAN, OTGANConfig, make_critic, make_generator
 from ootrain.methods.training import train
 from ootrain.models.zoo import generate
 from ootrain.progress import make_progress
@@ -41,8 +41,7 @@ def otgan_engine_config(batch: int, latent_dim: int, seed: int,
                         micro_batch: Optional[int] = None, verify: bool = False,
                         **kw: Any) -> EngineConfig:
     """The engine settings of an OT-GAN run: ``population = batch`` (each of X, X', Y, Y'),
-    ``micro_batch`` rows per forward pass (None: the whole batch; larger than ``batch`` is
-    clipped to it).  Validates with the messages of the former in-memory trainer."""
+    ``micro_batch`` rows per forward pass (None: the whole batch; at most ``batch``)."""
     if not is_int(batch) or batch < 2:
         raise ValueError(f"batch (size of each of X, X', Y, Y') must be an integer >= 2, "
                          f"got {batch!r}")
@@ -51,8 +50,11 @@ def otgan_engine_config(batch: int, latent_dim: int, seed: int,
     if not is_int(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     check_micro_batch(micro_batch)
+    if micro_batch is not None and micro_batch > batch:
+        raise ValueError(f"micro_batch {micro_batch} exceeds batch {batch}; pass "
+                         "micro_batch <= batch")
     check_bool("verify", verify)
-    m = batch if micro_batch is None else min(int(micro_batch), int(batch))
+    m = batch if micro_batch is None else int(micro_batch)
     return EngineConfig(population=int(batch), micro_batch=m, latent_dim=int(latent_dim),
                         seed=int(seed), verify=verify, **kw)
 
@@ -113,7 +115,9 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
     ``metrics.json`` (ring mode metrics on ``ring8``).  ``log`` receives a line describing the
     run before training.  Bad input raises :class:`InputError` first.
     """
-    with input_errors():
+    check_population(batch, micro_batch)
+    with input_errors(names={"batch": "--population/-b",
+                             "critic_freeze_after": "--freeze-critic-after"}):
         cfg = OTGANConfig(eps=eps, n_gen=n_gen, sinkhorn_tol=sinkhorn_tol,
                           sinkhorn_max_iter=sinkhorn_max_iter, backend=backend,
                           warm_start=warm_start, warm_start_method=warm_start_method,
@@ -129,7 +133,7 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
         sampler, d, what = data_sampler(data)
     G = make_generator(latent_dim, d, tuple(hidden), layer_norm=layer_norm, seed=seed)
     C = make_critic(d, feature_dim, tuple(critic_hidden), seed=seed + 1)
-    with input_errors():
+    with input_errors(names={}):
         method = otgan_method(G, C, sampler, cfg, lr_gen=lr_gen, lr_critic=lr_critic,
                               betas=(beta1, beta2), real_spec=data)
     if log is not None:

@@ -13,9 +13,9 @@ import numpy as np
 from ootrain.eval.parzen import parzen_reverse_kl, scott_bandwidth
 from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, input_errors
+from ootrain.jobs.common import InputError, check_population, input_errors
 from ootrain.engine import EngineConfig
-from ootrain.methods.otgan import data_sampler
+from ootrain.data import data_sampler
 from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
 from ootrain.methods.training import train
 from ootrain.methods.wgan import WGANConfig
@@ -138,18 +138,16 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     """
     if method not in GAN_METHODS:
         raise InputError(f"--method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
-    for name, v, lo in (("--steps", steps, 1), ("--population (batch)", batch, 2),
+    for name, v, lo in (("--steps", steps, 1), ("--population/-b", batch, 2),
                         ("--latent-dim", latent_dim, 1), ("--n-samples", n_samples, 1),
                         ("--vae-latent", vae_latent, 1), ("--forest-trees", forest_trees, 1),
                         ("--forest-depth", forest_depth, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if micro_batch is not None and not 1 <= micro_batch <= batch:
-        raise InputError(f"--micro-batch must be in [1, --population = {batch}], got "
-                         f"{micro_batch}")
+    check_population(batch, micro_batch)
     if not (np.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be > 0, got {lr}")
-    with input_errors():
+    with input_errors(names={"weight": "--pot-weight"}):
         wcfg = WGANConfig(n_critic=n_critic, gp_weight=gp_weight)
         pcfg = POTConfig(weight=pot_weight, forest_steps=forest_steps, forest_lr=forest_lr,
                          matching=matching, backend=backend)

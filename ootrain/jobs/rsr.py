@@ -64,13 +64,14 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
         G = build_model(generator, **gkw)
     with model_errors(f"--embedding {embedding!r}"):
         E = build_model(embedding, **ekw).eval()
-    with input_errors():
+    with input_errors(names={}):
         cfg = EngineConfig(population=population, micro_batch=micro_batch,
                            latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
                            verify=verify, store_latents=store_latents)
     with input_errors("--optimizer: "):
         make_optimizer([torch.zeros(1, requires_grad=True)], optimizer, lr)
-    with input_errors():
+    with input_errors(names={"n_directions": "--directions/-p", "directions": "--direction-mode",
+                             "keep": "--keep/-r"}):
         solver = SlicedSolver(n_directions=directions, directions=direction_mode, keep=keep,
                               mode=mode)
     losses: list[float] = []

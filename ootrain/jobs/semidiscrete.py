@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ootrain.data import DATASETS, load_targets, source_sampler
+from ootrain.data import DATASETS, load_targets, data_sampler
 from ootrain.engine.core import EngineConfig
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
@@ -39,7 +39,7 @@ def make_ot(targets: Any, cost: str, backend: str, eps: Optional[float],
     ``float32``, ``float64``; bad arguments raise :class:`InputError`."""
     if dtype not in ("auto", "float32", "float64"):
         raise InputError(f"--dtype must be auto, float32 or float64, got {dtype!r}")
-    with input_errors():
+    with input_errors(names={}):
         return SemiDiscreteOT(targets, cost=cost, backend=backend, eps=eps,
                               dtype=None if dtype == "auto" else getattr(torch, dtype))
 
@@ -64,7 +64,7 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
                        dtype: str = "auto", seed: int = 0, progress: bool = True) -> SolveJob:
     """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
 
-    ``source`` is a spec of :func:`ootrain.data.source_sampler`; ``target`` a built-in
+    ``source`` is a spec of :func:`ootrain.data.data_sampler`; ``target`` a built-in
     (``digits[:split]``, or a sampled one with ``n_target`` rows, drawn with seed
     ``seed + 1``) or a user's array (zarr stays on disk and is streamed in blocks).  Runs
     :meth:`SemiDiscreteOT.fit` (``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
@@ -82,7 +82,7 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         targets = load_targets(target, n=n_target, seed=seed + 1, array=target_array)
     ot = make_ot(targets, cost, backend, eps, dtype)
     try:
-        sampler, d, described = source_sampler(source, ot.dtype, source_array)
+        sampler, d, described = data_sampler(source, ot.dtype, source_array)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
     if d != ot.source.d:
@@ -100,7 +100,7 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
     if lr is not None:
         fit_kw["lr"] = lr
     t = time.perf_counter()
-    with input_errors():
+    with input_errors(names={}):
         ot.fit(counted, progress=progress, **fit_kw)
     fit_s = time.perf_counter() - t
     used_batch = default_batch(ot.n_targets) if batch is None else batch
@@ -175,7 +175,7 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     ots: dict[str, Any] = {"batch": ots_batch, "max_iter": ots_max_iter, "tol": ots_tol}
     if ots_lr is not None:
         ots["lr"] = ots_lr
-    with input_errors():
+    with input_errors(names={}):
         cfg = EngineConfig(population=population, micro_batch=micro_batch,
                            latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
                            verify=verify)

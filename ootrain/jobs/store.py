@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
+from ootrain.data import row_blocks
 from ootrain.jobs.common import InputError
 from ootrain.store import Store, StoreError
 
 __all__ = ["ArrayInfo", "StoreInfo", "StepsInfo", "store_info", "verify_store",
-           "unlock_store", "row_blocks", "node_kind", "open_store", "RESUME_HINT"]
+           "unlock_store", "node_kind", "open_store", "RESUME_HINT"]
 
 #: How to resume an interrupted run.
 RESUME_HINT = ("rerun the same `ootrain <method> train ...` command (with the same --store) "
@@ -104,14 +104,6 @@ def verify_store(path: str, finite: bool = True) -> list[str]:
             if bad:
                 problems.append(f"{name}: {bad} non-finite values")
     return problems
-
-
-def row_blocks(arr: Any, block_bytes: int = 64 << 20) -> Iterator[slice]:
-    """Slices of whole rows of ``arr``, about ``block_bytes`` each."""
-    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
-    step = max(1, block_bytes // row_bytes)
-    for lo in range(0, arr.shape[0], step):
-        yield slice(lo, min(arr.shape[0], lo + step))
 
 
 def unlock_store(path: str) -> Optional[str]:

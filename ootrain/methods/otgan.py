@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -74,9 +74,7 @@ __all__ = [
     "make_critic",
     "OTGAN",
     "EnergySolver",
-    "array_sampler",
     "energy_step",
-    "data_sampler",
 ]
 
 WARM_START_METHODS = ("ctransform", "index")
@@ -190,18 +188,6 @@ def make_critic(in_dim: int = 2, feature_dim: int = 32, hidden: Sequence[int] = 
                 activation: str = "leaky_relu", seed: int = 0) -> Critic:
     """A :class:`Critic`, initialised from ``seed`` without touching the global torch RNG."""
     return seeded(seed, lambda: Critic(in_dim, feature_dim, hidden, activation))
-
-
-def array_sampler(data: Any) -> Callable[[int, np.random.Generator], np.ndarray]:
-    """A real-data sampler drawing rows of ``data [N, D]`` with replacement."""
-    arr = np.asarray(data)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise ValueError(f"data must be a non-empty [N, D] array, got shape {arr.shape}")
-
-    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
-        return arr[rng.integers(0, arr.shape[0], size=n)]
-
-    return draw
 
 
 # ----------------------------------------------------------------------------------
@@ -433,25 +419,3 @@ class OTGAN:
         solver = EnergySolver(self.cfg, player, replay, self._state)
         opt = self.opt_c if critic_turn else self.opt_g
         return Plan(pops, solver, opt, self.C if critic_turn else self.G)
-
-
-def data_sampler(spec: str) -> tuple[Callable[[int, np.random.Generator], np.ndarray], int, str]:
-    """``(sampler, D, description)`` for a data spec: a sampled built-in of
-    :mod:`ootrain.data` (``ring8``, ``gaussian:D``, ``mog:D:K[:S]``, ``mog1d``: exact draws)
-    or ``digits[:split]`` / a ``.npy``/``.npz``/zarr array (its rows, drawn with
-    replacement)."""
-    from ootrain.data import DATASETS, load_data, load_dataset, sample_ring8
-
-    name = spec.split(":", 1)[0]
-    if spec == "ring8":
-        return sample_ring8, 2, "ring8: 8 Gaussians (std 0.02) on a circle of radius 2"
-    if name in DATASETS and name != "digits":
-        d = int(load_dataset(spec, n=1).shape[1])        # validates the spec
-
-        def draw(n: int, rng: np.random.Generator) -> np.ndarray:
-            return load_dataset(spec, n=n, seed=int(rng.integers(2**63)))
-
-        return draw, d, f"{spec}: exact draws"
-    data = load_data(spec)
-    return array_sampler(data), int(data.shape[1]), \
-        f"{spec}: {data.shape[0]} rows, drawn with replacement"

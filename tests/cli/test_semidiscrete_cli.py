@@ -103,14 +103,14 @@ def test_solve_empirical_source_zarr_target_and_named_array(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["gaussian:3", "uniform:2", "ring8", "npy"])
-def test_source_samplers_draw_from_the_callers_rng(tmp_path, spec):
-    """``source_sampler(spec)`` follows ``draw(k, rng)``: the draws are a function of the
+def test_data_samplers_draw_from_the_callers_rng(tmp_path, spec):
+    """``data_sampler(spec)`` follows ``draw(k, rng)``: the draws are a function of the
     caller's numpy Generator (same seed, same rows; the sampler holds no state)."""
-    from ootrain.data import source_sampler
+    from ootrain.data import data_sampler
     if spec == "npy":
         np.save(tmp_path / "s.npy", np.arange(40, dtype=np.float32).reshape(20, 2))
         spec = str(tmp_path / "s.npy")
-    draw, d, _ = source_sampler(spec, torch.float64)
+    draw, d, _ = data_sampler(spec, torch.float64)
     a = draw(50, np.random.default_rng(4))
     assert a.shape == (50, d) and a.dtype == torch.float64
     assert torch.equal(a, draw(50, np.random.default_rng(4)))

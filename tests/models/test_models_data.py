@@ -216,9 +216,9 @@ def test_npy_npz_roundtrip(tmp_path):
     np.savez(tmp_path / "two.npz", a=x, b=np.arange(5))
     np.testing.assert_allclose(data.load_data(str(tmp_path / "one.npz")), x, rtol=1e-6)
     np.testing.assert_allclose(data.load_data(str(tmp_path / "two.npz"), key="a"), x, rtol=1e-6)
-    # 1-D integer arrays become float32 [n, 1]
-    b = data.load_data(str(tmp_path / "two.npz"), key="b")
-    assert b.shape == (5, 1) and b.dtype == np.float32
+    # arrays must be 2-D [n, d]: a 1-D one is refused (no guessing of [n, 1] or [1, n])
+    with pytest.raises(ValueError, match=r"must be 2-D \[n, d\], got shape \(5,\)"):
+        data.load_data(str(tmp_path / "two.npz"), key="b")
     with pytest.raises(ValueError, match="key="):
         data.load_data(str(tmp_path / "two.npz"))
 
