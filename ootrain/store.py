@@ -35,8 +35,10 @@ event-loop thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -73,6 +75,10 @@ class StoreLockedError(StoreError):
 
 class StoreConfigError(StoreError, ValueError):
     """The store was created by a different configuration."""
+
+
+class StoreCorruptError(StoreError):
+    """A chunk fails its checksum, cannot be decoded, or is flagged complete but missing."""
 
 
 class DiskFullError(StoreError, OSError):
@@ -174,22 +180,26 @@ class Store:
             return
         self._zstore = _open_zstore(self.url)
         if lock:
-            self._acquire_lock()
+            with _disk_full(self.url, "taking the writer lock"):
+                self._acquire_lock()
         try:
-            exists = self._exists()
-            if mode == "w" or not exists:
-                self.group = zarr.open_group(self._zstore, mode="w" if mode == "w" else "a")
-                meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint(config),
-                        "config": config}
-                if COMMAND is not None:
-                    meta["command"] = list(COMMAND)
-                self.group.attrs["ootrain"] = meta
-            else:
-                self.group = zarr.open_group(self._zstore, mode="a")
-                self._check_format(config)
+            with _disk_full(self.url, "creating the store"):
+                self._open_or_create(config)
         except BaseException:
             self.release()
             raise
+
+    def _open_or_create(self, config: dict[str, Any]) -> None:
+        if self.mode == "w" or not self._exists():
+            self.group = zarr.open_group(self._zstore, mode="w" if self.mode == "w" else "a")
+            meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint(config),
+                    "config": config}
+            if COMMAND is not None:
+                meta["command"] = list(COMMAND)
+            self.group.attrs["ootrain"] = meta
+        else:
+            self.group = zarr.open_group(self._zstore, mode="a")
+            self._check_format(config)
 
     # ----------------------------------------------------------------- identity and locking
     def _exists(self) -> bool:
@@ -288,29 +298,48 @@ class Store:
         return self.group.attrs["ootrain"]["config"]
 
     def require_array(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                      dtype: Any) -> zarr.Array:
-        """Create ``path`` (or reopen it, checking shape/chunks/dtype) with its manifest."""
+                      dtype: Any) -> "CheckedArray":
+        """Create ``path`` (or reopen it, checking shape/chunks/dtype) with its manifest.
+
+        The manifest is created first, all chunks unflagged, and the array after it: a kill
+        between the two writes leaves a manifest without its array (both are created again on
+        the next call) or an array without flags (its chunks are rewritten), never a flag
+        without its chunk.  Chunks carry a crc32c checksum, and are written even when they
+        equal the fill value, so that a flagged chunk always has an object."""
         dtype = np.dtype(dtype)
-        try:
-            arr = self.group[path]
-        except KeyError:
-            arr = None
+        arr = self._node(path)
         if arr is not None:
             if (tuple(arr.shape) != tuple(shape) or tuple(arr.chunks) != tuple(chunks)
                     or arr.dtype != dtype):
                 raise StoreConfigError(
                     f"array {path!r} in {self.url} has shape {arr.shape}, chunks {arr.chunks}, "
                     f"dtype {arr.dtype}; expected {tuple(shape)}, {tuple(chunks)}, {dtype}")
-            return arr
+            if self._node(f"manifest/{path}") is None:      # killed before the manifest
+                self._create_manifest(path, int(np.prod(arr.cdata_shape)))
+            return CheckedArray(self, path, arr)
+        grid = [-(-int(s_) // int(c)) for s_, c in zip(shape, chunks)]
+        self._create_manifest(path, int(np.prod(grid)))
         arr = self.group.create_array(path, shape=shape, chunks=chunks, dtype=dtype,
-                                      fill_value=0, compressors=None, overwrite=True)
-        n_chunks = int(np.prod(arr.cdata_shape))
-        self.group.create_array(f"manifest/{path}", shape=(n_chunks,), chunks=(1,),
-                                dtype="uint8", fill_value=0, compressors=None, overwrite=True)
-        return arr
+                                      fill_value=0, compressors=_checksum_codecs(self),
+                                      overwrite=True)
+        return CheckedArray(self, path, arr)
 
-    def array(self, path: str) -> zarr.Array:
-        return self.group[path]
+    def _create_manifest(self, path: str, n_chunks: int) -> None:
+        self.group.create_array(f"manifest/{path}", shape=(n_chunks,), chunks=(1,),
+                                dtype="uint8", fill_value=0, compressors=_checksum_codecs(self),
+                                overwrite=True)
+
+    def _node(self, path: str) -> Any:
+        try:
+            return self.group[path]
+        except KeyError:
+            return None
+
+    def array(self, path: str) -> "CheckedArray":
+        """The array ``path``; its reads raise :class:`StoreCorruptError` naming the array and
+        the chunk when a chunk fails its checksum, cannot be decoded, or is flagged complete
+        but missing."""
+        return CheckedArray(self, path, self.group[path])
 
     def has(self, path: str) -> bool:
         try:
@@ -319,14 +348,26 @@ class Store:
         except KeyError:
             return False
 
-    def _manifest(self, path: str) -> zarr.Array:
-        return self.group[f"manifest/{path}"]
+    def _manifest(self, path: str) -> "CheckedArray":
+        return CheckedArray(self, f"manifest/{path}", self.group[f"manifest/{path}"])
 
     def done(self, path: str) -> np.ndarray:
-        """Boolean flags [n_chunks] (C order over the chunk grid) of completed chunks."""
-        if not self.has(path):
+        """Boolean flags [n_chunks] (C order over the chunk grid) of completed chunks (all
+        False when the array or its manifest is missing)."""
+        arr = self._node(path)
+        if arr is None:
             return np.zeros(0, dtype=bool)
+        if self._node(f"manifest/{path}") is None:
+            return np.zeros(int(np.prod(arr.cdata_shape)), dtype=bool)
         return self._manifest(path)[:].astype(bool)
+
+    def chunk_exists(self, path: str, coords: tuple[int, ...]) -> bool:
+        """Whether the chunk object at grid position ``coords`` of ``path`` exists."""
+        if self.in_memory:
+            return True
+        arr = self.group[path]
+        key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+        return bool(sync(self.group.store.exists(f"{path}/{key}")))
 
     def is_complete(self, path: str) -> bool:
         flags = self.done(path)
@@ -347,6 +388,8 @@ class Store:
         system is full.
         """
         arr = self.group[path]
+        if not self.in_memory:   # a runtime setting, not stored: chunks equal to the fill
+            arr = arr.with_config({"write_empty_chunks": True})   # value are written too
         ranges = []
         for sl, c, s in zip(region, arr.chunks, arr.shape):
             if sl.start % c or (sl.stop % c and sl.stop != s) or not 0 <= sl.start < sl.stop <= s:
@@ -358,15 +401,9 @@ class Store:
             raise ValueError(f"region {region} of {path!r} must have shape {expected}, "
                              f"got {tuple(value.shape)}")
         flat = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), arr.cdata_shape).ravel()
-        try:
+        with _disk_full(self.url, f"writing {path!r} {region} (completed chunks are kept)"):
             arr[region] = value
             self._manifest(path).set_orthogonal_selection((flat,), 1)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise DiskFullError(errno.ENOSPC, f"disk full while writing {path!r} {region} "
-                                    f"to {self.url}; completed chunks are kept, free space and "
-                                    "resume") from e
-            raise
 
     # ----------------------------------------------------------------- plain keys
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -374,13 +411,8 @@ class Store:
         if self.in_memory:
             self._bytes[key] = bytes(data)
             return
-        try:
+        with _disk_full(self.url, f"writing {key!r}"):
             sync(self._zstore.set(key, default_buffer_prototype().buffer.from_bytes(data)))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise DiskFullError(errno.ENOSPC, f"disk full while writing {key!r} to "
-                                    f"{self.url}; free space and resume") from e
-            raise
 
     def get_bytes(self, key: str) -> bytes | None:
         """The bytes under the plain key ``key``, or None."""
@@ -458,6 +490,127 @@ class Store:
         if free is not None and needed > free:
             raise DiskFullError(errno.ENOSPC, f"{what} needs {needed / 2**30:.2f} GiB in "
                                 f"{self.url} but only {free / 2**30:.2f} GiB are free")
+
+
+@contextlib.contextmanager
+def _disk_full(url: str, what: str) -> Iterator[None]:
+    """Turn the file system's ``ENOSPC`` into :class:`DiskFullError` naming ``what``."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+            raise DiskFullError(errno.ENOSPC, f"disk full while {what} in {url}; free space "
+                                "and rerun the same command to resume") from e
+        raise
+
+
+def _checksum_codecs(store: Store) -> Any:
+    """Bytes codecs of the store's arrays: a crc32c checksum per chunk (none in memory)."""
+    if store.in_memory:
+        return None
+    from zarr.codecs import Crc32cCodec
+    return [Crc32cCodec()]
+
+
+def _chunk_ranges(arr: Any, selection: Any) -> list[range] | None:
+    """The chunk-grid ranges a basic selection (ints, slices with step 1, Ellipsis) of
+    ``arr`` touches, per dimension; None for other selections."""
+    sel = selection if isinstance(selection, tuple) else (selection,)
+    if any(s is Ellipsis for s in sel):
+        i = sel.index(Ellipsis)
+        sel = sel[:i] + (slice(None),) * (len(arr.shape) - len(sel) + 1) + sel[i + 1:]
+    sel = sel + (slice(None),) * (len(arr.shape) - len(sel))
+    out = []
+    for s_, c, n in zip(sel, arr.chunks, arr.shape):
+        if isinstance(s_, (int, np.integer)):
+            i = int(s_) % n if n else 0
+            out.append(range(i // c, i // c + 1))
+        elif isinstance(s_, slice) and s_.step in (None, 1):
+            lo, hi, _ = s_.indices(n)
+            out.append(range(lo // c, -(-hi // c)) if hi > lo else range(0))
+        else:
+            return None
+    return out
+
+
+class CheckedArray:
+    """A store array (:meth:`Store.array`) whose reads name the array and chunk that fail.
+
+    Every attribute but indexing is the zarr array's.  A read that fails (checksum mismatch,
+    truncated or undecodable chunk) is retried chunk by chunk to find the bad ones; a basic
+    selection is also checked for chunks flagged complete in the manifest whose object is
+    missing (zarr would return the fill value for them)."""
+
+    def __init__(self, store: Store, path: str, arr: Any) -> None:
+        self._store, self._path, self._arr = store, path, arr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._arr, name)
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __repr__(self) -> str:
+        return f"<store array {self._path!r} {self._arr.shape} {self._arr.dtype}>"
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self._arr[selection] = value
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            out = self._arr[selection]
+        except Exception as e:
+            raise self._locate(selection, e) from e
+        self._check_present(selection)
+        return out
+
+    def _chunks(self, selection: Any) -> list[tuple[int, ...]]:
+        ranges = _chunk_ranges(self._arr, selection)
+        if ranges is None:
+            ranges = [range(n) for n in self._arr.cdata_shape]
+        return list(itertools.product(*ranges))
+
+    def _region(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(slice(i * c, min((i + 1) * c, n))
+                     for i, c, n in zip(coords, self._arr.chunks, self._arr.shape))
+
+    def _locate(self, selection: Any, error: Exception) -> Exception:
+        bad = []
+        for coords in self._chunks(selection):
+            try:
+                self._arr[self._region(coords)]
+            except Exception as e:   # noqa: PERF203 (the slow path, after a failure)
+                bad.append((coords, e))
+        if not bad:
+            return error
+        coords, e = bad[0]
+        more = f" (and {len(bad) - 1} more chunks)" if len(bad) > 1 else ""
+        return StoreCorruptError(
+            f"store {self._store.url}: array {self._path!r} chunk {list(coords)} is corrupt "
+            f"({type(e).__name__}: {e}){more}; run `ootrain store verify {self._store.url}`, "
+            "then delete the step (or the store) and resume")
+
+    def _check_present(self, selection: Any) -> None:
+        if self._store.in_memory or self._path.startswith("manifest/"):
+            return
+        ranges = _chunk_ranges(self._arr, selection)
+        if ranges is None or self._store._node(f"manifest/{self._path}") is None:
+            return
+        coords = list(itertools.product(*ranges))
+        if not coords:
+            return
+        flat = np.ravel_multi_index(tuple(np.array(coords).T), self._arr.cdata_shape)
+        flags = self._store.group[f"manifest/{self._path}"].get_coordinate_selection(flat)
+        for c, flagged in zip(coords, flags):
+            if flagged and not self._store.chunk_exists(self._path, c):
+                raise StoreCorruptError(
+                    f"store {self._store.url}: array {self._path!r} chunk {list(c)} is "
+                    "flagged complete but its object is missing; run `ootrain store verify "
+                    f"{self._store.url}`, then delete the step (or the store) and resume")
 
 
 def _open_zstore(url: str) -> zarr.abc.store.Store:

@@ -18,7 +18,8 @@ app = typer.Typer(help="Run-Sort-ReRun sliced-Wasserstein training (Lezama et al
 
 @app.command("train")
 def rsr_train(
-    store: Path = typer.Option(..., help="Store path (zarr v3 group; local path or fsspec URL)."),
+    store: str = typer.Option(..., help="Store: a local path or an fsspec URL (file://, "
+                              "memory://, s3://)."),
     data: str = typer.Option("mog1d", help="Real data: built-in (mog1d, ring8, gaussian:D, "
                              "mog:D:K, digits) or a .npy/.npz/zarr path or URL."),
     n_real: Optional[int] = typer.Option(None, help="Rows of a built-in data set (default: "

@@ -107,7 +107,8 @@ def sd_solve(
 
 @app.command("train")
 def sd_train(
-    store: Path = typer.Option(..., help="Store path (zarr v3 group; local path or fsspec URL)."),
+    store: str = typer.Option(..., help="Store: a local path or an fsspec URL (file://, "
+                              "memory://, s3://)."),
     data: str = typer.Option("digits", help="Target data: built-in (digits[:split], mog1d, "
                              "ring8, gaussian:D, mog:D:K) or a .npy/.npz/zarr path or URL "
                              "(zarr stays on disk)."),

@@ -9,7 +9,7 @@ import numpy as np
 
 from ootrain.data import row_blocks
 from ootrain.jobs.common import InputError
-from ootrain.store import Store, StoreError
+from ootrain.store import Store, StoreCorruptError, StoreError
 
 __all__ = ["ArrayInfo", "StoreInfo", "StepsInfo", "store_info", "verify_store",
            "unlock_store", "node_kind", "open_store", "RESUME_HINT"]
@@ -89,20 +89,28 @@ def store_info(path: str) -> StoreInfo:
 
 
 def verify_store(path: str, finite: bool = True) -> list[str]:
-    """The problems of the store at ``path``, one line each (empty: every array is complete
-    and, with ``finite``, free of NaN/Inf; values are read in blocks of whole rows)."""
+    """The problems of the store at ``path``, one line each (empty: every array is complete,
+    every chunk passes its checksum and exists, and, with ``finite``, no value is NaN/Inf;
+    values are read in blocks of whole rows)."""
     s = open_store(path)
     problems = []
-    for name, arr in s.walk_arrays():
+    for name, _ in s.walk_arrays():
         done = s.done(name)
         if not done.all():
             problems.append(f"{name}: {int((~done).sum())} of {done.size} chunks incomplete "
                             f"({RESUME_HINT})")
             continue
-        if finite:
-            bad = sum(int((~np.isfinite(arr[sl])).sum()) for sl in row_blocks(arr))
-            if bad:
-                problems.append(f"{name}: {bad} non-finite values")
+        arr, bad = s.array(name), 0
+        try:
+            for sl in row_blocks(arr):
+                block = arr[sl]
+                if finite and block.dtype.kind in "fc":
+                    bad += int((~np.isfinite(block)).sum())
+        except StoreCorruptError as e:
+            problems.append(str(e))
+            continue
+        if bad:
+            problems.append(f"{name}: {bad} non-finite values")
     return problems
 
 

@@ -108,3 +108,20 @@ def test_rsr_train_from_user_zarr_and_factory(tmp_path):
     assert s.array("steps/0/latents").shape == (128, 8)
     assert s.array("steps/0/cotangents").shape == (128, 6)
     assert s.array("real/embeddings").shape == (500, 6)
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_rsr_train_store_at_a_url(tmp_path, monkeypatch, scheme):
+    """--store takes URLs as they are: file:// writes the named folder, memory:// writes no
+    folder at all (a Path option used to collapse '//' into a local 'file:' / 'memory:')."""
+    monkeypatch.chdir(tmp_path)
+    url = f"file://{tmp_path}/s.zarr" if scheme == "file" else "memory://ootrain-cli-test/s.zarr"
+    res = _train(url, "--out", str(tmp_path / "out"))
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / f"{scheme}:").exists()
+    if scheme == "file":
+        assert (tmp_path / "s.zarr" / "zarr.json").is_file()
+    res = _train(url, "--steps", "3")        # resumes there
+    assert res.exit_code == 0 and "1 steps this call" in res.output, res.output
+    s = Store(url, mode="r")
+    assert s.group["steps/2"].attrs["phase"] == "done"

@@ -200,3 +200,19 @@ def test_describe_array_hashes_all_content():
     y = x.copy()
     y[150, 1] += 1e-12
     assert describe_array(y)["sha256"] != d["sha256"]
+
+
+def test_disk_full_while_taking_the_lock_is_named(tmp_path, monkeypatch):
+    """ENOSPC on the lock write (the first write of every writer) is a DiskFullError, not a
+    raw OSError; the store is untouched and opens once space is back."""
+    import zarr.storage
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set_if_not_exists", full)
+    with pytest.raises(DiskFullError, match="taking the writer lock"):
+        Store(tmp_path / "s", {"a": 1})
+    monkeypatch.undo()
+    with Store(tmp_path / "s", {"a": 1}) as s:
+        assert s.stored_config == {"a": 1}
