@@ -15,7 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_eps", "check_query"]
+__all__ = ["check_eps", "check_query", "HALF"]
+
+#: Floating dtypes the kernels refuse: their range (6.5e4 for float16) is exceeded by the
+#: squared distances of ordinary data.
+HALF = (torch.float16, torch.bfloat16)
 
 
 def check_eps(eps: Any) -> float:
@@ -35,5 +39,8 @@ def check_query(x: Any, d: int) -> None:
                          f"got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must have a floating dtype, got {x.dtype}")
+    if x.dtype in HALF:
+        raise ValueError(f"x has dtype {x.dtype}: half precision is not supported (squared "
+                         "distances overflow it); use float32 or float64")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains non-finite values (NaN or Inf)")

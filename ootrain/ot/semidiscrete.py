@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from ootrain.ot.backends import BACKENDS, TORCH_BLOCK
-from ootrain.ot.checks import check_query
+from ootrain.ot.checks import HALF, check_query
 from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.ctransform import c_transform, soft_assign, soft_transform
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
@@ -172,8 +172,10 @@ class SemiDiscreteOT:
         self.source: TargetSource = as_source(targets, block_rows)
         self.device = torch.device(device or "cpu")
         self.dtype = dtype or self.source.dtype
-        if not self.dtype.is_floating_point:
-            raise ValueError(f"dtype must be floating, got {self.dtype}")
+        if not self.dtype.is_floating_point or self.dtype in HALF:
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}"
+                             + (" (half precision: squared distances overflow it; pass "
+                                "dtype=torch.float32)" if self.dtype in HALF else ""))
         if self.source.in_memory:
             self.source = TargetSource(self.source.data.to(self.device, self.dtype),
                                        block_rows or self.source.block_rows)
@@ -268,6 +270,9 @@ class SemiDiscreteOT:
 
     def cost(self, x: Tensor) -> float:
         """Mean transport cost of ``x`` under the map (expected cost for the soft map)."""
+        if isinstance(x, Tensor) and x.ndim == 2 and x.shape[0] == 0:
+            raise ValueError("x has no rows: the mean transport cost of an empty batch is "
+                             "undefined")
         return float(self.cost_per_sample(x).mean())
 
     def dual(self, sampler: Sampler, n: int = 65536, batch: int = 8192,

@@ -456,6 +456,31 @@ class _EnvelopeCost(torch.autograd.Function):
         return gx, gy, None, None, None, None, None
 
 
+def _eps_stages(scale: Any, eps: float, scaling: float | None, dtype: torch.dtype
+                ) -> list[float]:
+    """The eps-scaling stages ``scale(), scale() q, ...`` above ``eps`` (none without
+    ``scaling``); a cost scale that overflows ``dtype`` is refused (the stages would never
+    reach ``eps``)."""
+    if scaling is None:
+        return []
+    e = float(scale())
+    if not math.isfinite(e):
+        raise ValueError(f"the cost overflows {dtype} (its scale is {e}): the points are too "
+                         "large for this dtype; rescale x and y (or use float64)")
+    stages = []
+    while e > eps:
+        stages.append(e)
+        e *= scaling
+    return stages
+
+
+def _warn_unconverged(err: float, tol: float, iters: int) -> None:
+    if not err <= tol:
+        warnings.warn(f"sinkhorn did not converge: marginal error {err:.3g} > tol {tol:g} "
+                      f"after {iters} iterations; raise max_iter, or eps", RuntimeWarning,
+                      stacklevel=3)
+
+
 def _iterate(f_of: Any, g_of: Any, f: Tensor, g: Tensor, stages: Any, eps: float,
              la: Tensor, a_w: Any, tol: float, max_iter: int
              ) -> tuple[Tensor, Tensor, Tensor, float, int]:
@@ -524,12 +549,7 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
     start = _check_init(init, n, m, x)
     kind = _resolve_backend(backend, n, m)
     pts = _Points.of(x, y, cost, kind)
-    stages: list[float] = []
-    if start is None and scaling is not None:
-        e = pts.scale()
-        while e > eps:
-            stages.append(e)
-            e *= scaling
+    stages = _eps_stages(pts.scale, eps, scaling, x.dtype) if start is None else []
     la, lb = _log(a_w), _log(b_w)
     with torch.no_grad():
         K = pts.kernel()
@@ -543,6 +563,7 @@ def sinkhorn(x: Tensor, y: Tensor, eps: float, cost: str | Cost = "sqeuclidean",
 
         f, g = start if start is not None else (torch.zeros_like(la), torch.zeros_like(lb))
         f, g, row, err, iters = _iterate(f_of, g_of, f, g, stages, eps, la, a_w, tol, max_iter)
+        _warn_unconverged(err, tol, iters)
         dual = (a_w * f).sum() + (b_w * g).sum() - eps * (row.sum() - 1)
         if isinstance(K, _Dense):
             K.release()   # the result keeps K for the gradient: drop the s C working copy
@@ -911,12 +932,7 @@ def sinkhorn_streamed(x: Any, y: Any, eps: float, cost: str | Cost = "cosine", *
     n, m = st.rows["x"].n, st.rows["y"].n
     like = torch.empty(0, dtype=st.dtype, device=st.device)
     start = _check_init(init, n, m, like)
-    stages: list[float] = []
-    if start is None and scaling is not None:
-        e = st.scale()
-        while e > eps:
-            stages.append(e)
-            e *= scaling
+    stages = _eps_stages(st.scale, eps, scaling, st.dtype) if start is None else []
     la, lb = -math.log(n), -math.log(m)
     with torch.no_grad():
         def f_of(g: Tensor, e: float) -> Tensor:
@@ -932,6 +948,7 @@ def sinkhorn_streamed(x: Any, y: Any, eps: float, cost: str | Cost = "cosine", *
             g = torch.zeros(m, dtype=st.dtype, device=st.device)
         f, g, row, err, iters = _iterate(f_of, g_of, f, g, stages, eps, la, 1.0 / n, tol,
                                          max_iter)
+        _warn_unconverged(err, tol, iters)
         dual = float(f.mean() + g.mean() - eps * (row.sum() - 1))
         value = st.transport_cost(la + f / eps, lb + g / eps, 1.0 / eps)
     return StreamedSinkhornResult(f=f, g=g, eps=eps, iterations=iters, marginal_error=err,

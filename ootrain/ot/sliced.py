@@ -269,7 +269,8 @@ def sliced_wasserstein(
 
     Raises:
         ValueError: non-2-D, empty, non-floating or non-finite inputs, mismatched ``d``
-            or dtype, directions of wrong shape or not unit-norm, ``p < 1``.
+            or dtype, directions of wrong shape or not unit-norm, ``p < 1``, a cost that
+            overflows the dtype.
     """
     _check_pair(x, y, "[n, d]")
     _check_p(p)
@@ -286,7 +287,12 @@ def sliced_wasserstein(
             f"directions must be a [d, k] tensor or an int k, got {type(directions).__name__}"
         )
     dt = directions.T
-    return _wasserstein_1d(dt @ x.T, dt @ y.T, p).mean()
+    out = _wasserstein_1d(dt @ x.T, dt @ y.T, p).mean()
+    if not bool(torch.isfinite(out)):
+        raise ValueError(f"sliced_wasserstein overflows {x.dtype}: |x|, |y| up to "
+                         f"{float(torch.maximum(x.abs().max(), y.abs().max())):.3g} to the "
+                         f"power p = {p:g}; rescale the data (or use float64)")
+    return out
 
 
 # ----------------------------------------------------------------------------------
