@@ -117,11 +117,13 @@ class SlicedSolver:
         k, dtype = self.n_directions, emb.dtype
         omega = self._directions(ctx)
         tpath, dpath = f"{ctx.prefix}/targets", f"{ctx.prefix}/distances"
-        if store.has(tpath):  # resuming: the pass size is the one the targets were laid out for
-            group = store.array(tpath).chunks[0]
-        else:
-            group = plan_pass(b, n, k, dtype.itemsize, emb.chunks[0] * d * dtype.itemsize,
-                              ctx.memory_budget)
+        group = plan_pass(b, n, k, dtype.itemsize, emb.chunks[0] * d * dtype.itemsize,
+                          ctx.memory_budget)
+        if store.has(tpath):
+            # resuming: the targets' layout fixes a pass of several directions; one direction
+            # per chunk is the out-of-core layout too, which the budget decides again
+            stored = store.array(tpath).chunks[0]
+            group = stored if stored > 1 or group else 0
         if not store.has(tpath):
             outs = k * b + (b * d if self.mode == "cotangent" else 0) + (0 if group else k * (b + n))
             store.check_space(int(outs * dtype.itemsize * 1.05), f"step {ctx.step}: Solve")

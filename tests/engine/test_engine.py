@@ -470,3 +470,28 @@ def test_train_without_store_removes_temporary_folder_on_error(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         _train_rsr(1024, keep_steps=None, callback=boom)   # tiny budget: a temporary folder
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_resumed_out_of_core_solve_stays_out_of_core(tmp_path, monkeypatch):
+    """A Solve interrupted under a budget below one row resumes on the external sort (it used
+    to read the one-direction chunks of the targets as an in-memory pass of one direction,
+    ignoring the budget), and ends with the same targets."""
+    b, n, budget = 1000, 800, 8192
+    eng, _ = _engine(tmp_path, b, 100, n, budget=budget, chunk_rows=500, k=3)
+    eng.embed_real()
+    eng.store.group.require_group("steps/0")
+    eng.run(0)
+    eng.solve(0)
+    full = eng.store.array("steps/0/targets")[:]
+    # as if killed after the first direction: flags of directions 1, 2 cleared
+    eng.store._manifest("steps/0/targets")[2:] = 0     # 2 chunks of 500 per direction
+    eng.store._manifest("steps/0/distances")[1:] = 0
+    eng.store.group["steps/0"].attrs.update({"solved": False})
+    used = []
+    for name in ("_align_external", "_align_in_memory"):
+        original = getattr(rsr, name)
+        monkeypatch.setattr(rsr, name, lambda *a, _o=original, _n=name, **k:
+                            used.append(_n) or _o(*a, **k))
+    eng.solve(0)
+    assert used == ["_align_external", "_align_external"]
+    np.testing.assert_array_equal(eng.store.array("steps/0/targets")[:], full)
