@@ -58,6 +58,8 @@ from ootrain._memory import MemoryGroup
 
 FORMAT_VERSION = 1
 LOCK_KEY = "ootrain.lock"
+#: What one stored object takes at least on a local file system (one block).
+OBJECT_BYTES = 4096
 
 #: The command line of the running ``ootrain`` command (set by the CLI): a store it creates
 #: keeps it in ``attrs["ootrain"]["command"]`` (outside the fingerprint), so ``ootrain store
@@ -483,6 +485,15 @@ class Store:
             return None
         import shutil
         return shutil.disk_usage(self.url.removeprefix("file://")).free
+
+    @staticmethod
+    def array_bytes(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> int:
+        """Disk an array of the store takes: its data plus, per chunk, the chunk's object
+        and its manifest flag, each at least ``OBJECT_BYTES`` (a file-system block), and
+        the two metadata documents."""
+        n_chunks = int(np.prod([-(-int(s) // int(c)) for s, c in zip(shape, chunks)]))
+        data = int(np.prod(shape, dtype=np.int64)) * itemsize
+        return data + n_chunks * (OBJECT_BYTES + 4) + n_chunks * OBJECT_BYTES + 2 * OBJECT_BYTES
 
     def check_space(self, needed: int, what: str) -> None:
         """Refuse to start work that cannot fit on disk (local stores)."""

@@ -553,7 +553,7 @@ class Engine:
             path = f"{self.prefix(step)}/{pop.name}"
             if self.rank == 0:
                 if not self.store.has(path):
-                    self.store.check_space(int(b * d * itemsize * 1.05),
+                    self.store.check_space(self.store.array_bytes((b, d), (rows, d), itemsize),
                                            f"step {step}: Run ({pop.name})")
                 self.store.require_array(path, (b, d), (rows, d), self.cfg.dtype)
             _barrier()

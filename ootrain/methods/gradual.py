@@ -84,6 +84,9 @@ class AssignmentSolver:
             self.ot.load(store, ppath)  # resuming: the ψ this step started with
         else:
             self.ot.save(store, ppath)
+        if not store.has(apath):
+            store.check_space(2 * store.array_bytes((b,), (rows,), 8), f"step {ctx.step}: Solve "
+                              "(assignments and costs)")
         store.require_array(apath, (b,), (rows,), np.int64)
         store.require_array(cpath, (b,), (rows,), np.float64)
         done = store.done(apath) & store.done(cpath)

@@ -125,8 +125,11 @@ class SlicedSolver:
             stored = store.array(tpath).chunks[0]
             group = stored if stored > 1 or group else 0
         if not store.has(tpath):
-            outs = k * b + (b * d if self.mode == "cotangent" else 0) + (0 if group else k * (b + n))
-            store.check_space(int(outs * dtype.itemsize * 1.05), f"step {ctx.step}: Solve")
+            isz, rows = dtype.itemsize, emb.chunks[0]
+            outs = store.array_bytes((k, b), (max(group, 1), rows), isz) + (
+                store.array_bytes((b, d), (rows, d), isz) if self.mode == "cotangent" else 0) + (
+                0 if group else store.array_bytes((k, b + n), (1, rows), isz))
+            store.check_space(outs, f"step {ctx.step}: Solve")
             if not group:  # spill files: the sort's runs and the scatter's runs of one row
                 _check_scratch(2 * b * (8 + dtype.itemsize) + n * dtype.itemsize)
         store.require_array(tpath, (k, b), (max(group, 1), emb.chunks[0]), dtype)
