@@ -477,7 +477,10 @@ def _write_case(method: str, every: bool, tmp_path: Path) -> None:
         tally[kind] += 1
         assert kind != "failed", o.error
         if kind == "identical":
-            _assert_same_outcome(METHODS[method], ref, o)
+            try:
+                _assert_same_outcome(METHODS[method], ref, o)
+            except AssertionError as e:
+                raise AssertionError(f"killed after {o.marker['what']}: {e}") from None
     print(f"\nkill after a store write: {method}: {total} write points, {len(points)} killed, "
           f"{tally['identical']} resumed bit-identically, {tally['refused']} refused with a "
           "clear error, 0 lost")
@@ -488,9 +491,10 @@ def test_kill_after_sampled_store_writes_resumes_identically(method, tmp_path):
     _write_case(method, False, tmp_path)
 
 
-#: A bug this test found (fresh-clone CI of 2026-12-01, not fixed yet): after a kill at one of
-#: OTS + FIT's write points, the resumed store's steps/1 lacks the update's "fit_losses"
-#: attribute (checkpoint, samples and metrics still equal).
+#: A bug this test found (fresh-clone CI of 2026-12-01, not fixed yet): after a kill right
+#: after OTS + FIT's store write #166 (``set steps/1/zarr.json``, an attribute write of the
+#: last round), the resumed store's steps/1 lacks the update's "fit_losses" attribute
+#: (checkpoint, samples and metrics still equal).
 _WRITE_XFAIL = {"semidiscrete": "a kill at one write point loses steps/1's 'fit_losses' "
                                 "attribute on resume (found 2026-12-01, not fixed)"}
 
