@@ -319,8 +319,7 @@ class Store:
             if self._node(f"manifest/{path}") is None:      # killed before the manifest
                 self._create_manifest(path, int(np.prod(arr.cdata_shape)))
             return CheckedArray(self, path, arr)
-        grid = [-(-int(s_) // int(c)) for s_, c in zip(shape, chunks)]
-        self._create_manifest(path, int(np.prod(grid)))
+        self._create_manifest(path, _n_chunks(shape, chunks))
         arr = self.group.create_array(path, shape=shape, chunks=chunks, dtype=dtype,
                                       fill_value=0, compressors=_checksum_codecs(self),
                                       overwrite=True)
@@ -344,11 +343,7 @@ class Store:
         return CheckedArray(self, path, self.group[path])
 
     def has(self, path: str) -> bool:
-        try:
-            self.group[path]
-            return True
-        except KeyError:
-            return False
+        return self._node(path) is not None
 
     def _manifest(self, path: str) -> "CheckedArray":
         return CheckedArray(self, f"manifest/{path}", self.group[f"manifest/{path}"])
@@ -491,9 +486,10 @@ class Store:
         """Disk an array of the store takes: its data plus, per chunk, the chunk's object
         and its manifest flag, each at least ``OBJECT_BYTES`` (a file-system block), and
         the two metadata documents."""
-        n_chunks = int(np.prod([-(-int(s) // int(c)) for s, c in zip(shape, chunks)]))
+        n_chunks = _n_chunks(shape, chunks)
         data = int(np.prod(shape, dtype=np.int64)) * itemsize
-        return data + n_chunks * (OBJECT_BYTES + 4) + n_chunks * OBJECT_BYTES + 2 * OBJECT_BYTES
+        # per chunk: its object's block and 4 checksum bytes, and its flag's block
+        return data + n_chunks * (2 * OBJECT_BYTES + 4) + 2 * OBJECT_BYTES
 
     def check_space(self, needed: int, what: str) -> None:
         """Refuse to start work that cannot fit on disk (local stores)."""
@@ -513,6 +509,11 @@ def _disk_full(url: str, what: str) -> Iterator[None]:
             raise DiskFullError(errno.ENOSPC, f"disk full while {what} in {url}; free space "
                                 "and rerun the same command to resume") from e
         raise
+
+
+def _n_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    """Chunks in the grid of an array of ``shape`` cut in ``chunks``."""
+    return int(np.prod([-(-int(n) // int(c)) for n, c in zip(shape, chunks)]))
 
 
 def _checksum_codecs(store: Store) -> Any:
@@ -609,13 +610,14 @@ class CheckedArray:
         if self._store.in_memory or self._path.startswith("manifest/"):
             return
         ranges = _chunk_ranges(self._arr, selection)
-        if ranges is None or self._store._node(f"manifest/{self._path}") is None:
+        manifest = None if ranges is None else self._store._node(f"manifest/{self._path}")
+        if manifest is None:
             return
         coords = list(itertools.product(*ranges))
         if not coords:
             return
         flat = np.ravel_multi_index(tuple(np.array(coords).T), self._arr.cdata_shape)
-        flags = self._store.group[f"manifest/{self._path}"].get_coordinate_selection(flat)
+        flags = manifest.get_coordinate_selection(flat)
         for c, flagged in zip(coords, flags):
             if flagged and not self._store.chunk_exists(self._path, c):
                 raise StoreCorruptError(
