@@ -2,7 +2,7 @@
 
 Layout (every array is a plain zarr v3 array; attributes are JSON)::
 
-    <root>/                      attrs["ootrain"] = {"format": 1, "fingerprint": sha256, "config": {...}}
+    <root>/                      attrs["ootrain"] = {"format": 2, "fingerprint": sha256, "config": {...}}
     <root>/ootrain.lock          a plain key (not a zarr node): {"host", "pid", "token", "since"}
     <root>/real/embeddings       [n, d]   embeddings of the real data, computed once
     <root>/steps/<k>/            one group per engine step k; attrs: "metrics" (the solver's),
@@ -17,6 +17,10 @@ Layout (every array is a plain zarr v3 array; attributes are JSON)::
         directions, targets, cotangents/<pop>, ...   written by the solver
         regulariser.pt           a plain key: POT-GAN's forest after its Solve
     <root>/checkpoints/step-<k>.pt   plain key: every model and optimiser before step k
+
+Plain keys (checkpoints, ``regulariser.pt``) are framed: ``b"ootrain-sha256\n"``, the 32-byte
+sha256 of the payload, then the payload (``torch.save`` bytes, read with ``weights_only=True``);
+a read checks the digest.  Chunks and flags carry zarr v3's ``crc32c`` codec.
     <root>/manifest/<path>       [n_chunks] uint8, 1 where the chunk of array <path> is complete
 
 Chunks are written whole by one writer and only then flagged in the manifest, so a run killed at
@@ -56,7 +60,9 @@ from zarr.core.sync import sync
 
 from ootrain._memory import MemoryGroup
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: checksummed chunks, flags and plain keys
+#: The frame of a plain key: this magic, the sha256 of the payload, the payload.
+PLAIN_MAGIC = b"ootrain-sha256\n"
 LOCK_KEY = "ootrain.lock"
 #: What one stored object takes at least on a local file system (one block).
 OBJECT_BYTES = 4096
@@ -218,7 +224,8 @@ class Store:
                                    "(no 'ootrain' attribute)")
         if meta.get("format") != FORMAT_VERSION:
             raise StoreConfigError(f"{self.url} has store format {meta.get('format')}, "
-                                   f"this ootrain reads format {FORMAT_VERSION}")
+                                   f"this ootrain reads format {FORMAT_VERSION}; resume it "
+                                   "with the ootrain version that wrote it, or use a new --store")
         if config is not None and meta["fingerprint"] != fingerprint(config):
             diff = "; ".join(_config_diff(meta["config"], config)) or "fingerprint differs"
             raise StoreConfigError(
@@ -403,20 +410,57 @@ class Store:
             self._manifest(path).set_orthogonal_selection((flat,), 1)
 
     # ----------------------------------------------------------------- plain keys
+    def update_attrs(self, path: str, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the attributes of the group or array ``path`` in one write.
+
+        zarr's ``attrs.update`` writes the node's metadata once per key, so a process killed
+        between two of them leaves some keys new and some old (a step marked done without its
+        results); this writes them all or none."""
+        node = self.group[path] if path else self.group
+        if self.in_memory:
+            node.attrs.update(values)
+            return
+        with _disk_full(self.url, f"writing the attributes of {path or 'the store'!r}"):
+            node.update_attributes(values)
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        """Store ``data`` under the plain key ``key`` (not a zarr node: e.g. a checkpoint)."""
+        """Store ``data`` under the plain key ``key`` (not a zarr node: e.g. a checkpoint), in
+        one object framed with its sha256 (see the module docstring)."""
         if self.in_memory:
             self._bytes[key] = bytes(data)
             return
+        framed = PLAIN_MAGIC + hashlib.sha256(data).digest() + bytes(data)
         with _disk_full(self.url, f"writing {key!r}"):
-            sync(self._zstore.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+            sync(self._zstore.set(key, default_buffer_prototype().buffer.from_bytes(framed)))
 
     def get_bytes(self, key: str) -> bytes | None:
-        """The bytes under the plain key ``key``, or None."""
+        """The bytes under the plain key ``key``, or None; :class:`StoreCorruptError` when
+        their checksum does not match."""
         if self.in_memory:
             return self._bytes.get(key)
         raw = sync(self.group.store.get(key, prototype=default_buffer_prototype()))
-        return None if raw is None else raw.to_bytes()
+        if raw is None:
+            return None
+        raw = raw.to_bytes()
+        head, n = len(PLAIN_MAGIC), len(PLAIN_MAGIC) + 32
+        if not raw.startswith(PLAIN_MAGIC) or len(raw) < n or \
+                hashlib.sha256(raw[n:]).digest() != raw[head:n]:
+            raise StoreCorruptError(
+                f"store {self.url}: {key!r} is corrupt (its sha256 does not match: "
+                f"{len(raw)} bytes); run `ootrain store repair {self.url}`, which says whether "
+                "the run can resume")
+        return raw[n:]
+
+    def plain_keys(self) -> list[str]:
+        """Every plain key of the store except the lock (checkpoints, ``regulariser.pt``)."""
+        if self.in_memory:
+            return sorted(self._bytes)
+
+        async def keys() -> list[str]:
+            return [k async for k in self.group.store.list()]
+        return sorted(k for k in sync(keys()) if k != LOCK_KEY and "." in k.rsplit("/", 1)[-1]
+                      and not k.endswith(("zarr.json", ".partial")))   # .partial: a local
+        # write's temporary file that a kill left before its rename (never read)
 
     def delete(self, key: str) -> None:
         """Remove the plain key ``key`` (no error when absent)."""
@@ -438,9 +482,26 @@ class Store:
             if isinstance(node, (zarr.Group, MemoryGroup)):
                 self.delete_arrays(sub)
                 continue
-            del self.group[sub]
-            if self.has(f"manifest/{sub}"):
-                del self.group[f"manifest/{sub}"]
+            self.delete_array(sub)
+
+    def delete_array(self, path: str) -> None:
+        """Delete the array ``path`` and its manifest: the flags first, so a kill in between
+        leaves chunks no flag vouches for (rewritten or deleted later), never a flag whose
+        chunk is gone."""
+        if self.has(f"manifest/{path}"):
+            del self.group[f"manifest/{path}"]
+        del self.group[path]
+
+    def unflag(self, path: str, flat: np.ndarray) -> None:
+        """Mark the chunks ``flat`` (C-order indices over the chunk grid) of ``path``
+        incomplete: a resumed run writes them again."""
+        manifest = self.group[f"manifest/{path}"]
+        if self.in_memory:
+            manifest.set_orthogonal_selection((np.asarray(flat, dtype=np.int64),), 0)
+            return
+        for i in np.asarray(flat, dtype=np.int64):   # a missing flag object reads as 0
+            key = manifest.metadata.encode_chunk_key((int(i),))
+            sync(self._zstore.delete(f"manifest/{path}/{key}"))
 
     def _delete_plain_keys(self, path: str) -> None:
         """The plain keys (e.g. ``steps/3/regulariser.pt``) directly under ``path``."""
@@ -603,8 +664,8 @@ class CheckedArray:
         more = f" (and {len(bad) - 1} more chunks)" if len(bad) > 1 else ""
         return StoreCorruptError(
             f"store {self._store.url}: array {self._path!r} chunk {list(coords)} is corrupt "
-            f"({type(e).__name__}: {e}){more}; run `ootrain store verify {self._store.url}`, "
-            "then delete the step (or the store) and resume")
+            f"({type(e).__name__}: {e}){more}; run `ootrain store repair {self._store.url}`, "
+            "then the same command to resume")
 
     def _check_present(self, selection: Any) -> None:
         if self._store.in_memory or self._path.startswith("manifest/"):
@@ -622,8 +683,8 @@ class CheckedArray:
             if flagged and not self._store.chunk_exists(self._path, c):
                 raise StoreCorruptError(
                     f"store {self._store.url}: array {self._path!r} chunk {list(c)} is "
-                    "flagged complete but its object is missing; run `ootrain store verify "
-                    f"{self._store.url}`, then delete the step (or the store) and resume")
+                    "flagged complete but its object is missing; run `ootrain store repair "
+                    f"{self._store.url}`, then the same command to resume")
 
 
 def _open_zstore(url: str) -> zarr.abc.store.Store:

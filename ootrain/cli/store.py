@@ -1,4 +1,4 @@
-"""``ootrain store``: inspect, verify and unlock sample stores."""
+"""``ootrain store``: inspect, verify, repair and unlock sample stores."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from rich.table import Table
 
 from ootrain.cli.options import console
 
-__all__ = ["app", "store_info", "store_verify", "store_unlock"]
+__all__ = ["app", "store_info", "store_verify", "store_repair", "store_unlock"]
 
-app = typer.Typer(help="Inspect, verify and unlock sample stores.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, verify, repair and unlock sample stores.", no_args_is_help=True)
 
 
 @app.command("info")
@@ -51,6 +51,21 @@ def store_verify(path: str = typer.Argument(..., help="Store path or URL."),
             console.print(f"[red]✗[/] {p}")
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {path}: all arrays complete" + (" and finite" if finite else ""))
+
+
+@app.command("repair")
+def store_repair(path: str = typer.Argument(..., help="Store path or URL.")) -> None:
+    """Make a store with damaged chunks resumable: they are marked incomplete (recomputed by
+    the resumed run) or, in finished steps, deleted; exits 1 when the run cannot resume."""
+    from ootrain.jobs.store import RESUME_HINT, repair_store
+
+    report = repair_store(path)
+    for line in report.actions:
+        console.print(f"[yellow]•[/] {line}", soft_wrap=True)
+    if not report.resumable:
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {path}: " + ("nothing damaged" if not report.actions
+                                               else f"repaired; {RESUME_HINT}"), soft_wrap=True)
 
 
 @app.command("unlock")

@@ -593,7 +593,7 @@ class Engine:
                 metrics = dict(group.attrs["metrics"])
             else:
                 metrics = plan.solver.solve(self.ctx(step, plan))
-                group.attrs.update({"metrics": metrics, "solved": True})
+                self.store.update_attrs(self.prefix(step), {"metrics": metrics, "solved": True})
         _barrier()
         if self.rank != 0:
             metrics = dict(self.store.group[self.prefix(step)].attrs["metrics"])
@@ -746,10 +746,9 @@ class Engine:
         if self.rank == 0:
             if not self.store.in_memory:
                 self.save_checkpoint(step + 1)
-            # a fresh handle: ``group`` caches the attributes from before Solve wrote its
-            # metrics, and zarr rewrites all of them on update
-            self.store.group[self.prefix(step)].attrs.update(
-                {"phase": "done", "timings": timings, **extra})
+            # one write: "done" never lands without the step's results
+            self.store.update_attrs(self.prefix(step),
+                                    {"phase": "done", "timings": timings, **extra})
             self._prune(step)
         _barrier()
         return self._recorded(step)
@@ -781,6 +780,8 @@ class Engine:
             if not self.load_checkpoint(start):
                 raise RuntimeError(f"{self.store.url} has {start} completed steps but no "
                                    f"checkpoint for step {start}")
+        if start > 0 and self.rank == 0 and not self.store.in_memory:
+            self._prune(start - 1)   # finishes the pruning a kill may have interrupted
         stop = getattr(self.method, "stop", None)
         if start > 0 and stop is not None and stop(self.history()):
             return []             # a run that stopped by its method's rule stays stopped

@@ -12,7 +12,7 @@ from ootrain.jobs.common import InputError
 from ootrain.store import Store, StoreCorruptError, StoreError
 
 __all__ = ["ArrayInfo", "StoreInfo", "StepsInfo", "store_info", "verify_store",
-           "unlock_store", "node_kind", "open_store", "RESUME_HINT"]
+           "repair_store", "RepairReport", "unlock_store", "node_kind", "open_store", "RESUME_HINT"]
 
 #: How to resume an interrupted run.
 RESUME_HINT = ("rerun the same `ootrain <method> train ...` command (with the same --store) "
@@ -90,8 +90,8 @@ def store_info(path: str) -> StoreInfo:
 
 def verify_store(path: str, finite: bool = True) -> list[str]:
     """The problems of the store at ``path``, one line each (empty: every array is complete,
-    every chunk passes its checksum and exists, and, with ``finite``, no value is NaN/Inf;
-    values are read in blocks of whole rows)."""
+    every chunk passes its checksum and exists, with ``finite`` no value is NaN/Inf, and every
+    plain key (checkpoints) matches its sha256; values are read in blocks of whole rows)."""
     s = open_store(path)
     problems = []
     for name, _ in s.walk_arrays():
@@ -111,7 +111,113 @@ def verify_store(path: str, finite: bool = True) -> list[str]:
             continue
         if bad:
             problems.append(f"{name}: {bad} non-finite values")
+    for key in s.plain_keys():
+        try:
+            s.get_bytes(key)
+        except StoreCorruptError as e:
+            problems.append(str(e))
     return problems
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair_store` did, one line per array or key, and whether the run can
+    resume (False: a checkpoint it resumes from is damaged)."""
+
+    actions: list[str] = field(default_factory=list)
+    resumable: bool = True
+
+
+def _damaged_chunks(s: Store, name: str) -> np.ndarray:
+    """C-order indices of the chunks of ``name`` whose flag is set (or unreadable) but whose
+    object is missing, fails its checksum or cannot be decoded."""
+    import itertools
+
+    arr = s.group[name]
+    flags_arr = s.group[f"manifest/{name}"] if s.has(f"manifest/{name}") else None
+    if flags_arr is None:
+        return np.zeros(0, dtype=np.int64)
+    bad = []
+    for flat, coords in enumerate(itertools.product(*(range(n) for n in arr.cdata_shape))):
+        try:
+            flagged = bool(flags_arr[flat])
+        except Exception:   # a corrupt flag object: rewrite it as "not done"
+            bad.append(flat)
+            continue
+        if not flagged:
+            continue
+        region = tuple(slice(i * c, min((i + 1) * c, n))
+                       for i, c, n in zip(coords, arr.chunks, arr.shape))
+        try:
+            arr[region]
+            present = s.chunk_exists(name, coords)
+        except Exception:
+            present = False
+        if not present:
+            bad.append(flat)
+    return np.asarray(bad, dtype=np.int64)
+
+
+def _step_of(name: str) -> Optional[int]:
+    parts = name.split("/")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "steps" and parts[1].isdigit() \
+        else None
+
+
+def repair_store(path: str) -> RepairReport:
+    """Make a store with damaged chunks or keys resumable (it takes the writer lock).
+
+    - a damaged chunk (missing, failing its checksum, undecodable) of the real data's
+      embeddings or of an unfinished step: its flag is cleared, and that step's Solve is
+      marked undone, so the resumed run computes them again (the same values: every pass is
+      deterministic);
+    - a damaged array or key (``regulariser.pt``) of a finished step: deleted (a resumed run
+      does not read it, and it cannot be recomputed without that step's models);
+    - a damaged checkpoint: deleted when the run does not resume from it, else the run cannot
+      resume (``resumable`` False) and the store is left as it is."""
+    config = open_store(path).stored_config
+    report = RepairReport()
+    with Store(path, config) as s:
+        done = {k for k in _step_numbers(s)
+                if s.group[f"steps/{k}"].attrs.get("phase") == "done"}
+        resume_from = f"checkpoints/step-{len(done)}.pt"
+
+        def redo(step: Optional[int]) -> None:
+            if step is not None:
+                s.update_attrs(f"steps/{step}", {"solved": False})
+
+        for name, _ in list(s.walk_arrays()):
+            bad = _damaged_chunks(s, name)
+            if not bad.size:
+                continue
+            step = _step_of(name)
+            if step in done:
+                s.delete_array(name)
+                report.actions.append(f"{name}: {bad.size} damaged chunks; deleted (step "
+                                      f"{step} is finished: not needed to resume)")
+            else:
+                s.unflag(name, bad)
+                redo(step)
+                report.actions.append(f"{name}: {bad.size} damaged chunks; marked incomplete, "
+                                      "recomputed on resume")
+        for key in s.plain_keys():
+            try:
+                s.get_bytes(key)
+                continue
+            except StoreCorruptError:
+                pass
+            if key == resume_from:
+                report.resumable = False
+                report.actions.append(f"{key}: damaged, and the run resumes from it: it cannot "
+                                      "resume; start again with a new --store")
+                continue
+            step = _step_of(key)
+            s.delete(key)
+            if step is not None and step not in done:
+                redo(step)
+            report.actions.append(f"{key}: damaged; deleted" + (
+                "" if step is None or step in done else ", recomputed on resume"))
+    return report
 
 
 def unlock_store(path: str) -> Optional[str]:

@@ -235,8 +235,7 @@ class OTSFIT(GeneratorMethod):
 
         seen = len(self.ot.history)
         self.ot.fit(draw, rng=gen, progress=self._progress, **self.gcfg.ots)
-        engine.store.group[engine.prefix(step)].attrs.update(
-            {"ots_checks": self.ot.history[seen:]})
+        engine.store.update_attrs(engine.prefix(step), {"ots_checks": self.ot.history[seen:]})
 
     def _fit(self, engine: Engine, step: int) -> dict[str, Any]:
         w_t = float(engine.store.group[engine.prefix(step)].attrs["metrics"]["loss"])

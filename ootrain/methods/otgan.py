@@ -51,8 +51,9 @@ The 2-D models (:func:`make_generator`, :class:`Critic`) are the toy problems'; 
 
 from __future__ import annotations
 
+import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -203,6 +204,16 @@ class _Prev:
     g: Tensor
 
 
+def _prev_state(prev: Optional[dict[str, _Prev]]) -> dict[str, dict[str, Tensor]]:
+    """The warm-start state as plain tensors (for checkpoints and the step's ``warm.pt``)."""
+    return {} if prev is None else {k: {f.name: getattr(v, f.name) for f in fields(_Prev)}
+                                    for k, v in prev.items()}
+
+
+def _prev_from(state: dict[str, dict[str, Tensor]]) -> Optional[dict[str, _Prev]]:
+    return {k: _Prev(**v) for k, v in state.items()} or None
+
+
 def _unit(v: Tensor) -> Tensor:
     return (v / v.norm(dim=1, keepdim=True)).detach()
 
@@ -290,6 +301,10 @@ class EnergySolver:
             feats = {k: torch.from_numpy(np.asarray(a[:])).requires_grad_(True)
                      for k, a in arrays.items()}
             res, self.state["prev"], warm = energy_step(feats, self.cfg, self.state.get("prev"))
+            if self.cfg.warm_start:   # with the step: a resume after Solve reloads it
+                buf = io.BytesIO()
+                torch.save(_prev_state(self.state["prev"]), buf)
+                ctx.store.put_bytes(f"{ctx.prefix}/warm.pt", buf.getvalue())
             grads = torch.autograd.grad(self.sign * res.value, [feats[k] for k in SETS])
             cot = dict(zip(SETS, grads))
             results = res.results
@@ -329,6 +344,10 @@ class EnergySolver:
                 "warm": bool(warm)}
 
     def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> CotangentLoss:
+        if self.cfg.warm_start:   # the state this step's Solve left (also when resumed)
+            raw = ctx.store.get_bytes(f"{ctx.prefix}/warm.pt")
+            if raw is not None:
+                self.state["prev"] = _prev_from(torch.load(io.BytesIO(raw), weights_only=True))
         return CotangentLoss(ctx.store.array(f"{ctx.prefix}/cotangents/{population}"), dtype)
 
 
@@ -393,6 +412,13 @@ class OTGAN:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.G, "critic": self.C}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-start state (the previous iteration's six solves; empty when cold)."""
+        return {"warm": _prev_state(self._state.get("prev"))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state["prev"] = _prev_from(state.get("warm", {}))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"generator": self.opt_g}

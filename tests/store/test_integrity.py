@@ -83,3 +83,91 @@ def test_all_fill_chunks_are_stored_so_a_missing_one_is_detected(tmp_path):
 def test_verify_passes_a_clean_store(tmp_path):
     _store(tmp_path).release()
     assert verify_store(str(tmp_path / "s")) == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "unframed"])
+def test_corrupt_plain_key_is_named_by_reads_and_verify(tmp_path, damage):
+    """Checkpoints are framed with their sha256: a flipped byte, a truncation or bytes written
+    without the frame are refused by the read and by verify, never unpickled."""
+    s = _store(tmp_path)
+    s.put_bytes("checkpoints/step-0.pt", b"weights" * 100)
+    assert s.get_bytes("checkpoints/step-0.pt") == b"weights" * 100
+    s.release()
+    path = os.path.join(tmp_path, "s", "checkpoints", "step-0.pt")
+    raw = bytearray(open(path, "rb").read())
+    if damage == "flip":
+        raw[-10] ^= 0x01
+    elif damage == "truncate":
+        raw = raw[:40]
+    else:
+        raw = b"weights" * 100
+    open(path, "wb").write(bytes(raw))
+    problems = verify_store(str(tmp_path / "s"))
+    assert len(problems) == 1 and "'checkpoints/step-0.pt' is corrupt" in problems[0], problems
+    with pytest.raises(StoreCorruptError, match="step-0.pt.*sha256.*ootrain store repair"):
+        Store(tmp_path / "s", mode="r").get_bytes("checkpoints/step-0.pt")
+
+
+def test_deleted_manifest_entry_makes_the_chunk_incomplete(tmp_path):
+    """A deleted flag object reads as "not done": verify reports the chunk incomplete and a
+    resumed run writes it again; nothing is trusted that no flag vouches for."""
+    _store(tmp_path).release()
+    os.remove(os.path.join(tmp_path, "s", "manifest", "a", "c", "1"))
+    s = Store(tmp_path / "s", mode="r")
+    assert s.done("a").tolist() == [True, False, True, True]
+    problems = verify_store(str(tmp_path / "s"))
+    assert len(problems) == 1 and "a: 1 of 4 chunks incomplete" in problems[0], problems
+
+
+@pytest.mark.parametrize("where", ["chunk", "flag", "checkpoint"])
+def test_repair_marks_damage_incomplete_or_refuses(tmp_path, where):
+    from ootrain.jobs.store import repair_store
+
+    s = _store(tmp_path)
+    s.group.require_group("steps/0")
+    s.require_array("steps/0/x", (4,), (2,), "float64")
+    s.write_region("steps/0/x", (slice(0, 4),), np.ones(4))
+    s.update_attrs("steps/0", {"solved": True, "metrics": {"loss": 1.0}})
+    s.put_bytes("checkpoints/step-0.pt", b"state")
+    s.release()
+    root = os.path.join(tmp_path, "s")
+    if where == "chunk":
+        open(os.path.join(root, "steps", "0", "x", "c", "1"), "wb").write(b"junk")
+    elif where == "flag":
+        open(os.path.join(root, "manifest", "a", "c", "2"), "wb").write(b"\x07")
+    else:
+        open(os.path.join(root, "checkpoints", "step-0.pt"), "wb").write(b"state")
+    report = repair_store(root)
+    s = Store(root, mode="r")
+    if where == "checkpoint":   # step 0 resumes from it: nothing can rebuild it
+        assert not report.resumable and "cannot resume" in report.actions[0]
+        return
+    assert report.resumable and len(report.actions) == 1, report.actions
+    if where == "chunk":
+        assert s.done("steps/0/x").tolist() == [True, False]
+        assert s.group["steps/0"].attrs["solved"] is False   # Solve runs again
+    else:
+        assert s.done("a").tolist() == [True, True, False, True]
+    problems = verify_store(root)
+    assert len(problems) == 1 and "incomplete" in problems[0], problems
+    assert repair_store(root).actions == []
+
+
+def test_update_attrs_is_one_write(tmp_path, monkeypatch):
+    """zarr's ``attrs.update`` writes once per key (a kill between them marked a step done
+    without its results); ``Store.update_attrs`` writes them together."""
+    import zarr.storage
+
+    s = Store(tmp_path / "s", CFG)
+    s.group.require_group("steps/0")
+    writes = []
+    original = zarr.storage.LocalStore.set
+
+    async def counting(self, key, value, *a, **kw):
+        writes.append(key)
+        return await original(self, key, value, *a, **kw)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", counting)
+    s.update_attrs("steps/0", {"phase": "done", "timings": {"run": 1.0}, "fit_losses": [1.0]})
+    assert writes == ["steps/0/zarr.json"]
+    assert dict(Store(tmp_path / "s", mode="r").group["steps/0"].attrs) == {
+        "phase": "done", "timings": {"run": 1.0}, "fit_losses": [1.0]}
