@@ -596,9 +596,9 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
     the start of the command that resumes the previous one (wherever it is: imports, the
     lock, Run, Solve, ReRun, a checkpoint, pruning), then the same command to its end:
     bit-identical to the uninterrupted run, and the store verifies.  The times are drawn so
-    the kills spread over the whole run (about the run's remaining time over the kills left,
-    past a start-up allowance); a run that still ends before all its kills is compared and
-    a new one started."""
+    the kills spread over the whole run (half to all of a command's fixed start-up cost, then
+    up to twice the run's remaining time over the kills left); a run that still ends before
+    all its kills is compared and a new one started."""
     wrapper = tmp_path / "ootrain_kill_wrapper.py"
     wrapper.write_text(_WRAPPER)
     spec = _resized(method, *LONG_RUNS[method])
@@ -607,6 +607,10 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
     t = time.perf_counter()
     rc, log = _launch(wrapper, _argv(spec, ref.store, ref.out), ref.store.parent / "run.log")
     seconds = time.perf_counter() - t
+    assert rc == 0, log[-3000:]
+    t = time.perf_counter()           # a command's fixed cost: the same one on the finished
+    rc, log = _launch(wrapper, _argv(spec, ref.store, ref.out), ref.store.parent / "again.log")
+    start = time.perf_counter() - t   # store (start-up, lock, checks, nothing to do)
     assert rc == 0, log[-3000:]
     rng = np.random.default_rng(list(map(ord, method)))
     landed, runs, at_step = 0, 0, []
@@ -617,8 +621,12 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
         argv, attempt = _argv(spec, o.store, o.out), 0
         while landed < RANDOM_KILLS:
             attempt += 1
-            left = seconds * (1 - _completed(o.store, spec.steps) / spec.steps)
-            delay = 0.4 + float(rng.uniform(0.0, 2 * max(left, 0.5) / (RANDOM_KILLS - landed)))
+            completed = _completed(o.store, spec.steps)
+            if completed == spec.steps:
+                break                                   # only the output is left to write
+            left = max(seconds - start, 0.5) * (1 - completed / spec.steps)
+            delay = start * float(rng.uniform(0.5, 1.0)) + float(
+                rng.uniform(0.0, min(left, 2 * left / (RANDOM_KILLS - landed))))
             if not _launch_killed_after(wrapper, argv, o.store.parent / f"kill-{attempt}.log",
                                         delay):
                 break                                   # it ended before its kill
@@ -628,6 +636,6 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
         assert rc == 0, o.resume_log[-3000:]
         _assert_same_outcome(spec, ref, o)
     print(f"\nkill at random times: {method}: runs of {spec.steps} steps ({seconds:.1f} s "
-          f"uninterrupted), {landed} kills in {runs} run(s) (completed steps at the kills: "
+          f"uninterrupted, {start:.1f} s start-up), {landed} kills in {runs} run(s) (completed steps at the kills: "
           f"{np.bincount(at_step, minlength=spec.steps + 1).tolist()}), every run resumed "
           "bit-identically, 0 lost")
