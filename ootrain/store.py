@@ -90,7 +90,14 @@ class StoreCorruptError(StoreError):
 
 
 class DiskFullError(StoreError, OSError):
-    """The store's file system ran out of space."""
+    """The store's file system ran out of space (``errno`` ENOSPC; ``str()`` the message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno, self.strerror = code, message
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -221,7 +228,7 @@ class Store:
         meta = self.group.attrs.get("ootrain")
         if meta is None:
             raise StoreConfigError(f"{self.url} is a zarr group but not an ootrain store "
-                                   "(no 'ootrain' attribute)")
+                                   "(no 'ootrain' attribute); pass another --store")
         if meta.get("format") != FORMAT_VERSION:
             raise StoreConfigError(f"{self.url} has store format {meta.get('format')}, "
                                    f"this ootrain reads format {FORMAT_VERSION}; resume it "
@@ -322,7 +329,8 @@ class Store:
                     or arr.dtype != dtype):
                 raise StoreConfigError(
                     f"array {path!r} in {self.url} has shape {arr.shape}, chunks {arr.chunks}, "
-                    f"dtype {arr.dtype}; expected {tuple(shape)}, {tuple(chunks)}, {dtype}")
+                    f"dtype {arr.dtype}; expected {tuple(shape)}, {tuple(chunks)}, {dtype} "
+                    "(changed by hand or by another ootrain version): use a new --store")
             if self._node(f"manifest/{path}") is None:      # killed before the manifest
                 self._create_manifest(path, int(np.prod(arr.cdata_shape)))
             return CheckedArray(self, path, arr)
@@ -557,7 +565,9 @@ class Store:
         free = self.free_bytes()
         if free is not None and needed > free:
             raise DiskFullError(errno.ENOSPC, f"{what} needs {needed / 2**30:.2f} GiB in "
-                                f"{self.url} but only {free / 2**30:.2f} GiB are free")
+                                f"{self.url} but only {free / 2**30:.2f} GiB are free; free "
+                                "space and rerun the same command to resume (completed work "
+                                "is kept)")
 
 
 @contextlib.contextmanager
@@ -566,7 +576,8 @@ def _disk_full(url: str, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+        if isinstance(e, _KeyDiskFull) or (e.errno == errno.ENOSPC
+                                           and not isinstance(e, DiskFullError)):
             raise DiskFullError(errno.ENOSPC, f"disk full while {what} in {url}; free space "
                                 "and rerun the same command to resume") from e
         raise
@@ -687,7 +698,37 @@ class CheckedArray:
                     f"{self._store.url}`, then the same command to resume")
 
 
+class _FullDiskNamed(zarr.storage.WrapperStore):
+    """The zarr store of a writer: a write that finds the disk full (``ENOSPC``) raises
+    :class:`DiskFullError` naming the key, wherever it comes from (zarr's metadata writes
+    too); the callers' :func:`_disk_full` contexts add what was being written."""
+
+    async def set(self, key: str, value: Any) -> None:
+        try:
+            await self._store.set(key, value)
+        except OSError as e:
+            _raise_if_full(e, key, self._store)
+            raise
+
+    async def set_if_not_exists(self, key: str, value: Any) -> None:
+        try:
+            await self._store.set_if_not_exists(key, value)
+        except OSError as e:
+            _raise_if_full(e, key, self._store)
+            raise
+
+
+class _KeyDiskFull(DiskFullError):
+    """A full disk named by the key only (a :func:`_disk_full` context says more)."""
+
+
+def _raise_if_full(e: OSError, key: str, where: Any) -> None:
+    if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+        raise _KeyDiskFull(errno.ENOSPC, f"disk full writing {key!r} in {where}; free space "
+                            "and rerun the same command to resume") from e
+
+
 def _open_zstore(url: str) -> zarr.abc.store.Store:
     if _is_local(url):
-        return zarr.storage.LocalStore(url.removeprefix("file://"))
-    return zarr.storage.FsspecStore.from_url(url)
+        return _FullDiskNamed(zarr.storage.LocalStore(url.removeprefix("file://")))
+    return _FullDiskNamed(zarr.storage.FsspecStore.from_url(url))

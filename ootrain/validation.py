@@ -9,7 +9,15 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["is_int", "is_num", "check_int", "check_num", "check_betas", "check_micro_batch",
-           "check_bool"]
+           "check_bool", "NonFiniteError", "DIVERGED"]
+
+#: The remedy of a training that became non-finite.
+DIVERGED = ("training diverged: start again with a smaller learning rate (--lr) in a new "
+            "--store (or with --overwrite)")
+
+
+class NonFiniteError(ValueError, FloatingPointError):
+    """NaN or Inf in a model's output or loss (so nothing of it is stored)."""
 
 
 def is_int(v: Any) -> bool:

@@ -58,6 +58,7 @@ def potgan_train(
     store: Optional[str] = typer.Option(None, help="Local path or fsspec URL of the engine's "
                                         "store (a named store resumes an interrupted run); "
                                         "default: in memory, or a temporary folder."),
+    overwrite: bool = typer.Option(False, help="Discard an existing store at --store."),
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
 ) -> None:
@@ -79,7 +80,7 @@ def potgan_train(
               forest_lr=forest_lr, forest_trees=forest_trees, forest_depth=forest_depth,
               vae_latent=vae_latent, vae_steps=vae_steps, micro_batch=micro_batch,
               seed=seed, ema=ema, n_samples=n_samples, bandwidth=bandwidth,
-              store=store, progress=progress, log=console.print)
+              store=store, overwrite=overwrite, progress=progress, log=console.print)
     summary = res.summary
     console.print(f"Parzen reverse KL(P_g || P_r) = {summary['reverse_kl']:.4f} (averaged "
                   f"generator; last: {summary['reverse_kl_last']:.4f}; bandwidth "

@@ -52,7 +52,8 @@ import torch.distributed as dist
 import zarr
 from torch import Tensor, nn
 
-from ootrain.store import Store
+from ootrain.store import Store, StoreCorruptError
+from ootrain.validation import DIVERGED, NonFiniteError
 
 __all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "SolveContext",
            "ReRunLoss", "CotangentLoss", "StepResult", "GeneratorMethod",
@@ -66,10 +67,6 @@ Sampler = Callable[[int, np.random.Generator], Any]
 
 class NondeterministicModelError(RuntimeError):
     """The model gave different outputs for the same input (Run and ReRun would disagree)."""
-
-
-class NonFiniteError(ValueError):
-    """NaN or Inf reached the store."""
 
 
 # --------------------------------------------------------------------------- method interface
@@ -778,8 +775,9 @@ class Engine:
                                    "keeps no checkpoints); train them with the engine that "
                                    "trained the earlier steps, or with a store on disk")
             if not self.load_checkpoint(start):
-                raise RuntimeError(f"{self.store.url} has {start} completed steps but no "
-                                   f"checkpoint for step {start}")
+                raise StoreCorruptError(f"{self.store.url} has {start} completed steps but no "
+                                        f"checkpoint for step {start} (deleted): it cannot "
+                                        "resume; start again with a new --store")
         if start > 0 and self.rank == 0 and not self.store.in_memory:
             self._prune(start - 1)   # finishes the pruning a kill may have interrupted
         stop = getattr(self.method, "stop", None)
@@ -869,7 +867,8 @@ def _check_finite(x: np.ndarray, what: str) -> None:
     if not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))
         raise NonFiniteError(f"{what}: {len(bad)} non-finite values (NaN/Inf), first at index "
-                             f"{tuple(int(i) for i in bad[0])}; nothing was stored for them")
+                             f"{tuple(int(i) for i in bad[0])}; nothing was stored for them; "
+                             f"{DIVERGED}")
 
 
 def _verify(e: Tensor, ref: Tensor, rtol: float, step: int, name: str, row: int) -> None:

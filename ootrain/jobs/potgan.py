@@ -77,7 +77,8 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
               latent_dim: int = 2, vae_latent: int = 2, forest_trees: int = 8,
               forest_depth: int = 3, micro_batch: Optional[int] = None,
               ema: Optional[float] = None, seed: int = 0, real_spec: str = "custom",
-              store: Optional[str] = None, progress: Any = None) -> GANRun:
+              store: Optional[str] = None, overwrite: bool = False,
+              progress: Any = None) -> GANRun:
     """Build POT-GAN or WGAN-GP (:func:`ootrain.methods.potgan.build_potgan`, Adam ``lr``,
     betas (0.5, 0.9)) and train ``steps`` generator updates (``steps * (n_critic + 1)``
     engine steps, population ``batch``, micro-batch ``micro_batch`` or the whole batch) by
@@ -89,14 +90,16 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
                              pot=pot, vae=vae, lr=lr, latent_dim=latent_dim,
                              vae_latent=vae_latent, forest_trees=forest_trees,
                              forest_depth=forest_depth, micro_batch=micro_batch, ema=ema,
-                             seed=seed, real_spec=real_spec, store=store, progress=bars)
+                             seed=seed, real_spec=real_spec, store=store,
+                             overwrite=overwrite, progress=bars)
     m = build_potgan(sampler, dim, method=method, wgan=wgan, pot=pot, vae=vae,
                      latent_dim=latent_dim, lr=lr, betas=(0.5, 0.9), vae_latent=vae_latent,
                      forest_trees=forest_trees, forest_depth=forest_depth,
                      ema=ema or None, seed=seed, real_spec=real_spec, progress=progress)
     cfg = EngineConfig(population=batch, micro_batch=micro_batch or batch,
                        latent_dim=latent_dim, seed=seed)
-    run = train(m, steps * (wgan.n_critic + 1), cfg, store=store, progress=progress)
+    run = train(m, steps * (wgan.n_critic + 1), cfg, store=store, overwrite=overwrite,
+                progress=progress)
     hist = run.history
     avg = m.generator_ema.module if m.generator_ema is not None else m.G
     return GANRun(m, m.G, avg, hist, generator_rows(hist), getattr(m, "vae_history", None),
@@ -120,7 +123,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                  vae_latent: int = 2, vae_steps: int = 1500,
                  micro_batch: Optional[int] = None, seed: int = 0, ema: float = 0.999,
                  n_samples: int = 5000, bandwidth: Optional[float] = None,
-                 store: Optional[str] = None, progress: bool = True,
+                 store: Optional[str] = None, overwrite: bool = False,
+                 progress: bool = True,
                  log: Optional[Callable[[str], Any]] = None) -> POTGANJob:
     """Train WGAN-GP with (``potgan``) or without (``wgan-gp``) the latent OT regulariser.
 
@@ -165,7 +169,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     run = train_gan(sampler, d, method=method, steps=steps, batch=batch, wgan=wcfg, pot=pcfg,
                     vae=vcfg, lr=lr, latent_dim=latent_dim, vae_latent=vae_latent,
                     forest_trees=forest_trees, forest_depth=forest_depth, micro_batch=mb,
-                    ema=ema, seed=seed, real_spec=data, store=store, progress=progress)
+                    ema=ema, seed=seed, real_spec=data, store=store, overwrite=overwrite,
+                    progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x = generate(run.generator_ema, n_samples, latent_dim, seed=seed + 12345)

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ootrain.engine.core import (CotangentLoss, Plan, Population, Sampler, standard_normal)
 from ootrain.models.zoo import ACTIVATIONS, MLP, seeded
-from ootrain.validation import is_int, is_num
+from ootrain.validation import DIVERGED, NonFiniteError, is_int, is_num
 from ootrain.ot.sinkhorn import (DENSE_MAX_ENTRIES, ENERGY_TERMS, SINKHORN_BACKENDS,
                               EnergyDistanceResult, SinkhornResult, sinkhorn)
 
@@ -335,7 +335,7 @@ class EnergySolver:
                 ctx.store.write_chunk(path, (int(c), 0), rows(name, lo, hi).astype(arr.dtype))
         iters = [int(r.iterations) for r in results.values()]
         if not math.isfinite(value):
-            raise FloatingPointError(f"D^2 became non-finite at step {ctx.step}")
+            raise NonFiniteError(f"D^2 became non-finite at step {ctx.step}; {DIVERGED}")
         return {"player": self.player, "loss": value,
                 **{f"W_{key}": float(torch.as_tensor(r.cost).detach()) for key, r in results.items()},
                 "sinkhorn_iterations": int(sum(iters)), "sinkhorn_iterations_max": max(iters),

@@ -306,7 +306,8 @@ def _check_scratch(needed: int) -> None:
     if needed > free:
         raise DiskFullError(errno.ENOSPC, f"the out-of-core sort needs {needed / 2**30:.2f} GiB "
                             f"of spill files in {tmp} ($TMPDIR) but only {free / 2**30:.2f} GiB "
-                            "are free")
+                            "are free; set TMPDIR to a larger disk or raise --memory-budget, "
+                            "then rerun the same command to resume")
 
 
 def _check_finite(v: np.ndarray, what: str) -> None:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ootrain.engine.core import CotangentLoss, Plan, Population, Sampler, standard_normal
 from ootrain.models.zoo import MLP, parameter_ema, seeded
-from ootrain.validation import check_int, check_num
+from ootrain.validation import DIVERGED, NonFiniteError, check_int, check_num
 
 __all__ = ["WGANConfig", "Regulariser", "make_wgan_critic", "gradient_penalty", "critic_loss",
            "CriticSolver", "GeneratorSolver", "WGANGP"]
@@ -177,7 +177,8 @@ class CriticSolver:
         out = {"player": "critic", "wasserstein": float(mean[0] - mean[1]), "gp": float(mean[2]),
                "loss": float(mean[1] - mean[0] + self.gp_weight * mean[2])}
         if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
-            raise FloatingPointError(f"a critic loss became non-finite at step {ctx.step}: {out}")
+            raise NonFiniteError(f"a critic loss became non-finite at step {ctx.step}: {out}; "
+                                 f"{DIVERGED}")
         return out
 
     def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> _Linear:
@@ -219,8 +220,8 @@ class GeneratorSolver:
             ctx.store.write_chunk(path, (int(c), 0), cot[lo:hi].numpy().astype(fake_arr.dtype))
         out = {"player": "generator", "loss": float(value.detach()), **stats}
         if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
-            raise FloatingPointError(f"a generator loss became non-finite at step {ctx.step}: "
-                                     f"{out}")
+            raise NonFiniteError(f"a generator loss became non-finite at step {ctx.step}: "
+                                 f"{out}; {DIVERGED}")
         return out
 
     def _solve_streamed(self, ctx: Any) -> dict[str, Any]:
@@ -265,8 +266,8 @@ class GeneratorSolver:
         value = adv + self.reg.weight * l_pot
         out = {"player": "generator", "loss": value, "adv": adv, "reg": l_pot, **stats}
         if not all(math.isfinite(v) for v in out.values() if isinstance(v, float)):
-            raise FloatingPointError(f"a generator loss became non-finite at step {ctx.step}: "
-                                     f"{out}")
+            raise NonFiniteError(f"a generator loss became non-finite at step {ctx.step}: "
+                                 f"{out}; {DIVERGED}")
         return out
 
     def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> CotangentLoss:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ootrain.models.zoo import ACTIVATIONS, MLP, seeded
 from ootrain.progress import make_progress
-from ootrain.validation import check_int, check_num, is_int
+from ootrain.validation import DIVERGED, NonFiniteError, check_int, check_num, is_int
 
 __all__ = [
     "LOGVAR_MIN",
@@ -205,7 +205,7 @@ def train_vae(vae: VAE, sampler: Callable[[int, np.random.Generator], Any], conf
         ``sigma`` and ``time_s`` (wall seconds since the start).
 
     Deterministic given ``config.seed`` and the initial parameters.  Raises ``ValueError`` on
-    bad sampler output and ``FloatingPointError`` if the loss becomes non-finite.
+    bad sampler output and :class:`~ootrain.validation.NonFiniteError` if the loss becomes non-finite.
     """
     if not isinstance(vae, VAE):
         raise ValueError(f"vae must be a VAE, got {type(vae).__name__}")
@@ -230,7 +230,7 @@ def train_vae(vae: VAE, sampler: Callable[[int, np.random.Generator], Any], conf
             x = _as_batch(sampler(config.batch, rng), config.batch, vae.in_dim, dtype, device)
             loss, parts = vae.loss(x, config.beta, generator=noise)
             if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(f"VAE loss became non-finite at step {step}")
+                raise NonFiniteError(f"VAE loss became non-finite at step {step}; {DIVERGED}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

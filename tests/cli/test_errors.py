@@ -185,3 +185,35 @@ def test_store_info_shows_steps_lock_and_resume_command():
         s.release()
     assert "lock: held by pid" in info.output
     assert "resume: rerun the same command: ootrain rsr train --store run.zarr" in info.output
+
+
+def _failure_line(res) -> str:
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, \
+        res.stderr
+    return lines[0]
+
+
+def test_diverged_training_names_the_remedy(monkeypatch):
+    """A model whose outputs become NaN: one line naming the array, and what to do."""
+    import torch
+
+    from ootrain.models.zoo import MLP
+
+    forward = MLP.forward
+    monkeypatch.setattr(MLP, "forward", lambda self, x: forward(self, x) * torch.nan)
+    line = _failure_line(runner.invoke(app, RSR))
+    assert "non-finite values (NaN/Inf)" in line and "smaller learning rate (--lr)" in line, line
+
+
+def test_full_disk_before_a_step_names_the_remedy(monkeypatch):
+    monkeypatch.setattr(Store, "free_bytes", lambda self: 0)
+    line = _failure_line(runner.invoke(app, RSR))
+    assert "GiB are free; free space and rerun the same command to resume" in line, line
+
+
+def test_a_zarr_group_that_is_not_a_store(tmp_path):
+    zarr.open_group("plain.zarr", mode="w")
+    line = _failure_line(runner.invoke(app, [*RSR[:3], "plain.zarr", *RSR[4:]]))
+    assert "not an ootrain store" in line and "pass another --store" in line, line

@@ -17,7 +17,9 @@ torch, matplotlib and the CLI's modules (a bare interpreter spends ~4 s on them 
 - ``{"store_write": n}``: SIGKILL right after the n-th write of any kind to the store (the
   local zarr store's ``set``, ``set_if_not_exists``, ``delete``, ``delete_dir``: chunks,
   manifest flags, array and group metadata, attributes, checkpoints, the lock);
-  ``{"count_writes": true}`` records how many writes a whole run makes.
+  ``{"count_writes": true}`` records how many writes a whole run makes;
+- ``{"full_from": n}``: the disk is full from the n-th write on (every later ``set`` raises
+  ``ENOSPC``): the run must stop with a one-line ``DiskFullError``.
 
 The hook records the engine phase it killed in (the wrapper tracks ``Engine.run/solve/rerun/
 replay``), so each case checks that it really died where it meant to.  The wrapper also sets
@@ -138,6 +140,9 @@ _WRAPPER = textwrap.dedent('''
     def counted(name):
         original = getattr(zarr.storage.LocalStore, name)
         async def wrapper(self, key, *args, **kwargs):
+            if name.startswith("set") and counts["store"] + 1 >= spec.get("full_from", 1e18):
+                import errno
+                raise OSError(errno.ENOSPC, "No space left on device")
             out = await original(self, key, *args, **kwargs)
             counts["store"] += 1
             if counts["store"] == spec.get("store_write"):
@@ -639,3 +644,58 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
           f"uninterrupted, {start:.1f} s start-up), {landed} kills in {runs} run(s) (completed steps at the kills: "
           f"{np.bincount(at_step, minlength=spec.steps + 1).tolist()}), every run resumed "
           "bit-identically, 0 lost")
+
+
+# ------------------------------------------------------------------------------ a full disk
+FULL_POINTS = 1          # seeded write points per method in the default suite; slow: every 10th
+
+
+def _full_disk_case(method: str, every: bool, tmp_path: Path) -> None:
+    """The disk fills up at a write (every later write fails with ENOSPC): the command stops
+    with one line naming the full disk and the remedy; once space is free again the same
+    command resumes to the uninterrupted result."""
+    wrapper = tmp_path / "ootrain_kill_wrapper.py"
+    wrapper.write_text(_WRAPPER)
+    spec = _resized(method, *WRITE_RUNS[method])
+    ref, total = _count_writes(wrapper, spec, method, tmp_path)
+    points = list(range(2, total + 1, 10)) if every else sorted(
+        {int(k) for k in np.random.default_rng(7 * len(method)).integers(2, total + 1,
+                                                                          FULL_POINTS)})
+
+    def one(k: int) -> Outcome:
+        o = Outcome(tmp_path / f"full{k}" / "store", tmp_path / f"full{k}" / "out")
+        argv, folder = _argv(spec, o.store, o.out), o.store.parent
+        folder.mkdir(parents=True)
+        rc, log = _launch(wrapper, argv, folder / "full.log", {"full_from": k})
+        lines = [ln for ln in log.splitlines() if ln.strip() and not ln.startswith("warning")]
+        if rc != 1 or "Traceback" in log or not lines[-1].startswith("error: disk full") or \
+                "free space and rerun the same command" not in lines[-1]:
+            o.error = f"disk full from write {k}: exit {rc}:\n{log[-2000:]}"
+            return o
+        rc, o.resume_log = _launch(wrapper, argv, folder / "resumed.log")
+        if rc != 0:
+            o.error = f"disk full from write {k}, resumed: exit {rc}:\n{o.resume_log[-2000:]}"
+        return o
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(one, points))
+    for k, o in zip(points, outcomes):
+        assert o.error is None, o.error
+        try:
+            _assert_same_outcome(spec, ref, o)
+        except AssertionError as e:
+            raise AssertionError(f"disk full from write {k}: {e}") from None
+    print(f"\ndisk full: {method}: {len(points)} of {total} write points, each stopped with "
+          "one DiskFullError line and resumed bit-identically once freed")
+
+
+@pytest.mark.parametrize("method", list(WRITE_RUNS))
+def test_full_disk_stops_cleanly_and_resumes_once_freed(method, tmp_path):
+    _full_disk_case(method, False, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("method", list(WRITE_RUNS))
+def test_full_disk_at_every_tenth_write(method, tmp_path):
+    _full_disk_case(method, True, tmp_path)
