@@ -67,6 +67,8 @@ __all__ = [
     "data_sampler",
     "check_finite_rows",
     "row_blocks",
+    "describe_array",
+    "data_identity",
 ]
 
 MOG1D_MEANS: tuple[float, ...] = (-6.0, -2.0, 2.0, 6.0)
@@ -407,6 +409,27 @@ def load_targets(spec: str, n: int | None = None, seed: int = 0,
     return load_data(spec, array=array, lazy=True)
 
 
+def describe_array(x: Any, block_bytes: int = 64 << 20) -> dict[str, Any]:
+    """Shape, dtype and the sha256 of all of an array's content (read in row blocks)."""
+    import hashlib
+
+    n = int(x.shape[0])
+    h = hashlib.sha256()
+    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize)
+    step = max(1, block_bytes // row_bytes)
+    for lo in range(0, n, step):
+        h.update(np.ascontiguousarray(np.asarray(x[lo:lo + step])).tobytes())
+    return {"shape": [int(s) for s in x.shape], "dtype": str(x.dtype), "sha256": h.hexdigest()}
+
+
+def data_identity(spec: str, sampler: Any) -> str:
+    """What names the data of ``spec`` in a store's fingerprint: the spec, and for data read
+    from an array (file, zarr, digits) the sha256 of all its rows, so a file changed between
+    two steps of a run is refused instead of silently mixed in."""
+    digest = getattr(sampler, "sha256", None)
+    return spec if digest is None else f"{spec} (sha256 {digest})"
+
+
 def row_sampler(data: Any, dtype: torch.dtype
                 ) -> Callable[[int, np.random.Generator], torch.Tensor]:
     """Draws of rows of ``data`` (numpy array, memory map or zarr array) with replacement;
@@ -443,7 +466,8 @@ def data_sampler(spec: str, dtype: torch.dtype | None = None, array: str | None 
     - ``digits[:split]``, a ``.npy``/``.npz`` file or a zarr array/group (path or URL) — the
       empirical distribution of its rows, sampled with replacement (a zarr array stays on
       disk; each draw reads only its rows; see :func:`row_sampler`).  It must be 2-D and
-      finite (checked in row blocks).
+      finite (checked in row blocks); the sampler's ``sha256`` attribute is that of all its
+      content (:func:`describe_array`), for a store's fingerprint.
 
     Raises ``ValueError`` (``FileNotFoundError`` for a missing file).
 
@@ -484,5 +508,6 @@ def data_sampler(spec: str, dtype: torch.dtype | None = None, array: str | None 
     data = load_data(spec) if name == "digits" else load_data(spec, array=array, lazy=True)
     check_finite_rows(data)
     n, d = (int(s) for s in data.shape)
-    return row_sampler(data, dtype), d, \
-        f"{spec}: empirical distribution of {n} rows, drawn with replacement"
+    draw_rows = row_sampler(data, dtype)
+    draw_rows.sha256 = describe_array(data)["sha256"]   # type: ignore[attr-defined]
+    return draw_rows, d, f"{spec}: empirical distribution of {n} rows, drawn with replacement"

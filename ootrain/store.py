@@ -206,12 +206,14 @@ class Store:
 
     def _open_or_create(self, config: dict[str, Any]) -> None:
         if self.mode == "w" or not self._exists():
-            self.group = zarr.open_group(self._zstore, mode="w" if self.mode == "w" else "a")
             meta = {"format": FORMAT_VERSION, "fingerprint": fingerprint(config),
                     "config": config}
             if COMMAND is not None:
                 meta["command"] = list(COMMAND)
-            self.group.attrs["ootrain"] = meta
+            # the group and its identity in one write: a kill never leaves a group that is
+            # not an ootrain store
+            self.group = zarr.open_group(self._zstore, mode="w" if self.mode == "w" else "a",
+                                         attributes={"ootrain": meta})
         else:
             self.group = zarr.open_group(self._zstore, mode="a")
             self._check_format(config)

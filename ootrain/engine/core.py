@@ -52,6 +52,7 @@ import torch.distributed as dist
 import zarr
 from torch import Tensor, nn
 
+from ootrain.data import describe_array
 from ootrain.store import Store, StoreCorruptError
 from ootrain.validation import DIVERGED, NonFiniteError
 
@@ -882,14 +883,3 @@ def _verify(e: Tensor, ref: Tensor, rtol: float, step: int, name: str, row: int)
             "weights changed between Run and ReRun)")
 
 
-def describe_array(x: Any, block_bytes: int = 64 << 20) -> dict[str, Any]:
-    """Shape, dtype and the sha256 of all of an array's content (read in row blocks)."""
-    import hashlib
-
-    n = int(x.shape[0])
-    h = hashlib.sha256()
-    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize)
-    step = max(1, block_bytes // row_bytes)
-    for lo in range(0, n, step):
-        h.update(np.ascontiguousarray(np.asarray(x[lo:lo + step])).tobytes())
-    return {"shape": [int(s) for s in x.shape], "dtype": str(x.dtype), "sha256": h.hexdigest()}

@@ -16,7 +16,7 @@ from ootrain.engine.core import EngineConfig, StepResult
 from ootrain.eval.plots import plot_otgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.jobs.common import InputError, check_population, input_errors
-from ootrain.data import data_sampler
+from ootrain.data import data_identity, data_sampler
 from ootrain.methods.otgan import OTGAN, OTGANConfig, make_critic, make_generator
 from ootrain.methods.training import train
 from ootrain.models.zoo import generate
@@ -135,7 +135,7 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
     C = make_critic(d, feature_dim, tuple(critic_hidden), seed=seed + 1)
     with input_errors(names={}):
         method = otgan_method(G, C, sampler, cfg, lr_gen=lr_gen, lr_critic=lr_critic,
-                              betas=(beta1, beta2), real_spec=data)
+                              betas=(beta1, beta2), real_spec=data_identity(data, sampler))
     if log is not None:
         log(f"OT-GAN on {what}; 4 x {batch} samples per iteration, {steps} iterations"
             + (f", micro-batches of {ecfg.micro_batch}" if micro_batch else ", in memory")

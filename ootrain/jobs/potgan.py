@@ -15,7 +15,7 @@ from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.jobs.common import InputError, check_population, input_errors
 from ootrain.engine import EngineConfig
-from ootrain.data import data_sampler
+from ootrain.data import data_identity, data_sampler
 from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
 from ootrain.methods.training import train
 from ootrain.methods.wgan import WGANConfig
@@ -169,7 +169,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     run = train_gan(sampler, d, method=method, steps=steps, batch=batch, wgan=wcfg, pot=pcfg,
                     vae=vcfg, lr=lr, latent_dim=latent_dim, vae_latent=vae_latent,
                     forest_trees=forest_trees, forest_depth=forest_depth, micro_batch=mb,
-                    ema=ema, seed=seed, real_spec=data, store=store, overwrite=overwrite,
+                    ema=ema, seed=seed, real_spec=data_identity(data, sampler), store=store,
+                    overwrite=overwrite,
                     progress=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -217,3 +217,22 @@ def test_a_zarr_group_that_is_not_a_store(tmp_path):
     zarr.open_group("plain.zarr", mode="w")
     line = _failure_line(runner.invoke(app, [*RSR[:3], "plain.zarr", *RSR[4:]]))
     assert "not an ootrain store" in line and "pass another --store" in line, line
+
+
+@pytest.mark.parametrize("cmd", ["otgan", "potgan"])
+def test_changed_data_file_is_refused_on_resume(cmd):
+    """The GANs' real data from a file is fingerprinted by all of its rows: changing rows in
+    the middle of the file between two runs of the same store is refused, not mixed in."""
+    x = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
+    np.save("real.npy", x)
+    args = {"otgan": ["otgan", "train", "-b", "64", "--hidden", "16", "--critic-hidden", "16",
+                      "--feature-dim", "4", "--n-samples", "50", "--sinkhorn-max-iter", "20"],
+            "potgan": ["potgan", "train", "-b", "64", "--n-critic", "1", "--vae-steps", "5",
+                       "--forest-trees", "2", "--forest-depth", "2", "--n-samples", "50"]}[cmd]
+    run = [*args, "--data", "real.npy", "--store", "run.zarr", "--out", "o", "--no-progress"]
+    assert runner.invoke(app, [*run, "--steps", "1"]).exit_code == 0
+    x[150] += 1.0
+    np.save("real.npy", x)
+    line = _failure_line(runner.invoke(app, [*run, "--steps", "2"]))
+    assert "written by another configuration" in line and "real" in line and "sha256" in line, \
+        line
