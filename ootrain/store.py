@@ -210,13 +210,30 @@ class Store:
                     "config": config}
             if COMMAND is not None:
                 meta["command"] = list(COMMAND)
+            if self.mode == "w":
+                self._clear()
             # the group and its identity in one write: a kill never leaves a group that is
             # not an ootrain store
-            self.group = zarr.open_group(self._zstore, mode="w" if self.mode == "w" else "a",
-                                         attributes={"ootrain": meta})
+            self.group = zarr.open_group(self._zstore, mode="a", attributes={"ootrain": meta})
         else:
             self.group = zarr.open_group(self._zstore, mode="a")
             self._check_format(config)
+
+    def _clear(self) -> None:
+        """Delete everything but this writer's lock (zarr's ``mode="w"`` deletes the lock too,
+        letting a second writer in): the flags first, the root's identity last, so a kill
+        midway leaves the old store's identity (refused without ``--overwrite``) over
+        leftovers no flag vouches for, never flags of another run."""
+        async def names() -> list[str]:
+            return [k async for k in self._zstore.list_dir("")]
+        rest = [n.rstrip("/") for n in sync(names())]
+        for name in sorted(rest, key=lambda n: (n != "manifest", n == "zarr.json")):
+            if name == LOCK_KEY:
+                continue
+            if name == "zarr.json":
+                sync(self._zstore.delete(name))
+            else:
+                sync(self._zstore.delete_dir(name))
 
     # ----------------------------------------------------------------- identity and locking
     def _exists(self) -> bool:

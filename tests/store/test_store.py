@@ -237,3 +237,19 @@ def test_array_bytes_covers_what_the_disk_takes(tmp_path, shape, chunks):
     used = _disk_usage(tmp_path / "s" / "x") + _disk_usage(tmp_path / "s" / "manifest" / "x")
     est = Store.array_bytes(shape, chunks, 4)
     assert used <= est <= 1.5 * used + 16384, (used, est)
+
+
+@pytest.mark.parametrize("where", ["local", "memory-url"])
+def test_overwrite_keeps_the_writers_lock(tmp_path, where):
+    """``mode="w"`` (``--overwrite``) discards the old run but not the new writer's lock:
+    zarr's own ``mode="w"`` deleted it, so a second writer was accepted meanwhile."""
+    url = str(tmp_path / "s") if where == "local" else "memory://ootrain-overwrite"
+    with Store(url, {"a": 1}) as s:
+        s.require_array("steps/0/x", (4,), (2,), "f8")
+        s.write_chunk("steps/0/x", 0, np.ones(2))
+        s.put_bytes("checkpoints/step-0.pt", b"old")
+    with Store(url, {"a": 2}, mode="w") as s:
+        assert s.stored_config == {"a": 2} and not s.has("steps/0/x")
+        assert s.get_bytes("checkpoints/step-0.pt") is None and not s.has("manifest/steps")
+        with pytest.raises(StoreLockedError):
+            Store(url, {"a": 2})
