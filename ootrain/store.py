@@ -400,16 +400,38 @@ class Store:
         key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
         return bool(sync(self.group.store.exists(f"{path}/{key}")))
 
+    def damaged(self, path: str) -> np.ndarray:
+        """C-order indices of the chunks of ``path`` whose flag is set (or unreadable) but
+        whose object is missing, fails its checksum or cannot be decoded (every flagged chunk
+        is read)."""
+        arr, flags = self.group[path], self._node(f"manifest/{path}")
+        bad: list[int] = []
+        if flags is None:
+            return np.zeros(0, dtype=np.int64)
+        for flat, coords in enumerate(itertools.product(*(range(n) for n in arr.cdata_shape))):
+            try:
+                if not flags[flat]:
+                    continue
+            except Exception:   # noqa: BLE001 (a corrupt flag object: not a trusted "done")
+                bad.append(flat)
+                continue
+            try:
+                arr[_chunk_region(arr, coords)]
+                present = self.chunk_exists(path, coords)
+            except Exception:   # noqa: BLE001 (any decoding failure)
+                present = False
+            if not present:
+                bad.append(flat)
+        return np.asarray(bad, dtype=np.int64)
+
     def is_complete(self, path: str) -> bool:
         flags = self.done(path)
         return flags.size > 0 and bool(flags.all())
 
     def write_chunk(self, path: str, chunk_index: tuple[int, ...] | int, value: np.ndarray) -> None:
         """Write one whole chunk of ``path`` (its position in the chunk grid), then flag it."""
-        arr = self.group[path]
         idx = (chunk_index,) if isinstance(chunk_index, int) else tuple(chunk_index)
-        self.write_region(path, tuple(slice(i * c, min((i + 1) * c, s))
-                                      for i, c, s in zip(idx, arr.chunks, arr.shape)), value)
+        self.write_region(path, _chunk_region(self.group[path], idx), value)
 
     def write_region(self, path: str, region: tuple[slice, ...], value: np.ndarray) -> None:
         """Write a chunk-aligned region of ``path`` (whole chunks only), then flag its chunks.
@@ -602,6 +624,12 @@ def _disk_full(url: str, what: str) -> Iterator[None]:
         raise
 
 
+def _chunk_region(arr: Any, coords: tuple[int, ...]) -> tuple[slice, ...]:
+    """The region of ``arr`` that its chunk at grid position ``coords`` covers."""
+    return tuple(slice(i * c, min((i + 1) * c, n))
+                 for i, c, n in zip(coords, arr.chunks, arr.shape))
+
+
 def _n_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
     """Chunks in the grid of an array of ``shape`` cut in ``chunks``."""
     return int(np.prod([-(-int(n) // int(c)) for n, c in zip(shape, chunks)]))
@@ -677,15 +705,11 @@ class CheckedArray:
             ranges = [range(n) for n in self._arr.cdata_shape]
         return list(itertools.product(*ranges))
 
-    def _region(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(slice(i * c, min((i + 1) * c, n))
-                     for i, c, n in zip(coords, self._arr.chunks, self._arr.shape))
-
     def _locate(self, selection: Any, error: Exception) -> Exception:
         bad = []
         for coords in self._chunks(selection):
             try:
-                self._arr[self._region(coords)]
+                self._arr[_chunk_region(self._arr, coords)]
             except Exception as e:   # noqa: PERF203 (the slow path, after a failure)
                 bad.append((coords, e))
         if not bad:

@@ -128,36 +128,6 @@ class RepairReport:
     resumable: bool = True
 
 
-def _damaged_chunks(s: Store, name: str) -> np.ndarray:
-    """C-order indices of the chunks of ``name`` whose flag is set (or unreadable) but whose
-    object is missing, fails its checksum or cannot be decoded."""
-    import itertools
-
-    arr = s.group[name]
-    flags_arr = s.group[f"manifest/{name}"] if s.has(f"manifest/{name}") else None
-    if flags_arr is None:
-        return np.zeros(0, dtype=np.int64)
-    bad = []
-    for flat, coords in enumerate(itertools.product(*(range(n) for n in arr.cdata_shape))):
-        try:
-            flagged = bool(flags_arr[flat])
-        except Exception:   # a corrupt flag object: rewrite it as "not done"
-            bad.append(flat)
-            continue
-        if not flagged:
-            continue
-        region = tuple(slice(i * c, min((i + 1) * c, n))
-                       for i, c, n in zip(coords, arr.chunks, arr.shape))
-        try:
-            arr[region]
-            present = s.chunk_exists(name, coords)
-        except Exception:
-            present = False
-        if not present:
-            bad.append(flat)
-    return np.asarray(bad, dtype=np.int64)
-
-
 def _step_of(name: str) -> Optional[int]:
     parts = name.split("/")
     return int(parts[1]) if len(parts) > 2 and parts[0] == "steps" and parts[1].isdigit() \
@@ -187,7 +157,7 @@ def repair_store(path: str) -> RepairReport:
                 s.update_attrs(f"steps/{step}", {"solved": False})
 
         for name, _ in list(s.walk_arrays()):
-            bad = _damaged_chunks(s, name)
+            bad = s.damaged(name)
             if not bad.size:
                 continue
             step = _step_of(name)
