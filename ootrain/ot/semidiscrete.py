@@ -507,19 +507,18 @@ class SemiDiscreteOT:
         ``N``, ``d`` and ``eps``."""
         psi = self.potentials.detach().cpu().numpy()
         n = psi.shape[0]
+        meta = {"semidiscrete": {"cost": str(self.ground_cost), "n_targets": n,
+                                 "d": self.source.d, "eps_rel": self.eps_rel, "eps": self.eps}}
         from ootrain.store import Store
-        if isinstance(where, Store):
-            where.require_array(path, (n,), (min(n, 2**20),), psi.dtype)
+        if isinstance(where, Store):   # the attributes before the flags: a flagged array
+            where.require_array(path, (n,), (min(n, 2**20),), psi.dtype)   # is a whole one
+            where.update_attrs(path, meta)
             where.write_region(path, (slice(0, n),), psi)
-            arr = where.array(path)
         else:
             group = self._group(where, "a")
             arr = group.create_array(path, shape=(n,), chunks=(min(n, 2**20),),
-                                     dtype=psi.dtype, overwrite=True)
+                                     dtype=psi.dtype, overwrite=True, attributes=meta)
             arr[:] = psi
-        arr.attrs.update({"semidiscrete": {"cost": str(self.ground_cost), "n_targets": n,
-                                           "d": self.source.d, "eps_rel": self.eps_rel,
-                                           "eps": self.eps}})
 
     def load(self, where: Any, path: str = "potentials") -> "SemiDiscreteOT":
         """Read ``psi`` written by :meth:`save`; the cost, ``N`` and ``d`` must match."""
