@@ -300,7 +300,8 @@ class EnergySolver:
         if nbytes * 4 <= ctx.memory_budget:
             feats = {k: torch.from_numpy(np.asarray(a[:])).requires_grad_(True)
                      for k, a in arrays.items()}
-            res, self.state["prev"], warm = energy_step(feats, self.cfg, self.state.get("prev"))
+            res, prev, warm = energy_step(feats, self.cfg, self.state.get("prev"))
+            self.state["prev"] = prev if self.cfg.warm_start else None   # kept only if used
             if self.cfg.warm_start:   # with the step: a resume after Solve reloads it
                 buf = io.BytesIO()
                 torch.save(_prev_state(self.state["prev"]), buf)

@@ -601,9 +601,10 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
     the start of the command that resumes the previous one (wherever it is: imports, the
     lock, Run, Solve, ReRun, a checkpoint, pruning), then the same command to its end:
     bit-identical to the uninterrupted run, and the store verifies.  The times are drawn so
-    the kills spread over the whole run (half to all of a command's fixed start-up cost, then
-    up to twice the run's remaining time over the kills left); a run that still ends before
-    all its kills is compared and a new one started."""
+    the kills spread over the whole run (half to all of an offset — a command's start-up
+    cost, grown while kills make no step progress —, then up to twice the run's remaining
+    time over the kills left); a run that still ends before all its kills is compared and a
+    new one started."""
     wrapper = tmp_path / "ootrain_kill_wrapper.py"
     wrapper.write_text(_WRAPPER)
     spec = _resized(method, *LONG_RUNS[method])
@@ -623,14 +624,18 @@ def test_kill_at_random_times_of_a_long_run(method, tmp_path):
         runs += 1
         o = Outcome(tmp_path / f"cut{runs}" / "store", tmp_path / f"cut{runs}" / "out")
         o.store.parent.mkdir(parents=True)
-        argv, attempt = _argv(spec, o.store, o.out), 0
+        argv, attempt, offset, last = _argv(spec, o.store, o.out), 0, start, -1
         while landed < RANDOM_KILLS:
             attempt += 1
             completed = _completed(o.store, spec.steps)
             if completed == spec.steps:
                 break                                   # only the output is left to write
+            # a resume costs more than the no-op start (checkpoint, JIT, the step's set-up):
+            # while kills make no step progress, wait longer before the random part
+            offset = offset * 1.25 if completed == last else max(start, offset / 1.25)
+            last = completed
             left = max(seconds - start, 0.5) * (1 - completed / spec.steps)
-            delay = start * float(rng.uniform(0.5, 1.0)) + float(
+            delay = offset * float(rng.uniform(0.5, 1.0)) + float(
                 rng.uniform(0.0, min(left, 2 * left / (RANDOM_KILLS - landed))))
             if not _launch_killed_after(wrapper, argv, o.store.parent / f"kill-{attempt}.log",
                                         delay):
