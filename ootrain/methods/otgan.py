@@ -296,6 +296,10 @@ class EnergySolver:
 
     def solve(self, ctx: Any) -> dict[str, Any]:
         arrays = {k: ctx.arrays[k] for k in SETS}
+        new = [arrays[k] for k in self.replay if not ctx.store.has(f"{ctx.prefix}/cotangents/{k}")]
+        if new:   # before the six solves
+            ctx.store.check_space(sum(ctx.store.array_bytes(a.shape, a.chunks, a.dtype.itemsize)
+                                      for a in new), f"step {ctx.step}: Solve (cotangents)")
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
         if nbytes * 4 <= ctx.memory_budget:
             feats = {k: torch.from_numpy(np.asarray(a[:])).requires_grad_(True)

@@ -201,6 +201,10 @@ class GeneratorSolver:
 
     def solve(self, ctx: Any) -> dict[str, Any]:
         fake_arr = ctx.arrays["fake"]
+        if not ctx.store.has(f"{ctx.prefix}/cotangents/fake"):   # (and at most as much moved)
+            ctx.store.check_space(2 * ctx.store.array_bytes(fake_arr.shape, fake_arr.chunks,
+                                                            fake_arr.dtype.itemsize),
+                                  f"step {ctx.step}: Solve (cotangents)")
         stored = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in ctx.arrays.values())
         if self.reg is not None and 4 * stored > ctx.memory_budget:
             return self._solve_streamed(ctx)

@@ -236,3 +236,25 @@ def test_changed_data_file_is_refused_on_resume(cmd):
     line = _failure_line(runner.invoke(app, [*run, "--steps", "2"]))
     assert "written by another configuration" in line and "real" in line and "sha256" in line, \
         line
+
+
+@pytest.mark.parametrize("cmd", ["otgan", "potgan"])
+def test_gan_solves_check_space_before_writing(cmd, monkeypatch):
+    """Every writer checks space first: the GANs' Solves (their cotangents) too, not only Run."""
+    asked = []
+    check = Store.check_space
+
+    def recording(self, needed, what):
+        asked.append((what, needed))
+        return check(self, needed, what)
+    monkeypatch.setattr(Store, "check_space", recording)
+    args = {"otgan": ["otgan", "train", "-b", "64", "--steps", "1", "--hidden", "16",
+                      "--critic-hidden", "16", "--feature-dim", "4", "--n-samples", "50",
+                      "--sinkhorn-max-iter", "20"],
+            "potgan": ["potgan", "train", "-b", "64", "--steps", "1", "--n-critic", "1",
+                       "--vae-steps", "5", "--forest-trees", "2", "--forest-depth", "2",
+                       "--n-samples", "50"]}[cmd]
+    res = runner.invoke(app, [*args, "--store", "run.zarr", "--out", "o", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    solves = [n for what, n in asked if "Solve (cotangents)" in what]
+    assert solves and all(n > 0 for n in solves), asked
