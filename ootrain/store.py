@@ -17,11 +17,11 @@ Layout (every array is a plain zarr v3 array; attributes are JSON)::
         directions, targets, cotangents/<pop>, ...   written by the solver
         regulariser.pt           a plain key: POT-GAN's forest after its Solve
     <root>/checkpoints/step-<k>.pt   plain key: every model and optimiser before step k
+    <root>/manifest/<path>       [n_chunks] uint8, 1 where the chunk of array <path> is complete
 
 Plain keys (checkpoints, ``regulariser.pt``) are framed: ``b"ootrain-sha256\n"``, the 32-byte
 sha256 of the payload, then the payload (``torch.save`` bytes, read with ``weights_only=True``);
 a read checks the digest.  Chunks and flags carry zarr v3's ``crc32c`` codec.
-    <root>/manifest/<path>       [n_chunks] uint8, 1 where the chunk of array <path> is complete
 
 Chunks are written whole by one writer and only then flagged in the manifest, so a run killed at
 any point resumes at chunk granularity and never trusts a half-written chunk.  Zarr writes each
@@ -499,6 +499,16 @@ class Store:
                 f"{len(raw)} bytes); run `ootrain store repair {self.url}`, which says whether "
                 "the run can resume")
         return raw[n:]
+
+    def damaged_keys(self) -> dict[str, str]:
+        """The plain keys whose checksum does not match, each with its error's message."""
+        damaged = {}
+        for key in self.plain_keys():
+            try:
+                self.get_bytes(key)
+            except StoreCorruptError as e:
+                damaged[key] = str(e)
+        return damaged
 
     def plain_keys(self) -> list[str]:
         """Every plain key of the store except the lock (checkpoints, ``regulariser.pt``)."""

@@ -111,11 +111,7 @@ def verify_store(path: str, finite: bool = True) -> list[str]:
             continue
         if bad:
             problems.append(f"{name}: {bad} non-finite values")
-    for key in s.plain_keys():
-        try:
-            s.get_bytes(key)
-        except StoreCorruptError as e:
-            problems.append(str(e))
+    problems.extend(s.damaged_keys().values())
     return problems
 
 
@@ -170,12 +166,7 @@ def repair_store(path: str) -> RepairReport:
                 redo(step)
                 report.actions.append(f"{name}: {bad.size} damaged chunks; marked incomplete, "
                                       "recomputed on resume")
-        for key in s.plain_keys():
-            try:
-                s.get_bytes(key)
-                continue
-            except StoreCorruptError:
-                pass
+        for key in s.damaged_keys():
             if key == resume_from:
                 report.resumable = False
                 report.actions.append(f"{key}: damaged, and the run resumes from it: it cannot "
