@@ -492,14 +492,23 @@ def _kill_at_write(wrapper: Path, spec: Method, name: str, k: int, root: Path
     return "identical", o
 
 
-def _write_case(method: str, every: bool, tmp_path: Path) -> None:
+def _write_points(method: str, tmp_path: Path, every: bool, first: int, stride: int,
+                  sampled: int, seed: int) -> tuple[Path, Method, Outcome, int, list[int]]:
+    """The wrapper, the 2-step command of ``method``, its uninterrupted reference run, its
+    number of store writes and the write points to try: every ``stride``-th from ``first``,
+    or ``sampled`` seeded ones."""
     wrapper = tmp_path / "ootrain_kill_wrapper.py"
     wrapper.write_text(_WRAPPER)
     spec = _resized(method, *WRITE_RUNS[method])
     ref, total = _count_writes(wrapper, spec, method, tmp_path)
-    points = list(range(1, total + 1, WRITE_STRIDE)) if every else sorted(
-        {int(k) for k in np.random.default_rng(len(method)).integers(1, total + 1,
-                                                                      SAMPLED_WRITES)})
+    points = list(range(first, total + 1, stride)) if every else sorted(
+        {int(k) for k in np.random.default_rng(seed).integers(first, total + 1, sampled)})
+    return wrapper, spec, ref, total, points
+
+
+def _write_case(method: str, every: bool, tmp_path: Path) -> None:
+    wrapper, spec, ref, total, points = _write_points(method, tmp_path, every, 1, WRITE_STRIDE,
+                                                      SAMPLED_WRITES, len(method))
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda k: _kill_at_write(wrapper, spec, method, k, tmp_path),
                                 points))
@@ -659,13 +668,8 @@ def _full_disk_case(method: str, every: bool, tmp_path: Path) -> None:
     """The disk fills up at a write (every later write fails with ENOSPC): the command stops
     with one line naming the full disk and the remedy; once space is free again the same
     command resumes to the uninterrupted result."""
-    wrapper = tmp_path / "ootrain_kill_wrapper.py"
-    wrapper.write_text(_WRAPPER)
-    spec = _resized(method, *WRITE_RUNS[method])
-    ref, total = _count_writes(wrapper, spec, method, tmp_path)
-    points = list(range(2, total + 1, 10)) if every else sorted(
-        {int(k) for k in np.random.default_rng(7 * len(method)).integers(2, total + 1,
-                                                                          FULL_POINTS)})
+    wrapper, spec, ref, total, points = _write_points(method, tmp_path, every, 2, 10,
+                                                      FULL_POINTS, 7 * len(method))
 
     def one(k: int) -> Outcome:
         o = Outcome(tmp_path / f"full{k}" / "store", tmp_path / f"full{k}" / "out")
