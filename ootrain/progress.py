@@ -209,9 +209,14 @@ def make_progress(enabled: bool | None = None, transient: bool = False) -> Progr
 
     Use as a context manager.  On a terminal it shows bars; elsewhere it is a
     :class:`LogProgress` writing periodic plain lines; with ``enabled=False`` or
-    ``OOTRAIN_NO_PROGRESS=1`` it is silent (see :func:`progress_mode`).
+    ``OOTRAIN_NO_PROGRESS=1`` it is silent (see :func:`progress_mode`), and on
+    ``torch.distributed`` ranks other than 0 (bars and console logs alike).
     """
+    import torch.distributed as dist
+
     console = Console(stderr=True)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        enabled, console = False, Console(file=open(os.devnull, "w"))   # one report: rank 0
     mode = progress_mode(enabled, console)
     if mode == "log":
         return LogProgress(TextColumn("[progress.description]{task.description}"),

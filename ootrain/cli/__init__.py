@@ -81,7 +81,9 @@ class _Root(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         debug = bool(ctx.params.get("debug"))
         no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
-        with _plain_warnings():
+        from ootrain.distributed import from_environment, quiet_unless_rank0
+
+        with _plain_warnings(), from_environment(), quiet_unless_rank0():
             try:
                 return super().invoke(ctx)
             except _EXITS:

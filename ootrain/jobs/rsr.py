@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ootrain.data import load_targets
-from ootrain.engine.core import EngineConfig
+from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_rsr_losses
 from ootrain.jobs.common import (check_finite_data, check_population, check_steps, default_rows,
                                  input_errors, model_errors)
@@ -88,7 +88,7 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
         run = train(method, steps, cfg, store=str(store), overwrite=overwrite, progress=bars,
                     callback=report)
     samples = None
-    if out is not None:
+    if out is not None and rank_world()[0] == 0:   # one writer of the outputs
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         samples = out / "samples.npy"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ootrain.data import DATASETS, load_targets, data_sampler
-from ootrain.engine.core import EngineConfig
+from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
 from ootrain.jobs.common import (InputError, check_finite_data, check_population, check_steps,
@@ -159,6 +159,9 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
         raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
     check_steps("--rounds", rounds)
     check_population(population, micro_batch)
+    if rank_world()[1] > 1:
+        raise InputError("ootrain semidiscrete train runs in one process (FIT's replay is not "
+                         "sharded over torch.distributed ranks yet): run it without torchrun")
     with input_errors(f"--data {data!r}: "):
         real = load_targets(data, n=default_rows(data, n_real), seed=seed + 1,
                             array=data_array)
