@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ootrain.engine.core import EngineConfig, StepResult
+from ootrain.engine.core import EngineConfig, StepResult, rank_world
 from ootrain.eval.plots import plot_otgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.jobs.common import InputError, check_population, input_errors
@@ -146,20 +146,23 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
                     overwrite=overwrite, progress=bars)
     wall = time.perf_counter() - t0
     history = _with_elapsed([history_row(r) for r in run.steps])   # earlier runs' steps too
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, writer = Path(out), rank_world()[0] == 0   # one writer of the outputs: rank 0
     x = generate(G, n_samples, latent_dim, seed=seed + 12345)
-    np.save(out / "samples.npy", x)
     real = np.asarray(sampler(min(n_samples, 5000), np.random.default_rng([seed, 3])))
-    wrote = plot_samples(x, out / "samples.png", real, f"OT-GAN, {steps} iterations, batch "
-                         f"4 x {batch}")
-    plot_otgan_losses(history, out / "loss.png")
+    wrote = False
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "samples.npy", x)
+        wrote = plot_samples(x, out / "samples.png", real, f"OT-GAN, {steps} iterations, "
+                             f"batch 4 x {batch}")
+        plot_otgan_losses(history, out / "loss.png")
     config = {"batch": batch, "micro_batch": micro_batch, "steps": steps,
               "lr_gen": lr_gen, "lr_critic": lr_critic, "betas": [beta1, beta2],
               "engine": asdict(ecfg), **cfg.to_dict()}
-    (out / "history.json").write_text(json.dumps({"config": config, "data": data,
-                                                  "store": run.store, "history": history},
-                                                 indent=1) + "\n")
+    if writer:
+        (out / "history.json").write_text(json.dumps({"config": config, "data": data,
+                                                      "store": run.store, "history": history},
+                                                     indent=1) + "\n")
     later = [r["sinkhorn_iterations"] for r in history[1:]]
     summary = {"data": data, "steps": steps, "n_samples": n_samples,
                "steps_this_call": len(run.results), "store": run.store,
@@ -167,5 +170,6 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
                "mean_sinkhorn_iterations": float(np.mean(later)) if later else None,
                "wall_s": wall,
                "ring_metrics": ring_metrics(x, ring8_modes()) if data == "ring8" else None}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return OTGANJob(summary=summary, wrote_plot=wrote, history=history)

@@ -14,7 +14,7 @@ from ootrain.eval.parzen import parzen_reverse_kl, scott_bandwidth
 from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
 from ootrain.jobs.common import InputError, check_population, input_errors
-from ootrain.engine import EngineConfig
+from ootrain.engine import EngineConfig, rank_world
 from ootrain.data import data_identity, data_sampler
 from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
 from ootrain.methods.training import train
@@ -172,27 +172,30 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                     ema=ema, seed=seed, real_spec=data_identity(data, sampler), store=store,
                     overwrite=overwrite,
                     progress=progress)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, writer = Path(out), rank_world()[0] == 0   # one writer of the outputs: rank 0
     x = generate(run.generator_ema, n_samples, latent_dim, seed=seed + 12345)
     x_last = generate(run.generator, n_samples, latent_dim, seed=seed + 12345)
     real = np.asarray(sampler(n_samples, np.random.default_rng([seed, 3])))
     h = bandwidth if bandwidth is not None else (0.02 if data == "ring8"
                                                  else scott_bandwidth(real))
-    np.save(out / "samples.npy", x)
-    wrote = plot_samples(x, out / "samples.png", real, f"{method}, {steps} updates")
-    plot_potgan_losses(run.history, out / "loss.png")
-    (out / "history.json").write_text(json.dumps(
-        {"method": method, "data": data, "ema": ema,
-         "wgan": {"batch": batch, "micro_batch": mb, "lr": lr, "latent_dim": latent_dim,
-                  "steps": steps, "seed": seed, **wcfg.to_dict()},
-         "pot": pcfg.to_dict(), "vae": vcfg.to_dict(), "store": store,
-         "history": run.history, "vae_history": run.vae_history},
-        indent=1) + "\n")
+    wrote = False
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "samples.npy", x)
+        wrote = plot_samples(x, out / "samples.png", real, f"{method}, {steps} updates")
+        plot_potgan_losses(run.history, out / "loss.png")
+        (out / "history.json").write_text(json.dumps(
+            {"method": method, "data": data, "ema": ema,
+             "wgan": {"batch": batch, "micro_batch": mb, "lr": lr, "latent_dim": latent_dim,
+                      "steps": steps, "seed": seed, **wcfg.to_dict()},
+             "pot": pcfg.to_dict(), "vae": vcfg.to_dict(), "store": store,
+             "history": run.history, "vae_history": run.vae_history},
+            indent=1) + "\n")
     summary = {"method": method, "data": data, "steps": steps, "n_samples": n_samples,
                "ema": ema, "bandwidth": h, "reverse_kl": parzen_reverse_kl(x, real, h),
                "reverse_kl_last": parzen_reverse_kl(x_last, real, h),
                "wall_s": run.history[-1]["time_s"] if run.history else 0.0,
                "ring_metrics": ring_metrics(x, ring8_modes()) if data == "ring8" else None}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if writer:
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return POTGANJob(summary=summary, wrote_plot=wrote)

@@ -54,7 +54,10 @@ def test_two_torchrun_ranks_train_as_one_process(method, tmp_path):
             assert torch.allclose(x.double(), y.double(), rtol=1e-5, atol=1e-7), (mod, name)
     np.testing.assert_allclose(np.load(tmp_path / "one" / "samples.npy"),
                                np.load(tmp_path / "two" / "samples.npy"), rtol=1e-5, atol=1e-6)
-    # one report: rank 1's standard output and progress log are silent
+    # one report: rank 1's standard output and progress log are silent, and rank 0 alone
+    # writes the outputs (the files of both runs are the same)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one").iterdir())
     assert two.stdout.count("store") == one.stdout.count("store"), two.stdout
 
 
