@@ -50,6 +50,7 @@ from _common import human_bytes, loadavg, machine_header, median, table  # noqa:
 from ootrain.methods import rsr  # noqa: E402
 
 from ootrain.ot import sort  # noqa: E402
+from ootrain.engine.compute import Compute  # noqa: E402
 from ootrain.engine.core import SolveContext  # noqa: E402
 from ootrain.store import Store  # noqa: E402
 
@@ -69,10 +70,13 @@ def _timed(name: str, fn):
 
 # Time the solver's pieces by wrapping the module functions it calls (looked up as rsr globals at
 # call time, so replacing the module attributes is enough).
+# The Dask tasks' times are task-seconds (summed over concurrent workers); the passes' wall
+# time is _align_in_memory's.
 _plan_pass = rsr.plan_pass
-rsr._project_rows = _timed("project_rows", rsr._project_rows)
+rsr._project_block = _timed("project_block", rsr._project_block)
+rsr._align_row = _timed("align_row", rsr._align_row)
 rsr._align_in_memory = _timed("align_in_memory", rsr._align_in_memory)
-rsr._project = _timed("project", rsr._project)
+rsr._project_chunk = _timed("project_chunk", rsr._project_chunk)
 rsr._align_external = _timed("align_external", rsr._align_external)
 rsr.plan_pass = lambda *a, **kw: 0 if _FORCE_EXTERNAL else _plan_pass(*a, **kw)
 
@@ -110,11 +114,13 @@ def drop(store: Store, prefix: str) -> None:
 
 
 def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int,
-               external: bool) -> dict:
+               external: bool, workers: int) -> dict:
     global _FORCE_EXTERNAL
-    prefix = f"solve/{tag}{rep}"
+    prefix = f"solve/{tag}{workers}-{rep}"
+    # the stored arrays under their engine names: Solve's tasks read them by path
     ctx = SolveContext(store, step=rep, prefix=prefix, previous=None,
-                       arrays={"embeddings": emb}, real=real, memory_budget=budget, seed=0)
+                       arrays={"embeddings": emb}, real=real, memory_budget=budget, seed=0,
+                       compute=Compute(workers=workers))
     store.group.require_group(prefix)
     _TIMES.clear()
     _FORCE_EXTERNAL = external
@@ -126,11 +132,10 @@ def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int,
         _FORCE_EXTERNAL = False
     if external:
         assert _TIMES["align_external"] > 0 and _TIMES["align_in_memory"] == 0, dict(_TIMES)
-        project, align = _TIMES["project"], _TIMES["align_external"]
+        project, align = _TIMES["project_chunk"], _TIMES["align_external"]
     else:
         assert _TIMES["align_in_memory"] > 0 and _TIMES["align_external"] == 0, dict(_TIMES)
-        project = _TIMES["project_rows"]
-        align = _TIMES["align_in_memory"] - project
+        project, align = _TIMES["project_block"], _TIMES["align_row"]
     out = {"total": total, "project": project, "align": align, "loss": metrics["loss"]}
     drop(store, prefix)
     return out
@@ -149,6 +154,13 @@ def projections(emb, real, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
             p[:, lo:lo + rows] = (arr[lo:lo + rows] @ om.astype(np.float32)).T
         out.append(p)
     return out[0], out[1]
+
+
+def _sort_rows_threads(P: np.ndarray, R: np.ndarray, workers: int) -> None:
+    """np.sort of every row, rows spread over a thread pool (np.sort releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(np.sort, [*P, *R]))
 
 
 def time_it(fn, repeats: int) -> float:
@@ -178,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tmpdir", default=None,
                     help="directory of the store and of the external sort's spill files "
                          "(default: the system temporary directory)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                    help="Dask local workers of the solver (each a run; BLAS 1 thread a task)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for the solver's torch ops (0: torch's default)")
     args = ap.parse_args(argv)
@@ -234,53 +248,61 @@ def main(argv: list[str] | None = None) -> None:
             sort.argsort(P[0, :1000])  # numba JIT / cache load outside the timing
             ref_pack = time_it(lambda: ([sort.argsort(r) for r in P], np.sort(R, axis=1)),
                                args.repeats)
+            ref_sort2 = time_it(lambda: _sort_rows_threads(P, R, 2), args.repeats)
             P = R = None  # free them before the solver runs
-            mem = [run_solver(store, emb, real, k, budget, "mem", r, external=False)
-                   for r in range(args.repeats)]
-            m_tot = median([x["total"] for x in mem])
-            m_proj = median([x["project"] for x in mem])
-            m_align = median([x["align"] for x in mem])
-            ext = [run_solver(store, emb, real, ke, args.ext_budget, "ext", r, external=True)
-                   for r in range(args.ext_repeats)] if ke > 0 else []
             load = loadavg().split(",")[0]
             rows += [
-                [b, "np.sort (values, gen + real, in RAM)", k, ref_sort, el / ref_sort, 1.0, load],
+                [b, "np.sort (values, gen + real, in RAM), 1 thread", k, ref_sort, el / ref_sort,
+                 1.0, load],
+                [b, "np.sort (values, gen + real, in RAM), rows over 2 threads", k, ref_sort2,
+                 el / ref_sort2, ref_sort2 / ref_sort, load],
                 [b, "np.argsort (gen + real, in RAM)", k, ref_arg, el / ref_arg,
                  ref_arg / ref_sort, load],
                 [b, "sort.argsort packed (gen) + np.sort (real), in RAM", k, ref_pack,
                  el / ref_pack, ref_pack / ref_sort, load],
-                [b, f"SlicedSolver.solve, in-memory path (budget {human_bytes(budget)}, "
-                 f"{-(-k // g) if g else 0} pass(es), zarr store)", k, m_tot, el / m_tot,
-                 m_tot / ref_sort, load],
             ]
-            detail.append([b, "in memory", k, m_proj, m_align, m_tot - m_proj - m_align, m_tot])
-            if ext:
-                e_tot = median([x["total"] for x in ext])
-                e_proj = median([x["project"] for x in ext])
-                e_align = median([x["align"] for x in ext])
-                rows.append([b, f"SlicedSolver.solve, out-of-core path (budget "
-                             f"{human_bytes(args.ext_budget)}{', forced' if forced else ''})",
-                             ke, e_tot, b * ke / e_tot, (e_tot / ke) / (ref_sort / k), load])
-                detail.append([b, "out of core", ke, e_proj, e_align, e_tot - e_proj - e_align,
-                               e_tot])
-            print(f"  done b={b}: np.sort {ref_sort:.2f} s, solve in-memory {m_tot:.2f} s"
-                  + (f", out of core {e_tot:.2f} s (k={ke})" if ext else "")
-                  + f"; load {loadavg()}", flush=True)
+            for w in args.workers:
+                ref = ref_sort if w == 1 else ref_sort2
+                mem = [run_solver(store, emb, real, k, budget, "mem", r, external=False,
+                                  workers=w) for r in range(args.repeats)]
+                m_tot = median([x["total"] for x in mem])
+                m_proj = median([x["project"] for x in mem])
+                m_align = median([x["align"] for x in mem])
+                load = loadavg().split(",")[0]
+                rows.append([b, f"SlicedSolver.solve, in-memory path, Dask {w} worker(s) "
+                             f"(budget {human_bytes(budget)}, {-(-k // g) if g else 0} "
+                             "pass(es), zarr store)", k, m_tot, el / m_tot, m_tot / ref, load])
+                detail.append([b, "in memory", w, k, m_proj, m_align, m_tot])
+                ext = [run_solver(store, emb, real, ke, args.ext_budget, "ext", r,
+                                  external=True, workers=w)
+                       for r in range(args.ext_repeats)] if ke > 0 else []
+                if ext:
+                    e_tot = median([x["total"] for x in ext])
+                    e_proj = median([x["project"] for x in ext])
+                    e_align = median([x["align"] for x in ext])
+                    rows.append([b, f"SlicedSolver.solve, out-of-core path, Dask {w} worker(s) "
+                                 f"(budget {human_bytes(args.ext_budget)}"
+                                 f"{', forced' if forced else ''})", ke, e_tot, b * ke / e_tot,
+                                 (e_tot / ke) / (ref / k), loadavg().split(",")[0]])
+                    detail.append([b, "out of core", w, ke, e_proj, e_align, e_tot])
+            print(f"  done b={b}: np.sort {ref_sort:.2f} s; load {loadavg()}", flush=True)
             store.release()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print(table(["b", "what", "k", "time (s)", "elements/s", "time per direction / np.sort's",
-                 "1-min load"], rows))
+    print(table(["b", "what", "k", "time (s)", "elements/s", "time per direction / np.sort's "
+                 "(same threads)", "1-min load"], rows))
     print()
-    print("Solver breakdown (seconds, medians).  In memory: project = both populations read and "
-          "projected chunk by chunk (rsr._project_rows), align = the rest of "
-          "rsr._align_in_memory (sort, quantile targets, write targets).  Out of core: project = "
-          "both populations projected and stored as [k, b] / [k, n] rows (rsr._project), align = "
-          "rsr._align_external (external sort, targets per bucket, scatter, write).  Other = "
-          "directions, distances, manifest bookkeeping.")
+    print("Solver breakdown (seconds, medians; project and align are task-seconds, summed "
+          "over Dask's concurrent workers).  In memory: project = rsr._project_block tasks "
+          "(both populations read and projected per stored chunk), align = rsr._align_row "
+          "tasks (gather a direction's row, sort, quantile targets).  Out of core: project = "
+          "rsr._project_chunk tasks (projections stored as [k, b] / [k, n] rows), align = "
+          "rsr._align_external tasks (external sort, targets per bucket, scatter, write).  "
+          "Wall = the Solve.")
     print()
-    print(table(["b", "path", "k", "project", "align (sort + targets)", "other", "total"], detail))
+    print(table(["b", "path", "Dask workers", "k", "project (task-s)", "align (task-s)",
+                 "wall"], detail))
     print()
     print(f"- load average at the end: {loadavg()}")
 

@@ -4,13 +4,21 @@ command, gloo on CPU and nccl on GPU.
 Under ``torchrun --nproc_per_node R ... ootrain <method> train ...`` every rank runs the same
 command; :func:`from_environment` joins them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``, ``LOCAL_RANK``), the engine shards Run and ReRun over them, rank 0 holds the
-store's writer lock and runs Solve.  A rank that dies is noticed by the others within
-``timeout`` (a collective that does not complete raises), and the command stops."""
+store's writer lock and runs Solve.
+
+A rank that dies or hangs stops the command: torchrun notices a rank's exit within a second
+and stops the others (each prints one ``error:`` line on SIGTERM); a rank that hangs (or a
+lost node) is noticed by the others when a collective does not complete within
+:data:`TIMEOUT_S` seconds (``OOTRAIN_DIST_TIMEOUT``, default 300), which raise
+:class:`RankLostError`.  The store holds only whole chunks, so the same command resumes it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -18,10 +26,60 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["from_environment", "quiet_unless_rank0", "TIMEOUT_S"]
+__all__ = ["from_environment", "quiet_unless_rank0", "rank_world", "barrier", "all_reduce",
+           "RankLostError", "TIMEOUT_S"]
 
 #: Seconds a collective waits for the other ranks before the command stops.
 TIMEOUT_S = float(os.environ.get("OOTRAIN_DIST_TIMEOUT", "300"))
+
+_RESUME = "rerun the same command to resume from the store"
+
+
+class RankLostError(RuntimeError):
+    """A collective over the ranks did not complete: another rank died, hangs or lost its
+    connection."""
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) under ``torch.distributed``, (0, 1) without it."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _collective(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except RuntimeError as e:   # gloo / nccl: a timeout or a closed connection
+        rank, world = rank_world()
+        # gloo's message starts with its source location: "[.../unbound_buffer.cc:78] Timed out"
+        first = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().split("\n")[0])[:200] or \
+            type(e).__name__
+        raise RankLostError(
+            f"rank {rank} of {world}: {what} over the ranks did not complete ({first}): "
+            f"another rank died, hangs past OOTRAIN_DIST_TIMEOUT={TIMEOUT_S:g} s or lost its "
+            f"connection (its own error, if any, is above); {_RESUME}") from e
+
+
+def barrier(what: str = "a barrier") -> None:
+    """Wait for every rank (no-op in one process); :class:`RankLostError` when one is lost."""
+    if rank_world()[1] > 1:
+        _collective(what, dist.barrier)
+
+
+def all_reduce(tensor: torch.Tensor, what: str = "an all-reduce") -> None:
+    """Sum ``tensor`` over the ranks in place (no-op in one process); :class:`RankLostError`
+    when a rank is lost."""
+    if rank_world()[1] > 1:
+        _collective(what, dist.all_reduce, tensor)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    rank, world = rank_world()
+    sys.stderr.write(f"error: rank {rank} of {world} stopped by torchrun (SIGTERM: another rank "
+                     f"failed, see its report); {_RESUME}\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 @contextmanager
@@ -37,9 +95,11 @@ def from_environment(timeout_s: float = TIMEOUT_S) -> Iterator[int]:
     if gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(seconds=timeout_s))
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         yield world
     finally:
+        signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
 
 

@@ -688,6 +688,11 @@ class CheckedArray:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._arr, name)
 
+    @property
+    def store_path(self) -> str:
+        """The array's path in its store."""
+        return self._path
+
     def __len__(self) -> int:
         return len(self._arr)
 

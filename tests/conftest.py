@@ -18,3 +18,13 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real ``dask.distributed`` cluster: a scheduler and 2 worker processes on localhost
+    (``LocalCluster``), reached at its ``scheduler_address``."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=40) as cluster:
+        yield cluster

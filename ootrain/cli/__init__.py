@@ -4,8 +4,8 @@ its options and calling one library function (mostly a job of :mod:`ootrain.jobs
 Errors are handled here, in one place (:class:`_Root`): a usage error (a bad option value or
 data file, :class:`~ootrain.jobs.common.InputError`) prints ``error: <message>`` on one line
 and exits 2; a failure of the run (a store locked by another writer or written by another
-configuration, a full disk, a non-deterministic model, non-finite values) prints the same and
-exits 1.  ``--debug`` shows the traceback instead."""
+configuration, a full disk, a non-deterministic model, non-finite values, a lost
+``torchrun`` rank) prints the same and exits 1.  ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -27,13 +27,14 @@ __all__ = ["app", "exit_code"]
 def exit_code(e: BaseException) -> Optional[int]:
     """The exit code of an error ootrain reports in one line (2: usage, 1: run failure), or
     None for any other exception (a bug: shown with its traceback)."""
+    from ootrain.distributed import RankLostError
     from ootrain.engine.core import NondeterministicModelError, NonFiniteError
     from ootrain.jobs.common import InputError
     from ootrain.store import StoreError
 
     if isinstance(e, InputError):
         return 2
-    if isinstance(e, (StoreError, NondeterministicModelError, NonFiniteError)):
+    if isinstance(e, (StoreError, NondeterministicModelError, NonFiniteError, RankLostError)):
         return 1
     return None
 

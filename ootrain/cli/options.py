@@ -16,6 +16,8 @@ __all__ = ["console", "THREADS_HELP", "parse_bytes", "json_kwargs", "int_list", 
 console = Console()
 
 #: Help of every command's ``--threads``.
+DASK_HELP = ("Run Solve's task graphs on the dask.distributed scheduler at this address "
+             "(tcp://host:8786); default: Dask's local threads on the usable cores.")
 THREADS_HELP = ("Threads of torch, BLAS and numba together (default: ootrain.threads."
                 "default_threads(), 1 on machines of <= 2 physical cores, or OOTRAIN_THREADS; "
                 "0: the libraries' own defaults).")

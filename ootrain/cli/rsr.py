@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import (MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP, console,
+from ootrain.cli.options import (DASK_HELP, MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP,
+                                 console,
                                  json_kwargs, parse_bytes, set_threads)
 
 __all__ = ["app", "rsr_train"]
@@ -48,6 +49,7 @@ def rsr_train(
     out: Path = typer.Option(Path("rsr-out"), help="Output folder: samples.npy and loss.png."),
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
 ) -> None:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store."""
     set_threads(threads)
@@ -61,7 +63,8 @@ def rsr_train(
               population=population, micro_batch=micro_batch, directions=directions,
               keep=keep, direction_mode=direction_mode, mode=mode, steps=steps, lr=lr,
               optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
-              store_latents=store_latents, overwrite=overwrite, out=out, progress=progress)
+              store_latents=store_latents, overwrite=overwrite, out=out, progress=progress,
+              dask_address=dask_address)
     console.print(f"[green]done[/]: {len(res.run.results)} steps this call, store {store}; "
                   f"wrote {out}/: samples.npy" + (", loss.png" if res.losses else ""),
                   soft_wrap=True)

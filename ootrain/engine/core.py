@@ -48,11 +48,12 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import zarr
 from torch import Tensor, nn
 
 from ootrain.data import describe_array
+from ootrain.engine.compute import Compute, StoreArray
+from ootrain.distributed import all_reduce, barrier, rank_world
 from ootrain.store import Store, StoreCorruptError
 from ootrain.validation import DIVERGED, NonFiniteError
 
@@ -96,7 +97,9 @@ class SolveContext:
     ``arrays`` maps population names to their stored embeddings (row chunks of the
     population's chunk rows); ``embeddings`` is the first population's; ``real`` the static
     real embeddings of methods that have them (else None); ``prefix`` is the step's group
-    path in ``store``, where the solver writes; ``previous`` the previous step's prefix.
+    path in ``store``, where the solver writes; ``previous`` the previous step's prefix;
+    ``compute`` the Dask scheduler that Solve's task graphs run on
+    (:class:`~ootrain.engine.compute.Compute`).
     """
 
     store: Store
@@ -108,10 +111,16 @@ class SolveContext:
     memory_budget: int
     seed: int
     progress: Any = None  # a rich.progress.Progress or None
+    compute: Compute = field(default_factory=Compute)
 
     @property
     def embeddings(self) -> zarr.Array:
         return next(iter(self.arrays.values()))
+
+    def ref(self, array: str | Any) -> StoreArray:
+        """A store array (its path, or one of :attr:`arrays`) as Solve's Dask tasks read and
+        write it."""
+        return StoreArray(self.store, array if isinstance(array, str) else array.store_path)
 
     @property
     def chunk_rows(self) -> int:
@@ -163,8 +172,10 @@ class Plan:
     """What one engine step does: Run the ``populations``, Solve with ``solver``, then the
     update: ReRun and ``optimizer.step()`` (``player``'s parameters accumulate gradients, every
     other module of the method is frozen), or ``update(engine, step)`` instead (e.g. FIT's
-    regression).  ``prepare(engine, step)`` runs before Run unless the step's Solve is already
-    done; what it leaves for the step's record it stores in the step's attributes."""
+    regression; it runs on every rank, and collectives over the player's gradients go through
+    the engine).  ``prepare(engine, step)`` runs before Run, on rank 0 only (like Solve),
+    unless the step's Solve is already done; what it leaves for the step, Solve or its record
+    it keeps for rank 0's solver or stores in the step's attributes."""
 
     populations: Sequence[Population]
     solver: Solver
@@ -266,18 +277,6 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) under ``torch.distributed``, (0, 1) without it."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if rank_world()[1] > 1:
-        dist.barrier()
-
-
 @contextmanager
 def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
     """Within the block, backward passes go *through* ``modules`` (to their inputs) without
@@ -306,6 +305,11 @@ class Engine:
         The run's store, created with :meth:`store_config`.
     config:
         An :class:`EngineConfig`.
+    progress:
+        A ``rich.progress.Progress`` to add the phases' bars to (rank 0), or None.
+    compute:
+        Where Solve's Dask task graphs run (:class:`~ootrain.engine.compute.Compute`; default
+        the local threaded scheduler on the usable cores).  It does not change the results.
 
     Example
     -------
@@ -325,8 +329,9 @@ class Engine:
     """
 
     def __init__(self, method: Method, store: Store, config: EngineConfig,
-                 progress: Any = None) -> None:
+                 progress: Any = None, compute: Compute | None = None) -> None:
         self.method, self.store, self.cfg = method, store, config
+        self.compute = compute if compute is not None else Compute()
         self.dtype = getattr(torch, config.dtype)
         # a rich Progress to add bars to; anything else (None, a bool) means no bars
         self.progress = progress if hasattr(progress, "add_task") else None
@@ -431,7 +436,7 @@ class Engine:
         real = self.store.array("real/embeddings") if self.store.has("real/embeddings") \
             else None
         return SolveContext(self.store, step, self.prefix(step), prev, arrays, real,
-                            self.cfg.memory_budget, self.cfg.seed, self.progress)
+                            self.cfg.memory_budget, self.cfg.seed, self.progress, self.compute)
 
     def _bar(self, description: str, total: int) -> Any:
         if self.progress is None or self.rank != 0:
@@ -448,6 +453,21 @@ class Engine:
 
     def _mine(self, n_chunks: int) -> list[int]:
         return [c for c in range(n_chunks) if c % self.world == self.rank]
+
+    def _all_reduce_grads(self, player: nn.Module) -> None:
+        """Sum the player's gradients over ranks (one flat all-reduce); no-op in one process."""
+        if self.world == 1:
+            return
+        params = [p for p in player.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        all_reduce(flat, "the all-reduce of the gradients")
+        i = 0
+        for p in params:
+            p.grad.copy_(flat[i:i + p.numel()].view_as(p))
+            i += p.numel()
 
     # ------------------------------------------------------------------ checkpoints
     @staticmethod
@@ -519,7 +539,7 @@ class Engine:
             row_bytes = d * np.dtype(self.cfg.dtype).itemsize
             rows = max(1, min(n, self._chunk_bytes() // row_bytes))
             self.store.require_array("real/embeddings", (n, d), (rows, d), self.cfg.dtype)
-        _barrier()
+        barrier()
         arr = self.store.array("real/embeddings")
         rows, d = arr.chunks[0], arr.shape[1]
         todo = np.flatnonzero(~self.store.done("real/embeddings"))
@@ -537,7 +557,7 @@ class Engine:
             self.store.write_chunk("real/embeddings", (c, 0), e)
             self._advance(task)
         self._done_bar(task)
-        _barrier()
+        barrier()
         return arr
 
     def run(self, step: int, plan: Plan | None = None) -> None:
@@ -554,14 +574,14 @@ class Engine:
                     self.store.check_space(self.store.array_bytes((b, d), (rows, d), itemsize),
                                            f"step {step}: Run ({pop.name})")
                 self.store.require_array(path, (b, d), (rows, d), self.cfg.dtype)
-            _barrier()
+            barrier()
             ipath = f"{self.prefix(step)}/" + ("latents" if pop.name == "embeddings"
                                                  else f"{pop.name}_inputs")
             if self.cfg.store_latents and self.rank == 0:
                 u0 = self.inputs(step, index, pop, 0, min(m, b))
                 self.store.require_array(ipath, (b, u0.shape[1]), (rows, u0.shape[1]),
                                          self.cfg.dtype)
-            _barrier()
+            barrier()
             todo = ~self.store.done(path)
             task = self._bar(f"step {step}: Run {pop.name}", int(todo.sum()) * rows)
             for c in self._mine(todo.size):
@@ -579,7 +599,7 @@ class Engine:
                 _check_finite(out, f"embeddings {pop.name!r} of step {step}, rows [{lo}, {hi})")
                 self.store.write_chunk(path, (c, 0), out)
             self._done_bar(task)
-        _barrier()
+        barrier()
 
     def solve(self, step: int, plan: Plan | None = None) -> dict[str, Any]:
         """Solve: the solver's global pass over the stored populations (rank 0)."""
@@ -592,7 +612,7 @@ class Engine:
             else:
                 metrics = plan.solver.solve(self.ctx(step, plan))
                 self.store.update_attrs(self.prefix(step), {"metrics": metrics, "solved": True})
-        _barrier()
+        barrier()
         if self.rank != 0:
             metrics = dict(self.store.group[self.prefix(step)].attrs["metrics"])
         return metrics
@@ -628,12 +648,7 @@ class Engine:
                             loss.backward()
                         self._advance(task, e.shape[0])
                 self._done_bar(task)
-        if self.world > 1:
-            for p in plan.player.parameters():
-                if p.requires_grad:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    dist.all_reduce(p.grad)
+        self._all_reduce_grads(plan.player)
 
     def replay(self, step: int, epochs: int, *, stop: Callable[[int, float], bool] | None = None,
                callback: Callable[[int, float], None] | None = None) -> list[float]:
@@ -646,11 +661,10 @@ class Engine:
         per-micro-batch mean (``loss · b / m``).  Used by FIT (Chen et al.): the generator
         regresses onto the transport map of the generator that ran ``step``.
         ``callback(epoch, mean_loss)`` after each epoch; ``stop(epoch, mean_loss)`` returning
-        True ends early.  Returns the per-epoch mean losses.  Single process only.
+        True ends early.  Returns the per-epoch mean losses.  Under ``torch.distributed`` each
+        micro-batch's rows are split over the ranks and their gradients summed before the
+        optimiser steps, so every rank takes the steps of one process.
         """
-        if self.world > 1:
-            raise NotImplementedError("Engine.replay runs in one process; shard FIT's replay "
-                                      "with torch.distributed is not implemented")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         plan = self.method.plan(step)
@@ -663,19 +677,24 @@ class Engine:
         losses: list[float] = []
         for epoch in range(epochs):
             order = np.random.default_rng([self.cfg.seed, step, epoch, 0xF17]).permutation(starts)
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64)
             for lo in order:
                 lo = int(lo)
                 hi = min(b, lo + m)
-                u = self.inputs(step, 0, pop, lo, hi)
-                stored = loss_fn.load(lo, hi)
+                n = hi - lo
+                # this rank's rows of the micro-batch (all of them in one process)
+                mlo, mhi = lo + n * self.rank // self.world, lo + n * (self.rank + 1) // self.world
                 plan.optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(pop.forward(u), stored) * (b / (hi - lo))
-                loss.backward()
+                if mhi > mlo:
+                    u = self.inputs(step, 0, pop, lo, hi)[mlo - lo:mhi - lo]
+                    loss = loss_fn(pop.forward(u), loss_fn.load(mlo, mhi)) * (b / n)
+                    loss.backward()
+                    total += float(loss.detach()) * n
+                self._all_reduce_grads(plan.player)
                 plan.optimizer.step()
-                total += float(loss.detach()) * (hi - lo)
-                self._advance(task, hi - lo)
-            losses.append(total / b)
+                self._advance(task, n)
+            all_reduce(total, "the all-reduce of the replay's loss")
+            losses.append(float(total) / b)
             if callback is not None:
                 callback(epoch, losses[-1])
             if stop is not None and stop(epoch, losses[-1]):
@@ -708,7 +727,7 @@ class Engine:
                 elif not self.load_checkpoint(step):
                     self.save_checkpoint(step)
                     self._current = step
-        _barrier()
+        barrier()
         plan = self.method.plan(step)
         self._current, self._changed = None, True   # from here on the models change
         group = self.store.group[self.prefix(step)]
@@ -719,7 +738,9 @@ class Engine:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         if plan.prepare is not None and not group.attrs.get("solved"):
-            plan.prepare(self, step)
+            if self.rank == 0:
+                plan.prepare(self, step)
+            barrier()
             timings["prepare"] = time.perf_counter() - t
             t = time.perf_counter()
         self.run(step, plan)
@@ -748,7 +769,7 @@ class Engine:
             self.store.update_attrs(self.prefix(step),
                                     {"phase": "done", "timings": timings, **extra})
             self._prune(step)
-        _barrier()
+        barrier()
         return self._recorded(step)
 
     def _prune(self, step: int) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from ootrain.engine.compute import Compute
 
 __all__ = ["InputError", "input_errors", "option_name", "default_rows", "check_steps", "check_finite_data",
-           "model_errors", "check_population"]
+           "model_errors", "check_population", "connect"]
 
 
 class InputError(ValueError):
@@ -101,3 +104,19 @@ def check_population(population: Any, micro_batch: Any) -> None:
     if micro_batch is not None and micro_batch > population:
         raise InputError(f"--micro-batch/-m {micro_batch} exceeds --population/-b "
                          f"{population}; pass -m <= -b")
+
+
+def connect(dask_address: Optional[str]) -> "Compute":
+    """The :class:`~ootrain.engine.compute.Compute` of ``--dask-address`` (connected now, so a
+    wrong address is an input error before any work; None: local threads).  Under torchrun
+    only rank 0, which runs Solve, connects."""
+    from ootrain.distributed import rank_world
+    from ootrain.engine.compute import Compute
+
+    compute = Compute(dask_address if rank_world()[0] == 0 else None)
+    if compute.distributed:
+        try:
+            compute.client()
+        except (ConnectionError, OSError, ValueError) as e:
+            raise InputError(f"--dask-address {dask_address!r}: {e}") from e
+    return compute

@@ -13,7 +13,7 @@ import torch
 from ootrain.data import load_targets
 from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_rsr_losses
-from ootrain.jobs.common import (check_finite_data, check_population, check_steps, default_rows,
+from ootrain.jobs.common import (check_finite_data, connect, check_population, check_steps, default_rows,
                                  input_errors, model_errors)
 from ootrain.methods.rsr import RSR, SlicedSolver
 from ootrain.methods.training import TrainResult, make_optimizer, train
@@ -41,7 +41,8 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
               mode: str = "target", steps: int = 100, lr: float = 1e-3,
               optimizer: str = "adam", memory_budget: int = 2**30, seed: int = 0,
               verify: bool = False, store_latents: bool = False, overwrite: bool = False,
-              out: Optional[Path] = None, progress: bool = True) -> RSRJob:
+              out: Optional[Path] = None, progress: bool = True,
+              dask_address: Optional[str] = None) -> RSRJob:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store.
 
     ``data`` is a built-in (sampled: ``n_real`` rows, default 4096; ``digits``: all rows) or
@@ -49,7 +50,8 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
     generator is ``build_model(generator, in_dim=latent_dim, out_dim=width, **generator_args)``
     seeded with ``seed``; the embedding ``build_model(embedding, **embedding_args)``.  Each
     step is logged on the progress console.  With ``out``, writes ``samples.npy`` (as many
-    samples as data rows, at most 100000) and ``loss.png`` (when steps ran).
+    samples as data rows, at most 100000) and ``loss.png`` (when steps ran).  Solve runs on
+    the ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).
     """
     check_steps("--steps", steps)
     check_population(population, micro_batch)
@@ -74,8 +76,9 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
                              "keep": "--keep/-r"}):
         solver = SlicedSolver(n_directions=directions, directions=direction_mode, keep=keep,
                               mode=mode)
+    compute = connect(dask_address)
     losses: list[float] = []
-    with make_progress(progress) as bars:
+    with compute.session(), make_progress(progress) as bars:
         def report(res: Any) -> None:
             losses.append(res.metrics["loss"])
             t = res.timings
@@ -86,7 +89,7 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
                      solver=solver, generator_spec=json.dumps([generator, gkw]),
                      embedding_spec=json.dumps([embedding, ekw]))
         run = train(method, steps, cfg, store=str(store), overwrite=overwrite, progress=bars,
-                    callback=report)
+                    callback=report, compute=compute)
     samples = None
     if out is not None and rank_world()[0] == 0:   # one writer of the outputs
         out = Path(out)

@@ -159,9 +159,6 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
         raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
     check_steps("--rounds", rounds)
     check_population(population, micro_batch)
-    if rank_world()[1] > 1:
-        raise InputError("ootrain semidiscrete train runs in one process (FIT's replay is not "
-                         "sharded over torch.distributed ranks yet): run it without torchrun")
     with input_errors(f"--data {data!r}: "):
         real = load_targets(data, n=default_rows(data, n_real), seed=seed + 1,
                             array=data_array)
@@ -213,7 +210,7 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
                                 "fit_losses": list(attrs.get("fit_losses", []))})
                 done += 1
     job = GradualJob(rounds_this_call=len(results), rounds_in_store=done, history=history)
-    if out is not None:
+    if out is not None and rank_world()[0] == 0:   # one writer of the outputs
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         k = n_samples if n_samples is not None else min(int(real.shape[0]), 100_000)

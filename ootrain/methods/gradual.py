@@ -39,7 +39,7 @@ from torch import Tensor
 from torch import nn
 
 from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveContext,
-                                 StepResult, rank_world)
+                                 StepResult)
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 
 __all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT"]
@@ -216,9 +216,6 @@ class OTSFIT(GeneratorMethod):
         self._costs.append(float(metrics["loss"]))
 
     def bind(self, config: Any) -> "OTSFIT":
-        if rank_world()[1] > 1:
-            raise NotImplementedError("OTS + FIT runs in one process (FIT's replay is not "
-                                      "sharded over torch.distributed ranks)")
         super().bind(config)
         self._dtype = getattr(torch, config.dtype)
         return self

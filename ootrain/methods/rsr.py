@@ -38,6 +38,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from ootrain.ot import sliced
 
 from ootrain.ot import sort
+from ootrain.engine.compute import Compute, StoreArray
 from ootrain.engine.core import GeneratorMethod, Sampler, SolveContext
 from ootrain.store import DiskFullError, Store
 
@@ -139,25 +141,39 @@ class SlicedSolver:
         task = ctx.progress.add_task(f"step {ctx.step}: Sort", total=k) if ctx.progress else None
         if task is not None:
             ctx.progress.advance(task, int(done.sum()))
+        compute = ctx.compute
+        compute.check_store(store)
+        emb_ref, real_ref = ctx.ref(emb), ctx.ref(real)
         if group:  # whole rows in memory, ``group`` directions per pass
             for j0 in range(0, k, group):
                 j1 = min(k, j0 + group)
                 if done[j0:j1].all():
                     continue
-                dist = _align_in_memory(store, emb, real, omega[:, j0:j1], tpath, j0,
-                                        ctx.memory_budget)
+                dist = _align_in_memory(compute, emb_ref, real_ref, omega[:, j0:j1],
+                                        ctx.ref(tpath), j0, ctx.memory_budget)
                 store.write_region(dpath, (slice(j0, j1),), dist)
                 if task is not None:
                     ctx.progress.advance(task, j1 - j0)
         else:  # rows out of core: stored projections, external sort per direction
-            proj = _project(store, emb, omega, f"{ctx.prefix}/projections")
-            rproj = _project(store, real, omega, f"{ctx.prefix}/real_projections")
-            for j in np.flatnonzero(~done):
-                dist = _align_external(store, proj, rproj, tpath, int(j), ctx.memory_budget,
-                                       seed=ctx.seed + ctx.step)
-                store.write_region(dpath, (slice(int(j), int(j) + 1),), np.array([dist]))
+            ppath, rpath = f"{ctx.prefix}/projections", f"{ctx.prefix}/real_projections"
+            todo = [int(j) for j in np.flatnonzero(~done)]
+            projected = _project(store, emb_ref, omega, ppath) + \
+                _project(store, real_ref, omega, rpath)
+            # concurrent directions share the budget on the local scheduler; a cluster's
+            # workers each have their own
+            budget = ctx.memory_budget if compute.distributed else \
+                max(1, ctx.memory_budget // min(compute.workers, max(1, len(todo))))
+            tasks = [dask.delayed(_align_external)(ctx.ref(ppath), ctx.ref(rpath),
+                                                    ctx.ref(tpath), j, budget,
+                                                    ctx.seed + ctx.step, projected)
+                     for j in todo]
+
+            def direction_done(i: int) -> None:
                 if task is not None:
                     ctx.progress.advance(task, 1)
+
+            for j, dist in zip(todo, compute.run(tasks, done=direction_done)):
+                store.write_region(dpath, (slice(j, j + 1),), np.array([dist]))
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -214,29 +230,27 @@ def _sample_rows(arr: Any, s: int, rng: np.random.Generator) -> np.ndarray:
     return arr.get_orthogonal_selection((idx, slice(None)))
 
 
-def _project(store: Store, emb: Any, omega: np.ndarray, path: str) -> Any:
-    """``emb`` [N, d] @ ``omega`` [d, k] → ``path`` [k, N], chunks (1, rows), resumable."""
+def _project(store: Store, src: StoreArray, omega: np.ndarray, path: str) -> list[Any]:
+    """Tasks writing ``src`` [N, d] @ ``omega`` [d, k] → ``path`` [k, N], chunks (1, rows), one
+    task per stored chunk of ``src`` not yet projected (resumable)."""
+    emb = src.array()
     N, rows, k = emb.shape[0], emb.chunks[0], omega.shape[1]
-    out = store.require_array(path, (k, N), (1, rows), emb.dtype)
+    store.require_array(path, (k, N), (1, rows), emb.dtype)
     done = store.done(path).reshape(k, -1)
     om = omega.astype(emb.dtype)
-    for c in range(done.shape[1]):
-        if done[:, c].all():
-            continue
-        lo, hi = c * rows, min(N, (c + 1) * rows)
-        store.write_region(path, (slice(0, k), slice(lo, hi)), om.T @ emb[lo:hi].T)
-    return out
+    out = StoreArray(store, path)
+    return [dask.delayed(_project_chunk)(src, out, c * rows, min(N, (c + 1) * rows), om)
+            for c in range(done.shape[1]) if not done[:, c].all()]
 
 
-def _project_rows(emb: Any, omega: np.ndarray) -> np.ndarray:
-    """``(emb @ omega)ᵀ`` [g, N] in ``emb``'s dtype, read one stored chunk at a time."""
-    N, rows = emb.shape[0], emb.chunks[0]
-    om = omega.astype(emb.dtype)
-    out = np.empty((omega.shape[1], N), dtype=emb.dtype)
-    for lo in range(0, N, rows):
-        hi = min(N, lo + rows)
-        out[:, lo:hi] = om.T @ emb[lo:hi].T  # a contiguous [g, rows] product, row copies
-    return out
+def _project_chunk(src: StoreArray, out: StoreArray, lo: int, hi: int, om: np.ndarray) -> None:
+    out.write_region((slice(0, om.shape[1]), slice(lo, hi)), _project_block(src, lo, hi, om))
+
+
+def _project_block(src: StoreArray, lo: int, hi: int, om: np.ndarray) -> np.ndarray:
+    """``(src[lo:hi] @ om)ᵀ`` [g, hi − lo] in the array's dtype (a contiguous product)."""
+    arr = src.array()
+    return om.astype(arr.dtype).T @ arr[lo:hi].T
 
 
 # Bytes per target of the exact quantile-target computation (sliced._merged_pieces: three int64
@@ -265,32 +279,55 @@ def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: i
     return int(max(0, min(k, (budget - fixed) // per_direction))) if budget > fixed else 0
 
 
-def _align_in_memory(store: Store, emb: Any, real: Any, omega: np.ndarray, tpath: str,
-                     j0: int, budget: int) -> np.ndarray:
+def _align_in_memory(compute: Compute, emb: StoreArray, real: StoreArray, omega: np.ndarray,
+                     targets: StoreArray, j0: int, budget: int) -> np.ndarray:
     """Targets of directions ``j0 … j0+g−1`` (``omega`` [d, g]) with whole rows in memory,
-    written to ``tpath``; returns their W2² [g]."""
-    b, n = emb.shape[0], real.shape[0]
-    x = _project_rows(emb, omega)  # [g, b], becomes the targets in place
-    y = _project_rows(real, omega)  # [g, n], sorted in place
+    written to ``targets``; returns their W2² [g].
+
+    One task graph: a projection task per stored chunk of each population ([g, rows]
+    blocks), an alignment task per direction (its row gathered from the blocks: sort, quantile
+    targets, the targets in sample order), and a write task per chunk of the targets."""
+    e, r = emb.array(), real.array()
+    (b, rows), (n, rrows) = (e.shape[0], e.chunks[0]), (r.shape[0], r.chunks[0])
+    g = omega.shape[1]
+    om = omega.astype(e.dtype)
+    proj = [dask.delayed(_project_block)(emb, lo, min(b, lo + rows), om)
+            for lo in range(0, b, rows)]
+    rproj = [dask.delayed(_project_block)(real, lo, min(n, lo + rrows), om)
+             for lo in range(0, n, rrows)]
     r_step = _rank_block(b, n, budget)
-    dist = np.empty(omega.shape[1])
-    for i in range(omega.shape[1]):
-        y[i].sort()
-        _check_finite(y[i], "real projections")
-        y_sq = _sum_sq(y[i], 1 << 16) / n
-        xs, perm = sort.sort_with_permutation(x[i])
-        sq_diff = t_sq = 0.0
-        for r0 in range(0, b, r_step):
-            r1 = min(b, r0 + r_step)
-            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-            t = sliced.quantile_targets_range(y[i, lo:hi], lo, n, b, r0, r1, check=False)
-            sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
-            t_sq += float(np.dot(t, t))
-            x[i, perm[r0:r1]] = t
-        del xs, perm
-        dist[i] = _w2(sq_diff / b, y_sq, t_sq / b)
-    store.write_region(tpath, (slice(j0, j0 + omega.shape[1]), slice(0, b)), x)
-    return dist
+    aligned = [dask.delayed(_align_row, nout=2)([p[i] for p in proj], [q[i] for q in rproj],
+                                                 b, n, r_step) for i in range(g)]
+    tcols = targets.array().chunks[1]
+    writes = [dask.delayed(_write_block)(targets, (slice(j0, j0 + g), slice(lo, min(b, lo + tcols))),
+                                         [t[lo:lo + tcols] for t, _ in aligned])
+              for lo in range(0, b, tcols)]
+    got = compute.run([*writes, *(d for _, d in aligned)])
+    return np.asarray(got[len(writes):], dtype=np.float64)
+
+
+def _align_row(x_parts: list[np.ndarray], y_parts: list[np.ndarray], b: int, n: int,
+               r_step: int) -> tuple[np.ndarray, float]:
+    """One direction in memory: the generated row's targets in sample order, and its W2²."""
+    y = np.concatenate(y_parts)
+    y.sort()
+    _check_finite(y, "real projections")
+    y_sq = _sum_sq(y, 1 << 16) / n
+    x = np.concatenate(x_parts)   # becomes the targets in place
+    xs, perm = sort.sort_with_permutation(x)
+    sq_diff = t_sq = 0.0
+    for r0 in range(0, b, r_step):
+        r1 = min(b, r0 + r_step)
+        lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
+        t = sliced.quantile_targets_range(y[lo:hi], lo, n, b, r0, r1, check=False)
+        sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
+        t_sq += float(np.dot(t, t))
+        x[perm[r0:r1]] = t
+    return x, _w2(sq_diff / b, y_sq, t_sq / b)
+
+
+def _write_block(out: StoreArray, region: tuple[slice, ...], rows: list[np.ndarray]) -> None:
+    out.write_region(region, np.stack(rows))
 
 
 def _sum_sq(v: np.ndarray, step: int) -> float:
@@ -315,14 +352,15 @@ def _check_finite(v: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} contain NaN or Inf")
 
 
-def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, budget: int,
-                    seed: int) -> float:
+def _align_external(proj_ref: StoreArray, rproj_ref: StoreArray, targets_ref: StoreArray,
+                    j: int, budget: int, seed: int, after: Any = None) -> float:
     """Targets of direction ``j`` when its rows do not fit: the generated row through
     :func:`ootrain.ot.sort.external_argsort`, targets computed bucket by bucket in rank order and
     put back in sample order through :class:`ootrain.ot.sort.ExternalScatter`; the real row sorted
     in memory if it fits a quarter of the budget, else externally into a spill file that is
-    then read in rank order.  Spill files go to the system temporary directory (``$TMPDIR``)."""
-    targets = store.array(tpath)
+    then read in rank order.  Spill files go to the system temporary directory (``$TMPDIR``)
+    of the process running it.  A Dask task; ``after``: the tasks it waits for."""
+    proj, rproj, targets = proj_ref.array(), rproj_ref.array(), targets_ref.array()
     b, n = proj.shape[1], rproj.shape[1]
     dtype = proj.dtype
     per_elem = sort.SORT_BYTES_PER_ELEMENT + 2 * dtype.itemsize + _target_bytes(b, n)
@@ -367,7 +405,7 @@ def _align_external(store: Store, proj: Any, rproj: Any, tpath: str, j: int, bud
             t_sq += float(np.dot(t, t))
             scatter.add(idx, t.astype(dtype))
         for lo, hi, out in scatter.blocks():
-            store.write_region(tpath, (slice(j, j + 1), slice(lo, hi)), out[None])
+            targets_ref.write_region((slice(j, j + 1), slice(lo, hi)), out[None])
     return _w2(sq_diff / b, y_sq, t_sq / b)
 
 

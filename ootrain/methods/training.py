@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from ootrain.distributed import barrier
+from ootrain.engine.compute import Compute
 from ootrain.engine.core import Engine, EngineConfig, Method, StepResult, rank_world
 from ootrain.store import Store
 from ootrain.threads import threads as thread_pools
@@ -62,8 +63,7 @@ def open_shared_store(path: str | None, config: dict[str, Any], overwrite: bool 
         raise ValueError("ranks of torch.distributed need a store they all see: pass a path or "
                          "URL, not the in-memory store")
     store = Store(path, config, mode="w" if overwrite else "a") if rank == 0 else None
-    if world > 1:
-        dist.barrier()
+    barrier("opening the store")
     return store if store is not None else Store(path, config, mode="a", lock=False)
 
 
@@ -104,7 +104,7 @@ def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int) 
 def train(method: Method, steps: int, config: EngineConfig, *,
           store: str | None = None, overwrite: bool = False, progress: Any = None,
           callback: Callable[[StepResult], None] | None = None,
-          threads: int | None = None) -> TrainResult:
+          threads: int | None = None, compute: Compute | None = None) -> TrainResult:
     """Train ``method`` until ``steps`` steps are complete (resuming from ``store``).
 
     Args:
@@ -122,6 +122,9 @@ def train(method: Method, steps: int, config: EngineConfig, *,
             ``None``: the process's setting (the CLI's ``--threads``, ``OOTRAIN_THREADS``), else
             :func:`ootrain.threads.default_threads` (1 on a machine of <= 2 cores);
             ``0``: leave the pools as they are.
+        compute: where Solve's Dask task graphs run (:class:`~ootrain.engine.compute.Compute`:
+            ``Compute("tcp://host:8786")`` for a ``dask.distributed`` cluster); default the
+            local threaded scheduler.  The results do not depend on it.
 
     Returns:
         A :class:`TrainResult`.
@@ -154,7 +157,7 @@ def train(method: Method, steps: int, config: EngineConfig, *,
     try:
         with thread_pools(threads), \
                 open_shared_store(store, Engine.store_config(config, method), overwrite) as st:
-            engine = Engine(method, st, config, progress=progress)
+            engine = Engine(method, st, config, progress=progress, compute=compute)
             results = engine.train(steps, callback=callback)
             done = engine.history()
             where = st.url

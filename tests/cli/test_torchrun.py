@@ -1,17 +1,22 @@
 """``torchrun --nproc_per_node 2 -m ootrain.cli <method> train ...``: real torchrun ranks (gloo)
-train the same models as one process, and print one report."""
+train the same models as one process, and print one report, for all four methods."""
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import ootrain
 from ootrain.store import Store
 
 ARGS = {
@@ -20,19 +25,26 @@ ARGS = {
     "otgan": (["otgan", "train", "--data", "ring8", "-b", "64", "-m", "32", "--steps", "3",
                "--n-gen", "1", "--hidden", "16,16", "--critic-hidden", "16", "--feature-dim",
                "8", "--n-samples", "200", "--sinkhorn-max-iter", "100"], 3),
+    "semidiscrete": (["semidiscrete", "train", "--data", "ring8", "--n-real", "64",
+                      "--latent-dim", "2", "-b", "128", "-m", "32", "--rounds", "2",
+                      "--fit-epochs", "2", "--ots-max-iter", "200", "--n-samples", "200"], 2),
     "potgan": (["potgan", "train", "--data", "ring8", "-b", "64", "-m", "32", "--steps", "2",
                 "--n-critic", "1", "--vae-steps", "20", "--forest-trees", "2",
                 "--forest-depth", "2", "--n-samples", "200"], 4),
 }
 
 
-def _run(args: list[str], store, out, ranks: int) -> subprocess.CompletedProcess:
+def _command(args: list[str], store, out, ranks: int) -> tuple[list[str], dict[str, str]]:
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
               "--master_port", str(29500 + os.getpid() % 1000)] if ranks > 1 else [sys.executable]
     env = dict(os.environ, OOTRAIN_NO_PROGRESS="1", MPLBACKEND="Agg")
-    return subprocess.run([*launch, "-m", "ootrain.cli", *args, "--store", str(store), "--out",
-                           str(out), "--threads", "1", "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return [*launch, "-m", "ootrain.cli", *args, "--store", str(store), "--out", str(out),
+            "--threads", "1", "--no-progress"], env
+
+
+def _run(args: list[str], store, out, ranks: int) -> subprocess.CompletedProcess:
+    cmd, env = _command(args, store, out, ranks)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _modules(store, step: int) -> dict:
@@ -61,13 +73,121 @@ def test_two_torchrun_ranks_train_as_one_process(method, tmp_path):
     assert two.stdout.count("store") == one.stdout.count("store"), two.stdout
 
 
-def test_semidiscrete_under_torchrun_is_a_one_line_refusal(tmp_path):
-    res = _run(["semidiscrete", "train", "--data", "ring8", "--n-real", "64", "--latent-dim",
-                "2", "-b", "128", "-m", "32", "--rounds", "1"], tmp_path / "s.zarr",
-               tmp_path / "o", 2)
-    # torchrun reports its failed children with a traceback of its own (torch/distributed/
-    # elastic); the ranks themselves print one line each and no frame of ootrain
-    assert res.returncode != 0 and "ootrain/" not in res.stderr.replace("-m ootrain", ""), \
-        res.stderr[-3000:]
-    assert res.stderr.count("error: ootrain semidiscrete train runs in one process") == 2 and \
-        "without torchrun" in res.stderr, res.stderr[-3000:]
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_solve_on_a_dask_cluster_at_an_address_trains_as_one_process(ranks, dask_cluster,
+                                                                      tmp_path):
+    """``--dask-address``: RSR's Solve runs on a real dask.distributed scheduler and its 2
+    worker processes (with 1 or 2 torchrun ranks): the models of one plain process."""
+    args, steps = ARGS["rsr"]
+    one = _run(args, tmp_path / "one.zarr", tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    before = dask_cluster.scheduler.transition_counter
+    dask = _run([*args, "--dask-address", dask_cluster.scheduler_address], tmp_path / "d.zarr",
+                tmp_path / "d", ranks)
+    assert dask.returncode == 0, dask.stderr[-3000:]
+    # the Solve's tasks ran there
+    assert {"project_block", "align_row", "write_block"} <= set(
+        dask_cluster.scheduler.task_prefixes)
+    assert dask_cluster.scheduler.transition_counter > before
+    a, b = _modules(tmp_path / "one.zarr", steps), _modules(tmp_path / "d.zarr", steps)
+    for mod in a:
+        for name, x in a[mod].items():
+            assert torch.allclose(x.double(), b[mod][name].double(), rtol=1e-5, atol=1e-7), \
+                (mod, name)
+
+
+def test_a_dask_address_without_a_scheduler_is_a_one_line_error(tmp_path):
+    res = _run([*ARGS["rsr"][0], "--dask-address", "tcp://127.0.0.1:9"], tmp_path / "s.zarr",
+               tmp_path / "o", 1)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --dask-address 'tcp://127.0.0.1:9'"), \
+        res.stderr
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (from /proc)."""
+    kids: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    for pid in _children(launcher):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            return pid
+    return None
+
+
+def _wait_for(cond, timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+KILL_ARGS = ["rsr", "train", "--data", "gaussian:3", "--n-real", "300", "--latent-dim", "2",
+             "-b", "2048", "-m", "32", "-p", "6", "--steps", "6"]
+
+
+@pytest.mark.parametrize("how", ["dies", "hangs"])
+def test_a_lost_rank_stops_the_run_and_the_same_command_resumes(how, tmp_path):
+    """Rank 1 is killed (SIGKILL) or frozen (SIGSTOP) in the middle of step 2: rank 0 stops
+    with one ``error:`` line (torchrun's SIGTERM, or a collective that times out after
+    OOTRAIN_DIST_TIMEOUT), and the same torchrun command resumes to the models of one
+    uninterrupted process."""
+    one = _run(KILL_ARGS, tmp_path / "one.zarr", tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    store, out = tmp_path / "two.zarr", tmp_path / "two"
+    cmd, env = _command(KILL_ARGS, store, out, 2)
+    env["OOTRAIN_DIST_TIMEOUT"] = "5"
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for(lambda: (store / "steps" / "2").exists(), 240, "step 2")
+            victim = _rank_pid(proc.pid, 1)
+            assert victim is not None
+            os.kill(victim, signal.SIGKILL if how == "dies" else signal.SIGSTOP)
+            text = lambda: (tmp_path / "stderr").read_text()   # noqa: E731
+            # stated bound: torchrun's monitor (~1 s) for a death, the timeout for a hang
+            took = _wait_for(lambda: "error: rank 0 of 2" in text(), 60, "rank 0's error")
+            assert took < (30 if how == "dies" else 5 + 30), took
+            if how == "hangs":
+                os.kill(victim, signal.SIGKILL)    # what the operator does with a hung rank
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    stderr = text()
+    assert proc.returncode != 0
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: rank 0 of 2")]
+    assert len(lines) == 1, stderr[-3000:]
+    # a death: torchrun's SIGTERM, or first the collective that sees the connection close
+    assert "did not complete" in lines[0] or (how == "dies" and "stopped by torchrun" in
+                                              lines[0]), lines
+    assert "rerun the same command" in lines[0]
+    assert 'File "' + str(Path(ootrain.__file__).parent) not in stderr, stderr[-3000:]
+    again = _run(KILL_ARGS, store, out, 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = _modules(tmp_path / "one.zarr", 6), _modules(store, 6)
+    for mod in a:
+        for name, x in a[mod].items():
+            assert torch.equal(x, b[mod][name]), (mod, name)
+    verify = subprocess.run([sys.executable, "-m", "ootrain.cli", "store", "verify", str(store)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
