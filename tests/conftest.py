@@ -26,5 +26,5 @@ def dask_cluster():
     (``LocalCluster``), reached at its ``scheduler_address``."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=40) as cluster:
+                                  dashboard_address=":0", silence_logs=40) as cluster:
         yield cluster

@@ -12,7 +12,7 @@ from ootrain.engine import Engine, EngineConfig
 from ootrain.methods.training import open_shared_store
 
 
-def step_gradients(method, config: EngineConfig, store_path, step: int = 0
+def step_gradients(method, config: EngineConfig, store_path, step: int = 0, compute=None
                    ) -> tuple[Engine, dict[str, Tensor], list[Tensor]]:
     """Run and Solve step ``step`` of ``method`` in a store (``store_path`` None: in memory;
     under ``torch.distributed`` every rank's engine shares it), ReRun it; returns the engine, every population's full inputs and the player's
@@ -20,7 +20,7 @@ def step_gradients(method, config: EngineConfig, store_path, step: int = 0
     method.bind(config)
     store = open_shared_store(None if store_path is None else str(store_path),
                               Engine.store_config(config, method))
-    eng = Engine(method, store, config)
+    eng = Engine(method, store, config, compute=compute)
     if getattr(method, "real", None) is not None:
         eng.embed_real()
     plan = method.plan(step)

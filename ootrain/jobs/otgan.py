@@ -15,7 +15,7 @@ import torch
 from ootrain.engine.core import EngineConfig, StepResult, rank_world
 from ootrain.eval.plots import plot_otgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, check_population, input_errors
+from ootrain.jobs.common import InputError, check_population, connect, input_errors
 from ootrain.data import data_identity, data_sampler
 from ootrain.methods.otgan import OTGAN, OTGANConfig, make_critic, make_generator
 from ootrain.methods.training import train
@@ -100,7 +100,8 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
                 critic_hidden: Sequence[int] = (128, 128), feature_dim: int = 32,
                 seed: int = 0, n_samples: int = 2500, store: Optional[str] = None,
                 overwrite: bool = False, progress: bool = True,
-                log: Optional[Callable[[str], Any]] = None) -> OTGANJob:
+                log: Optional[Callable[[str], Any]] = None,
+                dask_address: Optional[str] = None) -> OTGANJob:
     """Train a generator against a learned critic by OT-GAN's Algorithm 1 on the engine.
 
     Each iteration draws X, X' real and Y, Y' generated (each ``batch`` samples), computes the
@@ -113,7 +114,9 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
     generated), ``samples.png`` (picturable widths), ``loss.png``, ``history.json`` (its
     ``config``: the engine settings with ``batch`` and ``micro_batch``, and OTGANConfig's) and
     ``metrics.json`` (ring mode metrics on ``ring8``).  ``log`` receives a line describing the
-    run before training.  Bad input raises :class:`InputError` first.
+    run before training.  Solve's six Sinkhorn problems are Dask tasks, on the
+    ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).  Bad input
+    raises :class:`InputError` first.
     """
     check_population(batch, micro_batch)
     with input_errors(names={"batch": "--population/-b",
@@ -140,10 +143,11 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
         log(f"OT-GAN on {what}; 4 x {batch} samples per iteration, {steps} iterations"
             + (f", micro-batches of {ecfg.micro_batch}" if micro_batch else ", in memory")
             + (f", store {store}" if store is not None else ""))
+    compute = connect(dask_address)
     t0 = time.perf_counter()
-    with make_progress(progress) as bars:
+    with compute.session(), make_progress(progress) as bars:
         run = train(method, steps, ecfg, store=None if store is None else str(store),
-                    overwrite=overwrite, progress=bars)
+                    overwrite=overwrite, progress=bars, compute=compute)
     wall = time.perf_counter() - t0
     history = _with_elapsed([history_row(r) for r in run.steps])   # earlier runs' steps too
     out, writer = Path(out), rank_world()[0] == 0   # one writer of the outputs: rank 0

@@ -13,8 +13,8 @@ import numpy as np
 from ootrain.eval.parzen import parzen_reverse_kl, scott_bandwidth
 from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, check_population, input_errors
-from ootrain.engine import EngineConfig, rank_world
+from ootrain.jobs.common import InputError, check_population, connect, input_errors
+from ootrain.engine import Compute, EngineConfig, rank_world
 from ootrain.data import data_identity, data_sampler
 from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
 from ootrain.methods.training import train
@@ -78,12 +78,13 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
               forest_depth: int = 3, micro_batch: Optional[int] = None,
               ema: Optional[float] = None, seed: int = 0, real_spec: str = "custom",
               store: Optional[str] = None, overwrite: bool = False,
-              progress: Any = None) -> GANRun:
+              progress: Any = None, compute: Optional[Compute] = None) -> GANRun:
     """Build POT-GAN or WGAN-GP (:func:`ootrain.methods.potgan.build_potgan`, Adam ``lr``,
     betas (0.5, 0.9)) and train ``steps`` generator updates (``steps * (n_critic + 1)``
     engine steps, population ``batch``, micro-batch ``micro_batch`` or the whole batch) by
     :func:`ootrain.methods.training.train`.  ``progress``: a ``rich.progress.Progress``, or a
-    bool / None for bars of its own (:func:`ootrain.progress.make_progress`)."""
+    bool / None for bars of its own (:func:`ootrain.progress.make_progress`).  ``compute``:
+    where the Solves' Dask tasks run (default: local threads)."""
     if progress is None or isinstance(progress, bool):
         with make_progress(bool(progress)) as bars:
             return train_gan(sampler, dim, method=method, steps=steps, batch=batch, wgan=wgan,
@@ -91,7 +92,7 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
                              vae_latent=vae_latent, forest_trees=forest_trees,
                              forest_depth=forest_depth, micro_batch=micro_batch, ema=ema,
                              seed=seed, real_spec=real_spec, store=store,
-                             overwrite=overwrite, progress=bars)
+                             overwrite=overwrite, progress=bars, compute=compute)
     m = build_potgan(sampler, dim, method=method, wgan=wgan, pot=pot, vae=vae,
                      latent_dim=latent_dim, lr=lr, betas=(0.5, 0.9), vae_latent=vae_latent,
                      forest_trees=forest_trees, forest_depth=forest_depth,
@@ -99,7 +100,7 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
     cfg = EngineConfig(population=batch, micro_batch=micro_batch or batch,
                        latent_dim=latent_dim, seed=seed)
     run = train(m, steps * (wgan.n_critic + 1), cfg, store=store, overwrite=overwrite,
-                progress=progress)
+                progress=progress, compute=compute)
     hist = run.history
     avg = m.generator_ema.module if m.generator_ema is not None else m.G
     return GANRun(m, m.G, avg, hist, generator_rows(hist), getattr(m, "vae_history", None),
@@ -125,7 +126,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                  n_samples: int = 5000, bandwidth: Optional[float] = None,
                  store: Optional[str] = None, overwrite: bool = False,
                  progress: bool = True,
-                 log: Optional[Callable[[str], Any]] = None) -> POTGANJob:
+                 log: Optional[Callable[[str], Any]] = None,
+                 dask_address: Optional[str] = None) -> POTGANJob:
     """Train WGAN-GP with (``potgan``) or without (``wgan-gp``) the latent OT regulariser.
 
     On the engine (:func:`train_gan`: ``steps`` generator updates, each after ``n_critic``
@@ -137,8 +139,9 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     metrics on ring8.  Writes to ``out``: ``samples.npy`` (of the averaged generator),
     ``samples.png`` (picturable widths), ``loss.png``, ``history.json`` (one row per
     generator update, :func:`generator_rows`), ``metrics.json``.
-    ``log`` receives a line describing the run before training.  Bad input raises
-    :class:`InputError` first.
+    ``log`` receives a line describing the run before training.  The critic updates' Solves
+    run on the ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).
+    Bad input raises :class:`InputError` first.
     """
     if method not in GAN_METHODS:
         raise InputError(f"--method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
@@ -166,12 +169,14 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     if log is not None:
         log(f"{method} on {what}; batch {batch} (micro-batch {mb}), {steps} generator updates "
             f"after {n_critic} critic updates each")
-    run = train_gan(sampler, d, method=method, steps=steps, batch=batch, wgan=wcfg, pot=pcfg,
-                    vae=vcfg, lr=lr, latent_dim=latent_dim, vae_latent=vae_latent,
-                    forest_trees=forest_trees, forest_depth=forest_depth, micro_batch=mb,
-                    ema=ema, seed=seed, real_spec=data_identity(data, sampler), store=store,
-                    overwrite=overwrite,
-                    progress=progress)
+    compute = connect(dask_address)
+    with compute.session():
+        run = train_gan(sampler, d, method=method, steps=steps, batch=batch, wgan=wcfg,
+                        pot=pcfg, vae=vcfg, lr=lr, latent_dim=latent_dim,
+                        vae_latent=vae_latent, forest_trees=forest_trees,
+                        forest_depth=forest_depth, micro_batch=mb, ema=ema, seed=seed,
+                        real_spec=data_identity(data, sampler), store=store,
+                        overwrite=overwrite, progress=progress, compute=compute)
     out, writer = Path(out), rank_world()[0] == 0   # one writer of the outputs: rank 0
     x = generate(run.generator_ema, n_samples, latent_dim, seed=seed + 12345)
     x_last = generate(run.generator, n_samples, latent_dim, seed=seed + 12345)

@@ -18,7 +18,7 @@ from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
 from ootrain.jobs.common import (InputError, check_finite_data, check_population, check_steps,
-                                 default_rows, input_errors, model_errors)
+                                 connect, default_rows, input_errors, model_errors)
 from ootrain.methods.gradual import OTSFIT, GradualConfig
 from ootrain.methods.training import make_optimizer, train
 from ootrain.store import Store
@@ -144,7 +144,8 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
                        optimizer: str = "adam", memory_budget: int = 2**30, seed: int = 0,
                        verify: bool = False, overwrite: bool = False,
                        out: Optional[Path] = None, n_samples: Optional[int] = None,
-                       progress: bool = True) -> GradualJob:
+                       progress: bool = True,
+                       dask_address: Optional[str] = None) -> GradualJob:
     """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
 
     Each round fits the semi-discrete potentials between the current generator and the data
@@ -153,7 +154,9 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     the progress console.  ``squash`` appends an output layer (``auto``: sigmoid for digits,
     none otherwise).  With ``out``, writes ``samples.npy`` (``n_samples``, default as many as
     data rows, at most 100000), ``rounds.json`` and, for a picturable width, ``samples.png``.
-    Bad input raises :class:`InputError` before training.
+    Each round's Solve (an argmin task per stored chunk) runs on the ``dask.distributed``
+    scheduler at ``dask_address`` (default: local threads).  Bad input raises
+    :class:`InputError` before training.
     """
     if squash not in SQUASHES:
         raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
@@ -186,7 +189,8 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     method = OTSFIT(G, ot, opt, gcfg, rounds=rounds,
                     generator_spec=json.dumps([generator, gkw, squash]))
     history: list[dict[str, Any]] = []
-    with make_progress(progress) as bars:
+    compute = connect(dask_address)
+    with compute.session(), make_progress(progress) as bars:
         def report(res: Any) -> None:
             m = res.metrics
             checks = m.get("ots_checks") or []
@@ -197,7 +201,7 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
                              f"epochs → {m['fit_losses'][-1]:.5g}")
 
         run = train(method, rounds if alternate else 1, cfg, store=str(store),
-                    overwrite=overwrite, progress=bars, callback=report)
+                    overwrite=overwrite, progress=bars, callback=report, compute=compute)
         results = run.results
         with Store(str(store), mode="r") as st:
             done = 0

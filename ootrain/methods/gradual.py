@@ -32,12 +32,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from torch import nn
-
+from ootrain.engine.compute import StoreArray
 from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveContext,
                                  StepResult)
 from ootrain.ot.semidiscrete import SemiDiscreteOT
@@ -51,7 +51,8 @@ class AssignmentSolver:
     ``ot`` holds the targets (its source is used for the ReRun gathers), the cost and the
     potentials ``ψ`` fitted by OTS.  With a soft (entropic) ``ot`` the assignment is sampled
     from ``softmax_j((ψ_j − c(x_i, y_j)) / ε)`` with a generator keyed by (seed, step, chunk),
-    so a resumed Solve writes the same assignments.
+    so a resumed Solve writes the same assignments.  One Dask task per stored chunk (the
+    argmin over all targets by ``ot``'s backend), on the step's scheduler.
 
     Writes, under the step's group: ``potentials`` [N] (the ψ used), ``assignments`` [b] int64
     (chunks of the embeddings' rows) and ``costs`` [b] (``c(x_i, y_σ(i))``).  Metrics: ``loss``
@@ -90,15 +91,12 @@ class AssignmentSolver:
         store.require_array(apath, (b,), (rows,), np.int64)
         store.require_array(cpath, (b,), (rows,), np.float64)
         done = store.done(apath) & store.done(cpath)
-        for c in np.flatnonzero(~done):
-            lo, hi = int(c) * rows, min(b, (int(c) + 1) * rows)
-            x = torch.as_tensor(np.asarray(emb[lo:hi]), dtype=self.ot.dtype)
-            gen = torch.Generator().manual_seed(int(np.random.SeedSequence(
-                [ctx.seed, ctx.step, int(c), 0x5D07]).generate_state(1)[0]))
-            idx = self.ot.assign(x, generator=gen)
-            cost = self.ot.ground_cost.pairwise(x, self.ot.source.take(idx, dtype=x.dtype))
-            store.write_chunk(cpath, int(c), cost.double().numpy())
-            store.write_chunk(apath, int(c), idx.numpy().astype(np.int64))
+        ctx.compute.check_store(store)
+        ot = dask.delayed(self.ot)   # one copy for all the tasks (sent once to a cluster)
+        refs = ctx.ref(emb), ctx.ref(apath), ctx.ref(cpath)
+        ctx.compute.run([dask.delayed(_assign_chunk)(
+            ot, *refs, int(c) * rows, min(b, (int(c) + 1) * rows),
+            [ctx.seed, ctx.step, int(c), 0x5D07]) for c in np.flatnonzero(~done)])
         counts = np.zeros(self.ot.n_targets, dtype=np.int64)
         total = 0.0
         for lo in range(0, b, rows):
@@ -112,6 +110,18 @@ class AssignmentSolver:
     def rerun_loss(self, ctx: SolveContext, population: str, dtype: torch.dtype) -> "FitLoss":
         return FitLoss(ctx.store.array(f"{ctx.prefix}/assignments"), self.ot, ctx.embeddings.shape[0],
                        dtype)
+
+
+def _assign_chunk(ot: SemiDiscreteOT, emb: StoreArray, assignments: StoreArray,
+                  costs: StoreArray, lo: int, hi: int, key: list[int]) -> None:
+    """A Dask task: the assignments and costs of the stored rows [lo, hi) (one chunk), the
+    soft assignment sampled with a generator seeded by ``key``."""
+    x = torch.as_tensor(np.asarray(emb.array()[lo:hi]), dtype=ot.dtype)
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+    idx = ot.assign(x, generator=gen)
+    cost = ot.ground_cost.pairwise(x, ot.source.take(idx, dtype=x.dtype))
+    costs.write_region((slice(lo, hi),), cost.double().numpy())
+    assignments.write_region((slice(lo, hi),), idx.numpy().astype(np.int64))
 
 
 @dataclass

@@ -56,16 +56,18 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Sequence
 
+import dask
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ootrain.engine.compute import Compute
 from ootrain.engine.core import (CotangentLoss, Plan, Population, Sampler, standard_normal)
 from ootrain.models.zoo import ACTIVATIONS, MLP, seeded
 from ootrain.validation import DIVERGED, NonFiniteError, is_int, is_num
 from ootrain.ot.sinkhorn import (DENSE_MAX_ENTRIES, ENERGY_TERMS, SINKHORN_BACKENDS,
-                              EnergyDistanceResult, SinkhornResult, sinkhorn)
+                              cost_gradients, sinkhorn)
 
 __all__ = [
     "OTGANConfig",
@@ -75,7 +77,7 @@ __all__ = [
     "make_critic",
     "OTGAN",
     "EnergySolver",
-    "energy_step",
+    "energy_step", "EnergyStep", "EnergyTerm",
 ]
 
 WARM_START_METHODS = ("ctransform", "index")
@@ -248,26 +250,73 @@ def _init_for(prev: Optional[_Prev], p: Tensor, q: Tensor, cfg: OTGANConfig
 # ----------------------------------------------------------------------------------
 # one iteration
 # ----------------------------------------------------------------------------------
+@dataclass
+class EnergyTerm:
+    """One of the six Sinkhorn problems of :func:`energy_step`: ``cost`` ``<P, C>``, the
+    potentials ``f``, ``g``, the solver's ``iterations``, ``marginal_error`` and ``converged``,
+    and the cotangents ``grad_p`` / ``grad_q`` of ``cost`` in its two point sets (plan
+    fixed)."""
+
+    cost: float
+    f: Tensor
+    g: Tensor
+    iterations: int
+    marginal_error: float
+    converged: bool
+    grad_p: Tensor
+    grad_q: Tensor
+
+
+@dataclass
+class EnergyStep:
+    """What :func:`energy_step` returns: ``value`` (``D²``), ``cotangents`` (``∂D²/∂feats[k]``,
+    the shapes of the features), the six ``results`` (:class:`EnergyTerm` by the keys of
+    :data:`~ootrain.ot.sinkhorn.ENERGY_TERMS`), the warm-start ``state`` for the next call
+    and ``warm`` (all six were warm-started)."""
+
+    value: float
+    cotangents: dict[str, Tensor]
+    results: dict[str, EnergyTerm]
+    state: dict[str, "_Prev"]
+    warm: bool
+
+
+def _energy_term(p: Tensor, q: Tensor, init: Optional[tuple[Tensor, Tensor]],
+                 cfg: OTGANConfig) -> EnergyTerm:
+    """A Dask task: one Sinkhorn problem of the energy distance and its cotangents."""
+    res = sinkhorn(p, q, cfg.eps, "cosine", tol=cfg.sinkhorn_tol,
+                   max_iter=cfg.sinkhorn_max_iter, scaling=cfg.sinkhorn_scaling,
+                   backend=cfg.backend, init=init)
+    gp, gq = cost_gradients(p, q, res)
+    return EnergyTerm(float(res.cost.detach()), res.f, res.g, int(res.iterations),
+                      float(res.marginal_error), bool(res.converged), gp, gq)
+
+
 def energy_step(feats: dict[str, Tensor], cfg: OTGANConfig,
-                prev: Optional[dict[str, _Prev]] = None
-                ) -> tuple[EnergyDistanceResult, dict[str, _Prev], bool]:
-    """The energy distance of critic features ``feats`` (keys ``x, x2, y, y2``) with the six
-    solves warm-started from ``prev`` (module doc); returns the result (``value`` carries
-    the envelope gradient), the state for the next call and whether all six were warm."""
-    results: dict[str, SinkhornResult] = {}
-    state: dict[str, _Prev] = {}
-    warm = True
+                prev: Optional[dict[str, _Prev]] = None, compute: Optional[Compute] = None
+                ) -> EnergyStep:
+    """The energy distance of critic features ``feats`` (keys ``x, x2, y, y2``, ``[n, k]``)
+    and its cotangents, the six solves warm-started from ``prev`` (module doc).
+
+    The six Sinkhorn problems are independent Dask tasks on ``compute`` (default: local
+    threads); each returns its cost and its cotangents ``Σ_j P_ij ∇c`` (plan fixed: the
+    envelope gradient), combined here with the terms' coefficients."""
+    feats = {k: v.detach() for k, v in feats.items()}
     units = {k: _unit(v) for k, v in feats.items()}
-    for key, a, b, _ in ENERGY_TERMS:
-        init = _init_for(None if prev is None else prev.get(key), units[a], units[b], cfg)
-        warm &= init is not None
-        res = sinkhorn(feats[a], feats[b], cfg.eps, "cosine", tol=cfg.sinkhorn_tol,
-                       max_iter=cfg.sinkhorn_max_iter, scaling=cfg.sinkhorn_scaling,
-                       backend=cfg.backend, init=init)
-        results[key] = res
-        state[key] = _Prev(units[a], units[b], res.f, res.g)
-    value = sum(c * results[key].cost for key, _, _, c in ENERGY_TERMS)
-    return EnergyDistanceResult(value=value, results=results), state, warm
+    inits = {key: _init_for(None if prev is None else prev.get(key), units[a], units[b], cfg)
+             for key, a, b, _ in ENERGY_TERMS}
+    shared = {k: dask.delayed(v) for k, v in feats.items()}   # each set sent once
+    tasks = [dask.delayed(_energy_term)(shared[a], shared[b], inits[key], cfg)
+             for key, a, b, _ in ENERGY_TERMS]
+    terms = dict(zip([key for key, *_ in ENERGY_TERMS], (compute or Compute()).run(tasks)))
+    cot = {k: torch.zeros_like(v) for k, v in feats.items()}
+    for key, a, b, c in ENERGY_TERMS:
+        cot[a] += c * terms[key].grad_p
+        cot[b] += c * terms[key].grad_q
+    state = {key: _Prev(units[a], units[b], terms[key].f, terms[key].g)
+             for key, a, b, _ in ENERGY_TERMS}
+    value = sum(c * terms[key].cost for key, _, _, c in ENERGY_TERMS)
+    return EnergyStep(value, cot, terms, state, all(i is not None for i in inits.values()))
 
 
 SETS = ("x", "x2", "y", "y2")   # X, X' real; Y, Y' generated
@@ -302,18 +351,16 @@ class EnergySolver:
                                       for a in new), f"step {ctx.step}: Solve (cotangents)")
         nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
         if nbytes * 4 <= ctx.memory_budget:
-            feats = {k: torch.from_numpy(np.asarray(a[:])).requires_grad_(True)
-                     for k, a in arrays.items()}
-            res, prev, warm = energy_step(feats, self.cfg, self.state.get("prev"))
-            self.state["prev"] = prev if self.cfg.warm_start else None   # kept only if used
+            feats = {k: torch.from_numpy(np.asarray(a[:])) for k, a in arrays.items()}
+            res = energy_step(feats, self.cfg, self.state.get("prev"), ctx.compute)
+            warm = res.warm
+            self.state["prev"] = res.state if self.cfg.warm_start else None   # if used
             if self.cfg.warm_start:   # with the step: a resume after Solve reloads it
                 buf = io.BytesIO()
                 torch.save(_prev_state(self.state["prev"]), buf)
                 ctx.store.put_bytes(f"{ctx.prefix}/warm.pt", buf.getvalue())
-            grads = torch.autograd.grad(self.sign * res.value, [feats[k] for k in SETS])
-            cot = dict(zip(SETS, grads))
-            results = res.results
-            value = float(res.value.detach())
+            cot = {k: self.sign * res.cotangents[k] for k in SETS}
+            results, value = res.results, res.value
 
             def rows(name: str, lo: int, hi: int) -> np.ndarray:
                 return cot[name][lo:hi].numpy()

@@ -31,10 +31,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Protocol, Sequence
 
+import dask
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ootrain.engine.compute import StoreArray
 from ootrain.engine.core import CotangentLoss, Plan, Population, Sampler, standard_normal
 from ootrain.models.zoo import MLP, parameter_ema, seeded
 from ootrain.validation import DIVERGED, NonFiniteError, check_int, check_num
@@ -170,9 +172,12 @@ class CriticSolver:
 
     def solve(self, ctx: Any) -> dict[str, Any]:
         arr = ctx.arrays["pairs"]
-        sums = np.zeros(3)
-        for lo in range(0, arr.shape[0], arr.chunks[0]):
-            sums += np.asarray(arr[lo:lo + arr.chunks[0]], dtype=np.float64).sum(0)
+        ctx.compute.check_store(ctx.store)
+        ref, rows = ctx.ref(arr), arr.chunks[0]
+        sums = np.zeros(3)   # one task per stored chunk, its sums added in chunk order
+        for part in ctx.compute.run([dask.delayed(_column_sums)(ref, lo, lo + rows)
+                                     for lo in range(0, arr.shape[0], rows)]):
+            sums += part
         mean = sums / arr.shape[0]
         out = {"player": "critic", "wasserstein": float(mean[0] - mean[1]), "gp": float(mean[2]),
                "loss": float(mean[1] - mean[0] + self.gp_weight * mean[2])}
@@ -183,6 +188,11 @@ class CriticSolver:
 
     def rerun_loss(self, ctx: Any, population: str, dtype: torch.dtype) -> _Linear:
         return _Linear([-1.0, 1.0, self.gp_weight], ctx.arrays[population].shape[0])
+
+
+def _column_sums(ref: StoreArray, lo: int, hi: int) -> np.ndarray:
+    """A Dask task: the float64 column sums of the stored rows [lo, hi)."""
+    return np.asarray(ref.array()[lo:hi], dtype=np.float64).sum(0)
 
 
 class GeneratorSolver:

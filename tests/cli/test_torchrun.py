@@ -73,12 +73,20 @@ def test_two_torchrun_ranks_train_as_one_process(method, tmp_path):
     assert two.stdout.count("store") == one.stdout.count("store"), two.stdout
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
-def test_solve_on_a_dask_cluster_at_an_address_trains_as_one_process(ranks, dask_cluster,
-                                                                      tmp_path):
-    """``--dask-address``: RSR's Solve runs on a real dask.distributed scheduler and its 2
+DASK_CASES = [("rsr", 1), pytest.param("rsr", 2, marks=pytest.mark.slow),
+              *(pytest.param(m, 2, marks=pytest.mark.slow) for m in ("semidiscrete", "otgan",
+                                                                     "potgan"))]
+PREFIXES = {"rsr": {"project_block", "align_row", "write_block"},
+            "semidiscrete": {"assign_chunk"}, "otgan": {"energy_term"},
+            "potgan": {"column_sums"}}
+
+
+@pytest.mark.parametrize("method, ranks", DASK_CASES)
+def test_solve_on_a_dask_cluster_at_an_address_trains_as_one_process(method, ranks,
+                                                                      dask_cluster, tmp_path):
+    """``--dask-address``: the Solves run on a real dask.distributed scheduler and its 2
     worker processes (with 1 or 2 torchrun ranks): the models of one plain process."""
-    args, steps = ARGS["rsr"]
+    args, steps = ARGS[method]
     one = _run(args, tmp_path / "one.zarr", tmp_path / "one", 1)
     assert one.returncode == 0, one.stderr[-3000:]
     before = dask_cluster.scheduler.transition_counter
@@ -86,8 +94,7 @@ def test_solve_on_a_dask_cluster_at_an_address_trains_as_one_process(ranks, dask
                 tmp_path / "d", ranks)
     assert dask.returncode == 0, dask.stderr[-3000:]
     # the Solve's tasks ran there
-    assert {"project_block", "align_row", "write_block"} <= set(
-        dask_cluster.scheduler.task_prefixes)
+    assert PREFIXES[method] <= set(dask_cluster.scheduler.task_prefixes)
     assert dask_cluster.scheduler.transition_counter > before
     a, b = _modules(tmp_path / "one.zarr", steps), _modules(tmp_path / "d.zarr", steps)
     for mod in a:
@@ -146,6 +153,7 @@ KILL_ARGS = ["rsr", "train", "--data", "gaussian:3", "--n-real", "300", "--laten
              "-b", "2048", "-m", "32", "-p", "6", "--steps", "6"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["dies", "hangs"])
 def test_a_lost_rank_stops_the_run_and_the_same_command_resumes(how, tmp_path):
     """Rank 1 is killed (SIGKILL) or frozen (SIGSTOP) in the middle of step 2: rank 0 stops

@@ -78,3 +78,50 @@ def test_a_task_error_reaches_the_caller(cluster):
     with Compute(cluster.scheduler_address).session() as compute, \
             pytest.raises(FloatingPointError, match="bad block 3"):
         compute.run([dask.delayed(fails)(3)])
+
+
+@pytest.mark.parametrize("cost", ["sqeuclidean", "l1"])
+def test_semidiscrete_assignments_are_the_same_on_every_scheduler(cluster, tmp_path, cost):
+    """OTS + FIT's Solve: one argmin task per stored chunk (soft assignments sampled with
+    per-chunk keys): the same assignments and costs on every scheduler."""
+    from invariant import engine_config, ots_fit_case
+
+    def solve(path, compute):
+        method, _ = ots_fit_case(cost)
+        cfg = engine_config(population=240, chunk_rows=48)
+        method.bind(cfg)
+        with Store(path, Engine.store_config(cfg, method)) as store, compute.session():
+            eng = Engine(method, store, cfg, compute=compute)
+            store.group.require_group("steps/0")
+            eng.run(0)
+            eng.solve(0)
+            return {k: store.array(f"steps/0/{k}")[:] for k in ("assignments", "costs")}
+
+    ref = solve(tmp_path / "sync.zarr", Compute(workers=1))
+    assert len(np.unique(ref["assignments"])) > 2
+    for name, compute in [("threads", Compute(workers=2)),
+                          ("cluster", Compute(cluster.scheduler_address))]:
+        got = solve(tmp_path / f"{name}.zarr", compute)
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("case", ["rsr", "ots_fit_l1", "otgan_generator", "otgan_critic",
+                                  "wgan_potgan_critic", "wgan_potgan_generator"])
+def test_every_method_gives_one_process_gradients_with_solve_on_a_cluster(cluster, tmp_path,
+                                                                          case):
+    """Each method's step (float64) with its Solve on the LocalCluster of 2 worker processes:
+    the gradients of Solve in this process (≤ 1e-6 relative; in practice equal)."""
+    from invariant import CASES, engine_config, step_gradients
+
+    build, step = CASES[case]
+    grads = {}
+    for name, compute in [("sync", Compute(workers=1)),
+                          ("cluster", Compute(cluster.scheduler_address))]:
+        method, _ = build()
+        with compute.session():
+            grads[name] = step_gradients(method, engine_config(), tmp_path / name, step,
+                                         compute=compute)[2]
+    assert any(float(g.abs().max()) > 0 for g in grads["sync"])
+    for a, b in zip(grads["sync"], grads["cluster"]):
+        assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max()), case

@@ -120,7 +120,7 @@ def _d2_of_step(method, ecfg, step):
     with torch.no_grad():
         feats = {"x": method.C(u["x"]), "x2": method.C(u["x2"]),
                  "y": method.C(method.G(u["y"])), "y2": method.C(method.G(u["y2"]))}
-        return float(energy_step(feats, tight)[0].value)
+        return float(energy_step(feats, tight).value)
 
 
 @pytest.mark.parametrize("step", [0, 1])   # n_gen = 1: step 0 updates the generator, 1 the critic
