@@ -20,6 +20,8 @@ through the store.
 Example
 -------
 >>> import dask
+import dask.local
+import dask.threaded
 from dask.callbacks import Callback
 >>> from ootrain.engine.compute import Compute
 >>> Compute(workers=2).run([dask.delayed(sum)([1, 2]), dask.delayed(max)(3, 4)])
@@ -29,11 +31,13 @@ from dask.callbacks import Callback
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import dask
+import dask.local
+import dask.threaded
 from dask.callbacks import Callback
 
 from ootrain.store import Store
@@ -111,29 +115,56 @@ class Compute:
         if not tasks:
             return []
         if self.distributed:
-            from distributed import as_completed
             client = self.client()
             with client.as_current():
-                futures = client.compute(tasks)
-                index = {f.key: i for i, f in enumerate(futures)}
-                for f in as_completed(futures):
-                    if f.status == "error":
-                        f.result()   # raises the task's exception here
-                    if done is not None:
-                        done(index[f.key])
-                return [f.result() for f in futures]
-        keys = {t.key: i for i, t in enumerate(tasks)}
+                return self._gather(client.compute(tasks), done)
+        return self._local(lambda **kw: dask.compute(*tasks, **kw), [t.key for t in tasks],
+                           done)
+
+    def get(self, graph: Mapping[Any, Any], keys: Sequence[Any],
+            done: Callable[[int], None] | None = None) -> list[Any]:
+        """Compute the ``keys`` of a task graph in Dask's plain format (``{key: (function,
+        *args)}``, args naming other keys, lists of them too): for graphs of thousands of
+        tasks, which ``dask.delayed`` builds in quadratic time.  Keys must be unique to the
+        computation (a cluster keeps results by key).  ``done`` as in :meth:`run`."""
+        keys = list(keys)
+        if not keys:
+            return []
+        if self.distributed:
+            client = self.client()
+            with client.as_current():
+                return self._gather(client.get(dict(graph), keys, sync=False), done)
+
+        def compute(scheduler: str, **kw: Any) -> list[Any]:
+            get = dask.threaded.get if scheduler == "threads" else dask.local.get_sync
+            return get(dict(graph), keys, **kw)
+        return self._local(compute, keys, done)
+
+    @staticmethod
+    def _gather(futures: list[Any], done: Callable[[int], None] | None) -> list[Any]:
+        from distributed import as_completed
+        index = {f.key: i for i, f in enumerate(futures)}
+        for f in as_completed(futures):
+            if f.status == "error":
+                f.result()   # raises the task's exception here
+            if done is not None:
+                done(index[f.key])
+        return [f.result() for f in futures]
+
+    def _local(self, compute: Callable[..., Any], keys: list[Any],
+               done: Callable[[int], None] | None) -> list[Any]:
+        index = {k: i for i, k in enumerate(keys)}
 
         class _Done(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                if done is not None and key in keys:
-                    done(keys[key])
+                if done is not None and key in index:
+                    done(index[key])
 
         if self.workers == 1:
             with _Done():
-                return list(dask.compute(*tasks, scheduler="synchronous"))
+                return list(compute(scheduler="synchronous"))
         with threads(1), _Done():   # each task's BLAS/OpenMP/numba on one thread
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.workers))
+            return list(compute(scheduler="threads", num_workers=self.workers))
 
 
 class StoreArray:

@@ -32,9 +32,11 @@ direction out of core).
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,24 +288,43 @@ def _align_in_memory(compute: Compute, emb: StoreArray, real: StoreArray, omega:
 
     One task graph: a projection task per stored chunk of each population ([g, rows]
     blocks), an alignment task per direction (its row gathered from the blocks: sort, quantile
-    targets, the targets in sample order), and a write task per chunk of the targets."""
+    targets, the targets in sample order), and a write task per chunk of the targets (its
+    piece of every direction)."""
     e, r = emb.array(), real.array()
     (b, rows), (n, rrows) = (e.shape[0], e.chunks[0]), (r.shape[0], r.chunks[0])
-    g = omega.shape[1]
+    g, tcols = omega.shape[1], targets.array().chunks[1]
     om = omega.astype(e.dtype)
-    proj = [dask.delayed(_project_block)(emb, lo, min(b, lo + rows), om)
-            for lo in range(0, b, rows)]
-    rproj = [dask.delayed(_project_block)(real, lo, min(n, lo + rrows), om)
-             for lo in range(0, n, rrows)]
     r_step = _rank_block(b, n, budget)
-    aligned = [dask.delayed(_align_row, nout=2)([p[i] for p in proj], [q[i] for q in rproj],
-                                                 b, n, r_step) for i in range(g)]
-    tcols = targets.array().chunks[1]
-    writes = [dask.delayed(_write_block)(targets, (slice(j0, j0 + g), slice(lo, min(b, lo + tcols))),
-                                         [t[lo:lo + tcols] for t, _ in aligned])
-              for lo in range(0, b, tcols)]
-    got = compute.run([*writes, *(d for _, d in aligned)])
-    return np.asarray(got[len(writes):], dtype=np.float64)
+    tok = uuid.uuid4().hex   # keys unique to this pass (a cluster keeps results by key)
+    xs, ys, ts = range(0, b, rows), range(0, n, rrows), range(0, b, tcols)
+    dsk: dict[Any, Any] = {}
+    for name, src, starts, size, step in (("x", emb, xs, b, rows), ("y", real, ys, n, rrows)):
+        for c, lo in enumerate(starts):
+            dsk[(f"project-{name}-{tok}", c)] = (_project_block, src, lo, min(size, lo + step),
+                                                  om)
+            for i in range(g):   # row i of the block (a view; alone sent to another worker)
+                dsk[(f"row-{name}-{tok}", i, c)] = (operator.getitem,
+                                                    (f"project-{name}-{tok}", c), i)
+    for i in range(g):
+        dsk[(f"align-{tok}", i)] = (_align_row,
+                                    [(f"row-x-{tok}", i, c) for c in range(len(xs))],
+                                    [(f"row-y-{tok}", i, c) for c in range(len(ys))],
+                                    b, n, r_step)
+        dsk[(f"w2-{tok}", i)] = (operator.getitem, (f"align-{tok}", i), 1)
+        for c, lo in enumerate(ts):
+            dsk[(f"piece-{tok}", i, c)] = (_piece, (f"align-{tok}", i), lo, lo + tcols)
+    for c, lo in enumerate(ts):
+        dsk[(f"write-{tok}", c)] = (_write_block, targets,
+                                    (slice(j0, j0 + g), slice(lo, min(b, lo + tcols))),
+                                    [(f"piece-{tok}", i, c) for i in range(g)])
+    keys = [(f"write-{tok}", c) for c in range(len(ts))] + [(f"w2-{tok}", i) for i in range(g)]
+    got = compute.get(dsk, keys)
+    return np.asarray(got[len(ts):], dtype=np.float64)
+
+
+def _piece(aligned: tuple[np.ndarray, float], lo: int, hi: int) -> np.ndarray:
+    """Targets [lo, hi) of an aligned direction (a view)."""
+    return aligned[0][lo:hi]
 
 
 def _align_row(x_parts: list[np.ndarray], y_parts: list[np.ndarray], b: int, n: int,
