@@ -38,7 +38,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import dir_size, human_bytes, loadavg, machine_header, median, table  # noqa: E402
 
+from ootrain.engine.compute import Compute  # noqa: E402
 from ootrain.engine.core import Engine, EngineConfig  # noqa: E402
+from ootrain.threads import apply_threads, current_threads  # noqa: E402
 from ootrain.methods.rsr import RSR, SlicedSolver  # noqa: E402
 from ootrain.ot.sliced import random_directions  # noqa: E402
 from ootrain.store import Store  # noqa: E402
@@ -122,20 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default=None,
                     help="write a cProfile of one extra RSR step to this path")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: with 2 OpenMP threads on a 2-core "
-                         "machine shared with other jobs, fwd/bwd times swing by 3-15x)")
+                    help="torch, BLAS/OpenMP and numba threads of both sides (ootrain.threads."
+                         "apply_threads; 0: the libraries' defaults)")
     args = ap.parse_args(argv)
     b, m, k = args.b, args.m, args.k
     n = args.n or b
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    # one setting for both sides: torch, BLAS/OpenMP (threadpoolctl) and numba together; RSR's
+    # Solve runs its Dask tasks on the usable cores (one BLAS thread per task)
+    apply_threads(args.threads)
 
     print(machine_header("RSR step vs gradient accumulation", ["benchmarks/bench_rsr_step.py"]
                          + (argv if argv is not None else sys.argv[1:])))
     print(f"- setup: b={b}, m={m}, k={k}, n_real={n}, generator {args.latent}→{args.hidden}→"
           f"{args.hidden}→{args.d} MLP (ReLU, float32), identity embedding, mode={args.mode}, "
           f"memory_budget={human_bytes(args.budget)}, chunk_bytes={human_bytes(args.chunk_bytes)}, "
-          f"Adam; {args.repeats} repeats, interleaved; torch threads {torch.get_num_threads()}")
+          f"Adam; {args.repeats} repeats, interleaved; thread pools (both sides) "
+          f"{current_threads()}; RSR's Solve: {Compute()}")
     print()
 
     real = make_real(n, args.d, seed=1)
