@@ -43,6 +43,7 @@ from typing import Any
 import dask
 import numpy as np
 import torch
+from numba import njit
 from torch import Tensor, nn
 
 from ootrain.ot import sliced
@@ -341,10 +342,26 @@ def _align_row(x_parts: list[np.ndarray], y_parts: list[np.ndarray], b: int, n: 
         r1 = min(b, r0 + r_step)
         lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
         t = sliced.quantile_targets_range(y[lo:hi], lo, n, b, r0, r1, check=False)
-        sq_diff += float(np.sum((xs[r0:r1] - t) ** 2))
-        t_sq += float(np.dot(t, t))
-        x[perm[r0:r1]] = t
+        sq, tt = _place_targets(xs[r0:r1], t, perm[r0:r1], x)
+        sq_diff += sq
+        t_sq += tt
     return x, _w2(sq_diff / b, y_sq, t_sq / b)
+
+
+@njit(cache=True, nogil=True)
+def _place_targets(xs: np.ndarray, t: np.ndarray, perm: np.ndarray, out: np.ndarray
+                   ) -> tuple[float, float]:
+    """``out[perm[i]] = t[i]`` for a block of ranks, with ``Σ (xs_i − t_i)²`` and ``Σ t_i²``
+    (float64) in the same pass: the sorted values ``xs`` [l], float64 targets ``t`` [l], their
+    samples' positions ``perm`` [l] in the row ``out``."""
+    sq = 0.0
+    tt = 0.0
+    for i in range(t.shape[0]):
+        d = xs[i] - t[i]
+        sq += d * d
+        tt += t[i] * t[i]
+        out[perm[i]] = t[i]
+    return sq, tt
 
 
 def _write_block(out: StoreArray, region: tuple[slice, ...], rows: list[np.ndarray]) -> None:

@@ -47,7 +47,7 @@ _MAX_PARTS = 65535  # part ids are uint16 (numpy's stable sort of uint16 is a ra
 
 
 # --------------------------------------------------------------------------- kernels
-@njit(parallel=False, cache=True)
+@njit(parallel=False, cache=True, nogil=True)   # releases the GIL: Dask threads run it at once
 def _pack_f32(bits: np.ndarray, start: int, out: np.ndarray) -> bool:
     """Write ``(order_key(x[i]) << 32) | (start + i)`` into ``out`` (int64, shape [n]).
 
@@ -66,7 +66,7 @@ def _pack_f32(bits: np.ndarray, start: int, out: np.ndarray) -> bool:
     return False
 
 
-@njit(parallel=False, cache=True)
+@njit(parallel=False, cache=True, nogil=True)   # releases the GIL: Dask threads run it at once
 def _unpack_f32(keys: np.ndarray, out_bits: np.ndarray) -> None:
     """Inverse of :func:`_pack_f32` for the value part: float32 bits (int32, [n]) of ``keys`` ([n])."""
     for i in range(keys.size):
