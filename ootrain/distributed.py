@@ -10,11 +10,13 @@ A rank that dies or hangs stops the command: torchrun notices a rank's exit with
 and stops the others (each prints one ``error:`` line on SIGTERM); a rank that hangs (or a
 lost node) is noticed by the others when a collective does not complete within
 :data:`TIMEOUT_S` seconds (``OOTRAIN_DIST_TIMEOUT``, default 300), which raise
-:class:`RankLostError`.  The store holds only whole chunks, so the same command resumes it."""
+:class:`RankLostError`; while rank 0 works alone (Solve, OTS, checkpoints, pruning) the
+others wait up to :data:`ALONE_TIMEOUT_S` (``OOTRAIN_DIST_ALONE_TIMEOUT``, default 6 h).  The store holds only whole chunks, so the same command resumes it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -27,10 +29,14 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["from_environment", "quiet_unless_rank0", "rank_world", "barrier", "all_reduce",
-           "RankLostError", "TIMEOUT_S"]
+           "RankLostError", "TIMEOUT_S", "ALONE_TIMEOUT_S"]
 
 #: Seconds a collective waits for the other ranks before the command stops.
 TIMEOUT_S = float(os.environ.get("OOTRAIN_DIST_TIMEOUT", "300"))
+#: Seconds the other ranks wait for work rank 0 does alone (Solve, OTS, checkpoints, pruning),
+#: which may outlast :data:`TIMEOUT_S` by far on large populations.
+ALONE_TIMEOUT_S = float(os.environ.get("OOTRAIN_DIST_ALONE_TIMEOUT", str(6 * 3600)))
+_alone_group: object = None
 
 _RESUME = "rerun the same command to resume from the store"
 
@@ -57,14 +63,27 @@ def _collective(what: str, fn, *args) -> None:
             type(e).__name__
         raise RankLostError(
             f"rank {rank} of {world}: {what} over the ranks did not complete ({first}): "
-            f"another rank died, hangs past OOTRAIN_DIST_TIMEOUT={TIMEOUT_S:g} s or lost its "
-            f"connection (its own error, if any, is above); {_RESUME}") from e
+            f"another rank died, hangs past OOTRAIN_DIST_TIMEOUT={TIMEOUT_S:g} s "
+            f"(OOTRAIN_DIST_ALONE_TIMEOUT={ALONE_TIMEOUT_S:g} s for work rank 0 does alone) or "
+            f"lost its connection (its own error, if any, is above); {_RESUME}") from e
 
 
-def barrier(what: str = "a barrier") -> None:
-    """Wait for every rank (no-op in one process); :class:`RankLostError` when one is lost."""
-    if rank_world()[1] > 1:
+def barrier(what: str = "a barrier", alone: bool = False) -> None:
+    """Wait for every rank (no-op in one process); :class:`RankLostError` when one is lost.
+
+    ``alone``: the barrier that ends work rank 0 does alone (the others wait up to
+    :data:`ALONE_TIMEOUT_S` instead of :data:`TIMEOUT_S`, on a gloo group of its own, made
+    by all ranks at their first such barrier)."""
+    global _alone_group
+    if rank_world()[1] == 1:
+        return
+    if not alone:
         _collective(what, dist.barrier)
+        return
+    if _alone_group is None:
+        _alone_group = dist.new_group(backend="gloo",
+                                      timeout=timedelta(seconds=ALONE_TIMEOUT_S))
+    _collective(what, functools.partial(dist.barrier, group=_alone_group))
 
 
 def all_reduce(tensor: torch.Tensor, what: str = "an all-reduce") -> None:
@@ -99,7 +118,9 @@ def from_environment(timeout_s: float = TIMEOUT_S) -> Iterator[int]:
     try:
         yield world
     finally:
+        global _alone_group
         signal.signal(signal.SIGTERM, previous)
+        _alone_group = None
         dist.destroy_process_group()
 
 

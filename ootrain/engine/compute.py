@@ -1,14 +1,14 @@
 """Where Solve's task graphs run: Dask, on this machine's cores or on a ``dask.distributed``
 cluster.
 
-A solver writes its Solve as ``dask.delayed`` tasks over the store's chunks — the fast kernels
-(numpy, numba, FAISS, KeOps) run inside the tasks — and hands them to :meth:`Compute.run`.
+A solver writes its Solve as Dask tasks over the store's chunks — the fast kernels (numpy,
+numba, FAISS, KeOps) run inside the tasks — and hands them to :meth:`Compute.run`
+(``dask.delayed`` objects) or :meth:`Compute.get` (a plain task graph, for thousands of tasks).
 Tasks read and write the store through :class:`StoreArray` references: in this process they
 use the run's open store; sent to a ``dask.distributed`` worker they reopen it by its URL
 (so the store must be a path every worker sees or an object-store URL, not in memory) and
 write under the run's writer lease, chunks flagged in its manifest as the run's own writes
-are.  A task's result that comes back is small (a sum, a row of targets); bulk data goes
-through the store.
+are.
 
 * ``Compute()`` (the default): Dask's local threaded scheduler on the usable cores; BLAS,
   OpenMP and numba run one thread per task while it runs (no oversubscription).
@@ -20,9 +20,6 @@ through the store.
 Example
 -------
 >>> import dask
-import dask.local
-import dask.threaded
-from dask.callbacks import Callback
 >>> from ootrain.engine.compute import Compute
 >>> Compute(workers=2).run([dask.delayed(sum)([1, 2]), dask.delayed(max)(3, 4)])
 [3, 4]

@@ -612,7 +612,7 @@ class Engine:
             else:
                 metrics = plan.solver.solve(self.ctx(step, plan))
                 self.store.update_attrs(self.prefix(step), {"metrics": metrics, "solved": True})
-        barrier()
+        barrier(f"the end of step {step}'s Solve (rank 0)", alone=True)
         if self.rank != 0:
             metrics = dict(self.store.group[self.prefix(step)].attrs["metrics"])
         return metrics
@@ -727,7 +727,7 @@ class Engine:
                 elif not self.load_checkpoint(step):
                     self.save_checkpoint(step)
                     self._current = step
-        barrier()
+        barrier(f"step {step}'s checkpoint (rank 0)", alone=True)
         plan = self.method.plan(step)
         self._current, self._changed = None, True   # from here on the models change
         group = self.store.group[self.prefix(step)]
@@ -740,7 +740,7 @@ class Engine:
         if plan.prepare is not None and not group.attrs.get("solved"):
             if self.rank == 0:
                 plan.prepare(self, step)
-            barrier()
+            barrier(f"step {step}'s preparation (rank 0)", alone=True)
             timings["prepare"] = time.perf_counter() - t
             t = time.perf_counter()
         self.run(step, plan)
@@ -769,7 +769,7 @@ class Engine:
             self.store.update_attrs(self.prefix(step),
                                     {"phase": "done", "timings": timings, **extra})
             self._prune(step)
-        barrier()
+        barrier(f"the end of step {step} (rank 0: checkpoint, pruning)", alone=True)
         return self._recorded(step)
 
     def _prune(self, step: int) -> None:

@@ -41,3 +41,50 @@ def test_two_ranks_give_one_process(both, case):
         # ≤ 1e-6 relative (in practice the order of the sums: ~1e-15)
         assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max()), \
             (case, float((a - b).abs().max()))
+
+
+SLOW_SOLVE = '''
+import sys, time
+import numpy as np, torch
+from ootrain.distributed import from_environment
+from ootrain.engine import Engine, EngineConfig
+from ootrain.methods import RSR, SlicedSolver
+from ootrain.methods.training import open_shared_store
+
+
+class Slow(SlicedSolver):
+    def solve(self, ctx):
+        time.sleep(4)          # rank 0 alone, longer than OOTRAIN_DIST_TIMEOUT
+        return super().solve(ctx)
+
+
+with from_environment():
+    torch.manual_seed(0)
+    G = torch.nn.Linear(3, 2)
+    real = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    cfg = EngineConfig(population=64, micro_batch=16, latent_dim=3)
+    method = RSR(G, real, torch.optim.SGD(G.parameters(), 0.1), solver=Slow(n_directions=4))
+    method.bind(cfg)
+    store = open_shared_store(sys.argv[1], Engine.store_config(cfg, method))
+    Engine(method, store, cfg).train(1)
+    print("trained")
+'''
+
+
+@pytest.mark.parametrize("alone_timeout, ok", [("60", True), ("1", False)])
+def test_the_others_wait_out_work_rank0_does_alone(tmp_path, alone_timeout, ok):
+    """A Solve longer than OOTRAIN_DIST_TIMEOUT (2 s) does not stop the run: the other ranks
+    wait for rank 0's lone work up to OOTRAIN_DIST_ALONE_TIMEOUT, and past that they stop."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SOLVE)
+    env = dict(os.environ, OOTRAIN_DIST_TIMEOUT="2", OOTRAIN_DIST_ALONE_TIMEOUT=alone_timeout,
+               OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                          "2", "--master_port", str(28000 + os.getpid() % 1000), str(script),
+                          str(tmp_path / "s.zarr")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    if ok:
+        assert res.returncode == 0 and res.stdout.count("trained") == 2, res.stderr[-3000:]
+    else:
+        assert res.returncode != 0 and "the end of step 0's Solve (rank 0)" in res.stderr, \
+            res.stderr[-3000:]
