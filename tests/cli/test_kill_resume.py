@@ -154,12 +154,19 @@ _WRAPPER = textwrap.dedent('''
         counted(name)
 
     from ootrain.cli import app
+    code = 1
     try:
         app(ARGV, prog_name="ootrain")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        raise
     finally:
         if spec.get("count_writes"):
             with open(marker, "w") as f:
                 json.dump({"writes": counts["store"]}, f)
+        with open(LOG + ".exit", "w") as f:   # the exit code, should the forkserver lose it
+            f.write(str(code))
 ''')
 
 
@@ -305,6 +312,12 @@ def _launch(wrapper: Path, argv: list[str], log: Path, kill: Optional[dict[str, 
             proc.join()
             raise TimeoutError(f"ootrain {' '.join(argv)} ran past {_TIMEOUT} s")
         rc = proc.exitcode
+        exit_file = Path(str(log) + ".exit")
+        if rc == 255 and exit_file.exists():
+            # multiprocessing's forkserver reports 255 when the child's status did not reach
+            # the parent (popen_forkserver: "should not happen usually"); seen once in ~1 100
+            # runs, after a run that had completed: the code the child recorded is its own
+            rc = int(exit_file.read_text())
     return rc, log.read_text() if log.exists() else ""
 
 
