@@ -3,7 +3,6 @@ train the same models as one process, and print one report, for all four methods
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import signal
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -116,31 +116,15 @@ def test_a_dask_address_without_a_scheduler_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "s.zarr").exists()
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant process of ``pid`` (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            fields = open(stat).read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        kids.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
-    out, todo = [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _rank_pid(launcher: int, rank: int) -> int | None:
-    for pid in _children(launcher):
+    """The pid of torchrun's worker of ``rank`` (a descendant of the launcher)."""
+    for proc in psutil.Process(launcher).children(recursive=True):
         try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
-            return pid
+        if env.get("RANK") == str(rank) and env.get("LOCAL_RANK") == str(rank):
+            return proc.pid
     return None
 
 
