@@ -10,11 +10,12 @@ For each population size b, a local store in a temporary directory holds b gener
   generated rows, ``np.sort`` in place for the real ones), computes exact quantile targets and
   writes them;
 - the same through the out-of-core path with ``--k-ext`` directions under ``--ext-budget``
-  (default 64 MiB): ``rsr._project`` stores both populations' projections [k, b] and [k, n],
-  then per direction ``rsr._align_external`` runs ``sort.external_argsort`` (spill files in
-  ``$TMPDIR``; ``--tmpdir`` sets it), computes targets bucket by bucket and puts them back in
-  sample order through ``sort.ExternalScatter``.  ``rsr.plan_pass`` is forced to 0 for this run,
-  so the path is measured even where the rows would fit the budget (the table says "forced");
+  (default 64 MiB): ``rsr._align_sample_sort``, two sample sorts whose buckets live in the store
+  (``ootrain.engine.samplesort``): partition tasks project each stored chunk and write its
+  records by bucket, real bucket tasks sort, generated bucket tasks sort and map ranks to
+  quantile targets, gather tasks put the targets back in sample order.  ``rsr.plan_pass`` is
+  forced to 0 for this run, so the path is measured even where the rows would fit the budget
+  (the table says "forced");
 - references in memory, on the same projection values ([k, b] generated and [k, n] real, float32,
   already in RAM: no I/O, no projection): ``np.sort`` of both (the "physical-ish" limit: sorting
   the values is the least any exact Solve has to do), ``np.argsort`` of both, and the engine's
@@ -23,10 +24,9 @@ For each population size b, a local store in a temporary directory holds b gener
 
 Throughput is in elements/s with elements = b × k (generated projected values per step) for
 every line, so ratios compare the same work.  The solver breakdown is measured by timing
-wrappers around the ``ootrain.methods.rsr`` functions the solver calls: project = ``_project_rows``
-(in memory, inside ``_align_in_memory``) or ``_project`` (out of core, both populations);
-align = ``_align_in_memory`` minus its projection, or ``_align_external``; other = directions,
-distances, manifest bookkeeping.
+wrappers around the functions the solver calls: in memory, project = ``rsr._project_block``
+and align = ``rsr._align_row``; out of core, the sample sort's task functions (partition,
+sort, map, gather); other = directions, distances, manifest bookkeeping.
 
     /work/venv/bin/python benchmarks/bench_solve.py                       # b = 10^6, 10^7
     /work/venv/bin/python benchmarks/bench_solve.py --b 200000 --k 4 --k-ext 1 --repeats 1  # smoke
@@ -50,6 +50,7 @@ from _common import human_bytes, loadavg, machine_header, median, table  # noqa:
 from ootrain.methods import rsr  # noqa: E402
 
 from ootrain.ot import sort  # noqa: E402
+from ootrain.engine import samplesort  # noqa: E402
 from ootrain.engine.compute import Compute  # noqa: E402
 from ootrain.engine.core import SolveContext  # noqa: E402
 from ootrain.store import Store  # noqa: E402
@@ -76,8 +77,9 @@ _plan_pass = rsr.plan_pass
 rsr._project_block = _timed("project_block", rsr._project_block)
 rsr._align_row = _timed("align_row", rsr._align_row)
 rsr._align_in_memory = _timed("align_in_memory", rsr._align_in_memory)
-rsr._project_chunk = _timed("project_chunk", rsr._project_chunk)
-rsr._align_external = _timed("align_external", rsr._align_external)
+rsr._align_sample_sort = _timed("align_sample_sort", rsr._align_sample_sort)
+for _stage in ("partition", "sort", "map", "gather"):
+    setattr(samplesort, f"_{_stage}_task", _timed(_stage, getattr(samplesort, f"_{_stage}_task")))
 rsr.plan_pass = lambda *a, **kw: 0 if _FORCE_EXTERNAL else _plan_pass(*a, **kw)
 
 
@@ -131,12 +133,13 @@ def run_solver(store: Store, emb, real, k: int, budget: int, tag: str, rep: int,
     finally:
         _FORCE_EXTERNAL = False
     if external:
-        assert _TIMES["align_external"] > 0 and _TIMES["align_in_memory"] == 0, dict(_TIMES)
-        project, align = _TIMES["project_chunk"], _TIMES["align_external"]
+        assert _TIMES["align_sample_sort"] > 0 and _TIMES["align_in_memory"] == 0, dict(_TIMES)
+        project, align = _TIMES["partition"], _TIMES["sort"] + _TIMES["map"]
     else:
-        assert _TIMES["align_in_memory"] > 0 and _TIMES["align_external"] == 0, dict(_TIMES)
+        assert _TIMES["align_in_memory"] > 0 and _TIMES["align_sample_sort"] == 0, dict(_TIMES)
         project, align = _TIMES["project_block"], _TIMES["align_row"]
-    out = {"total": total, "project": project, "align": align, "loss": metrics["loss"]}
+    out = {"total": total, "project": project, "align": align, "loss": metrics["loss"],
+           "gather": _TIMES["gather"]}
     drop(store, prefix)
     return out
 
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ext-repeats", type=int, default=1)
     ap.add_argument("--tmpdir", default=None,
-                    help="directory of the store and of the external sort's spill files "
+                    help="directory of the store (the sample sort's buckets live in it) "
                          "(default: the system temporary directory)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="Dask local workers of the solver (each a run; BLAS 1 thread a task)")
@@ -198,18 +201,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         import torch
         torch.set_num_threads(args.threads)
-    if args.tmpdir:  # rsr's spill files go to tempfile.gettempdir()
+    if args.tmpdir:
         os.makedirs(args.tmpdir, exist_ok=True)
-        os.environ["TMPDIR"] = args.tmpdir
-        tempfile.tempdir = args.tmpdir
 
     print(machine_header("Solve throughput (sliced solver, in memory and out of core) vs in-memory sorts",
                          ["benchmarks/bench_solve.py"] + (argv if argv is not None else sys.argv[1:])))
     print(f"- setup: d={args.d}, k={args.k} (in-memory path, references), k_ext={args.k_ext} "
           f"(out-of-core path), n_real={'b' if args.n is None else args.n}, float32, targets mode; "
           f"in-memory budget {'auto' if args.budget is None else human_bytes(args.budget)}, "
-          f"out-of-core budget {human_bytes(args.ext_budget)}; spill files in "
-          f"{tempfile.gettempdir()}; medians of {args.repeats} (out of core: {args.ext_repeats}); "
+          f"out-of-core budget {human_bytes(args.ext_budget)}; store in "
+          f"{args.tmpdir or tempfile.gettempdir()}; medians of {args.repeats} (out of core: {args.ext_repeats}); "
           "elements = b × k")
     print()
     rows, detail = [], []
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append([b, f"SlicedSolver.solve, in-memory path, Dask {w} worker(s) "
                              f"(budget {human_bytes(budget)}, {-(-k // g) if g else 0} "
                              "pass(es), zarr store)", k, m_tot, el / m_tot, m_tot / ref, load])
-                detail.append([b, "in memory", w, k, m_proj, m_align, m_tot])
+                detail.append([b, "in memory", w, k, m_proj, m_align, "-", m_tot])
                 ext = [run_solver(store, emb, real, ke, args.ext_budget, "ext", r,
                                   external=True, workers=w)
                        for r in range(args.ext_repeats)] if ke > 0 else []
@@ -280,11 +281,12 @@ def main(argv: list[str] | None = None) -> None:
                     e_tot = median([x["total"] for x in ext])
                     e_proj = median([x["project"] for x in ext])
                     e_align = median([x["align"] for x in ext])
+                    e_gather = median([x["gather"] for x in ext])
                     rows.append([b, f"SlicedSolver.solve, out-of-core path, Dask {w} worker(s) "
                                  f"(budget {human_bytes(args.ext_budget)}"
                                  f"{', forced' if forced else ''})", ke, e_tot, b * ke / e_tot,
                                  (e_tot / ke) / (ref / k), loadavg().split(",")[0]])
-                    detail.append([b, "out of core", w, ke, e_proj, e_align, e_tot])
+                    detail.append([b, "out of core", w, ke, e_proj, e_align, e_gather, e_tot])
             print(f"  done b={b}: np.sort {ref_sort:.2f} s; load {loadavg()}", flush=True)
             store.release()
         finally:
@@ -297,12 +299,13 @@ def main(argv: list[str] | None = None) -> None:
           "over Dask's concurrent workers).  In memory: project = rsr._project_block tasks "
           "(both populations read and projected per stored chunk), align = rsr._align_row "
           "tasks (gather a direction's row, sort, quantile targets).  Out of core: project = "
-          "rsr._project_chunk tasks (projections stored as [k, b] / [k, n] rows), align = "
-          "rsr._align_external tasks (external sort, targets per bucket, scatter, write).  "
-          "Wall = the Solve.")
+          "the sample sorts' partition tasks (project a stored chunk, bucket it, write its "
+          "records), align = bucket tasks (real: sort; generated: sort, quantile targets, "
+          "records by destination chunk), gather = gather tasks (targets back in sample "
+          "order, written).  Wall = the Solve.")
     print()
     print(table(["b", "path", "Dask workers", "k", "project (task-s)", "align (task-s)",
-                 "wall"], detail))
+                 "gather (task-s)", "wall"], detail))
     print()
     print(f"- load average at the end: {loadavg()}")
 

@@ -394,11 +394,21 @@ class Store:
 
     def chunk_exists(self, path: str, coords: tuple[int, ...]) -> bool:
         """Whether the chunk object at grid position ``coords`` of ``path`` exists."""
-        if self.in_memory:
-            return True
-        arr = self.group[path]
-        key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
-        return bool(sync(self.group.store.exists(f"{path}/{key}")))
+        return self.chunks_exist(path, [coords])[0]
+
+    def chunks_exist(self, path: str, coords: list[tuple[int, ...]]) -> list[bool]:
+        """Whether the chunk objects at grid positions ``coords`` of ``path`` exist (asked
+        concurrently: one round trip's latency for all of them)."""
+        if self.in_memory or not coords:
+            return [True] * len(coords)
+        import asyncio
+        meta, store = self.group[path].metadata, self.group.store
+
+        async def ask() -> list[bool]:
+            return list(await asyncio.gather(*(
+                store.exists(f"{path}/{meta.encode_chunk_key(tuple(int(i) for i in c))}")
+                for c in coords)))
+        return sync(ask())
 
     def damaged(self, path: str) -> np.ndarray:
         """C-order indices of the chunks of ``path`` whose flag is set (or unreadable) but
@@ -653,9 +663,10 @@ def _checksum_codecs(store: Store) -> Any:
     return [Crc32cCodec()]
 
 
-def _chunk_ranges(arr: Any, selection: Any) -> list[range] | None:
-    """The chunk-grid ranges a basic selection (ints, slices with step 1, Ellipsis) of
-    ``arr`` touches, per dimension; None for other selections."""
+def _chunk_ranges(arr: Any, selection: Any) -> list[Any] | None:
+    """The chunk-grid indices a basic or orthogonal selection (ints, slices with step 1,
+    Ellipsis, 1-D integer arrays) of ``arr`` touches, per dimension; None for other
+    selections."""
     sel = selection if isinstance(selection, tuple) else (selection,)
     if any(s is Ellipsis for s in sel):
         i = sel.index(Ellipsis)
@@ -669,6 +680,8 @@ def _chunk_ranges(arr: Any, selection: Any) -> list[range] | None:
         elif isinstance(s_, slice) and s_.step in (None, 1):
             lo, hi, _ = s_.indices(n)
             out.append(range(lo // c, -(-hi // c)) if hi > lo else range(0))
+        elif isinstance(s_, np.ndarray) and s_.ndim == 1 and s_.dtype.kind in "iu":
+            out.append([int(i) for i in np.unique((s_ % n) // c)] if n else [])
         else:
             return None
     return out
@@ -714,6 +727,15 @@ class CheckedArray:
         self._check_present(selection)
         return out
 
+    def get_orthogonal_selection(self, selection: Any) -> Any:
+        """zarr's orthogonal selection, checked as :meth:`__getitem__` checks."""
+        try:
+            out = self._arr.get_orthogonal_selection(selection)
+        except Exception as e:
+            raise self._locate(selection, e) from e
+        self._check_present(selection)
+        return out
+
     def _chunks(self, selection: Any) -> list[tuple[int, ...]]:
         ranges = _chunk_ranges(self._arr, selection)
         if ranges is None:
@@ -748,8 +770,9 @@ class CheckedArray:
             return
         flat = np.ravel_multi_index(tuple(np.array(coords).T), self._arr.cdata_shape)
         flags = manifest.get_coordinate_selection(flat)
-        for c, flagged in zip(coords, flags):
-            if flagged and not self._store.chunk_exists(self._path, c):
+        flagged = [c for c, f in zip(coords, flags) if f]
+        for c, present in zip(flagged, self._store.chunks_exist(self._path, flagged)):
+            if not present:
                 raise StoreCorruptError(
                     f"store {self._store.url}: array {self._path!r} chunk {list(c)} is "
                     "flagged complete but its object is missing; run `ootrain store repair "

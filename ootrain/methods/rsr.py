@@ -16,26 +16,23 @@ Solve writes, under the step's group (all plain zarr arrays):
 - ``directions`` [d, k]; ``distances`` [k] (per-direction W2², for Algorithm 2 next step);
 - ``targets`` [k, b], chunks (g, rows) (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
 - ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``);
-- out of core only: ``projections`` [k, b] and ``real_projections`` [k, n] (chunks (1, rows)).
+- out of core only, while Solve runs: ``sort/real/…`` and ``sort/generated/…``, the buckets of
+  the sample sorts (:mod:`ootrain.engine.samplesort`), deleted once the targets are stored.
 
 :func:`plan_pass` decides from the memory budget.  When whole rows fit, Solve aligns ``g``
 directions per pass in memory: it projects both populations chunk by chunk (nothing but the
 targets is written), sorts (:func:`ootrain.ot.sort.argsort`), and overwrites each generated row in
-place with its targets.  Otherwise the projections are stored and each direction goes through
-the external sample sort (:func:`ootrain.ot.sort.external_argsort`, spill files in ``$TMPDIR``):
-targets are computed bucket by bucket in rank order and put back in sample order by
-:class:`ootrain.ot.sort.ExternalScatter`.  Peak memory is set by the budget, not by ``b`` or ``n``.
-The targets are written through the store's manifest, so a killed Solve resumes per pass (per
-direction out of core).
+place with its targets.  Otherwise all ``k`` directions go through two sample sorts whose
+buckets live in the store (:class:`ootrain.engine.samplesort.SampleSort`, Dask tasks over the
+stored chunks): the real rows are sorted, and the generated rows are mapped bucket by bucket,
+in rank order, to their quantile targets, which are put back in sample order.  Peak memory is
+set by the budget, not by ``b`` or ``n``.  The targets are written through the store's
+manifest, so a killed Solve resumes per pass in memory, per task out of core.
 """
 
 from __future__ import annotations
 
-import errno
 import operator
-import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +48,8 @@ from ootrain.ot import sliced
 from ootrain.ot import sort
 from ootrain.engine.compute import Compute, StoreArray
 from ootrain.engine.core import GeneratorMethod, Sampler, SolveContext
-from ootrain.store import DiskFullError, Store
+from ootrain.engine.samplesort import SampleSort, SortedRows
+from ootrain.store import Store
 
 __all__ = ["RSR", "SlicedSolver", "SlicedReRunLoss", "plan_pass"]
 
@@ -133,10 +131,9 @@ class SlicedSolver:
             isz, rows = dtype.itemsize, emb.chunks[0]
             outs = store.array_bytes((k, b), (max(group, 1), rows), isz) + (
                 store.array_bytes((b, d), (rows, d), isz) if self.mode == "cotangent" else 0) + (
-                0 if group else store.array_bytes((k, b + n), (1, rows), isz))
+                0 if group else sum(s.bytes_needed(mapped) for s, mapped in
+                                    zip(_sample_sorts(ctx, k, ctx.memory_budget), (False, True))))
             store.check_space(outs, f"step {ctx.step}: Solve")
-            if not group:  # spill files: the sort's runs and the scatter's runs of one row
-                _check_scratch(2 * b * (8 + dtype.itemsize) + n * dtype.itemsize)
         store.require_array(tpath, (k, b), (max(group, 1), emb.chunks[0]), dtype)
         store.require_array(dpath, (k,), (1,), np.float64)
         done = np.repeat(store.done(tpath).reshape(-(-k // max(group, 1)), -1).all(axis=1),
@@ -157,26 +154,13 @@ class SlicedSolver:
                 store.write_region(dpath, (slice(j0, j1),), dist)
                 if task is not None:
                     ctx.progress.advance(task, j1 - j0)
-        else:  # rows out of core: stored projections, external sort per direction
-            ppath, rpath = f"{ctx.prefix}/projections", f"{ctx.prefix}/real_projections"
-            todo = [int(j) for j in np.flatnonzero(~done)]
-            projected = _project(store, emb_ref, omega, ppath) + \
-                _project(store, real_ref, omega, rpath)
-            # concurrent directions share the budget on the local scheduler; a cluster's
-            # workers each have their own
+        elif not done.all():  # rows out of core: two sample sorts, buckets in the store
             budget = ctx.memory_budget if compute.distributed else \
-                max(1, ctx.memory_budget // min(compute.workers, max(1, len(todo))))
-            tasks = [dask.delayed(_align_external)(ctx.ref(ppath), ctx.ref(rpath),
-                                                    ctx.ref(tpath), j, budget,
-                                                    ctx.seed + ctx.step, projected)
-                     for j in todo]
-
-            def direction_done(i: int) -> None:
-                if task is not None:
-                    ctx.progress.advance(task, 1)
-
-            for j, dist in zip(todo, compute.run(tasks, done=direction_done)):
-                store.write_region(dpath, (slice(j, j + 1),), np.array([dist]))
+                max(1, ctx.memory_budget // compute.workers)   # concurrent tasks share it
+            dist = _align_sample_sort(ctx, omega, tpath, budget)
+            store.write_region(dpath, (slice(0, k),), dist)
+            if task is not None:
+                ctx.progress.advance(task, k - int(done.sum()))
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -231,23 +215,6 @@ class SlicedReRunLoss:
 def _sample_rows(arr: Any, s: int, rng: np.random.Generator) -> np.ndarray:
     idx = np.sort(rng.choice(arr.shape[0], size=min(s, arr.shape[0]), replace=False))
     return arr.get_orthogonal_selection((idx, slice(None)))
-
-
-def _project(store: Store, src: StoreArray, omega: np.ndarray, path: str) -> list[Any]:
-    """Tasks writing ``src`` [N, d] @ ``omega`` [d, k] → ``path`` [k, N], chunks (1, rows), one
-    task per stored chunk of ``src`` not yet projected (resumable)."""
-    emb = src.array()
-    N, rows, k = emb.shape[0], emb.chunks[0], omega.shape[1]
-    store.require_array(path, (k, N), (1, rows), emb.dtype)
-    done = store.done(path).reshape(k, -1)
-    om = omega.astype(emb.dtype)
-    out = StoreArray(store, path)
-    return [dask.delayed(_project_chunk)(src, out, c * rows, min(N, (c + 1) * rows), om)
-            for c in range(done.shape[1]) if not done[:, c].all()]
-
-
-def _project_chunk(src: StoreArray, out: StoreArray, lo: int, hi: int, om: np.ndarray) -> None:
-    out.write_region((slice(0, om.shape[1]), slice(lo, hi)), _project_block(src, lo, hi, om))
 
 
 def _project_block(src: StoreArray, lo: int, hi: int, om: np.ndarray) -> np.ndarray:
@@ -374,77 +341,91 @@ def _sum_sq(v: np.ndarray, step: int) -> float:
                (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))
 
 
-def _check_scratch(needed: int) -> None:
-    """Refuse an out-of-core Solve whose spill files cannot fit in ``$TMPDIR``."""
-    tmp = tempfile.gettempdir()
-    free = shutil.disk_usage(tmp).free
-    if needed > free:
-        raise DiskFullError(errno.ENOSPC, f"the out-of-core sort needs {needed / 2**30:.2f} GiB "
-                            f"of spill files in {tmp} ($TMPDIR) but only {free / 2**30:.2f} GiB "
-                            "are free; set TMPDIR to a larger disk or raise --memory-budget, "
-                            "then rerun the same command to resume")
-
-
 def _check_finite(v: np.ndarray, what: str) -> None:
     if v.size and not (np.isfinite(v[0]) and np.isfinite(v[-1])):  # sorted: ends suffice
         raise ValueError(f"{what} contain NaN or Inf")
 
 
-def _align_external(proj_ref: StoreArray, rproj_ref: StoreArray, targets_ref: StoreArray,
-                    j: int, budget: int, seed: int, after: Any = None) -> float:
-    """Targets of direction ``j`` when its rows do not fit: the generated row through
-    :func:`ootrain.ot.sort.external_argsort`, targets computed bucket by bucket in rank order and
-    put back in sample order through :class:`ootrain.ot.sort.ExternalScatter`; the real row sorted
-    in memory if it fits a quarter of the budget, else externally into a spill file that is
-    then read in rank order.  Spill files go to the system temporary directory (``$TMPDIR``)
-    of the process running it.  A Dask task; ``after``: the tasks it waits for."""
-    proj, rproj, targets = proj_ref.array(), rproj_ref.array(), targets_ref.array()
-    b, n = proj.shape[1], rproj.shape[1]
-    dtype = proj.dtype
-    per_elem = sort.SORT_BYTES_PER_ELEMENT + 2 * dtype.itemsize + _target_bytes(b, n)
-    max_bucket, buffer = sort.plan_external(budget, per_elem)
-    cols = targets.chunks[1]
-    block = cols * max(1, buffer // (4 * cols * (8 + dtype.itemsize)))
-    with tempfile.TemporaryDirectory(prefix="ootrain-solve-") as tmp:
-        real_blocks = sort.row_blocks(lambda lo, hi: rproj[j, lo:hi], n, rproj.chunks[1])
-        step = rproj.chunks[1]
-        if n * (8 + dtype.itemsize) <= budget // 4:
-            ys = np.sort(np.concatenate([v for v, _ in real_blocks()]))
-            _check_finite(ys, "real projections")
-            y_sq = _sum_sq(ys, step) / n
+def _sample_sorts(ctx: SolveContext, k: int, budget: int) -> tuple[SampleSort, SampleSort]:
+    """The sample sorts of the real and the generated projections of a Solve out of core."""
+    return tuple(SampleSort(ctx.store, f"{ctx.prefix}/sort/{name}", k=k, n=arr.shape[0],
+                            rows=arr.chunks[0], dtype=ctx.embeddings.dtype, budget=budget)
+                 for name, arr in (("real", ctx.real), ("generated", ctx.embeddings)))
 
-            def real_slice(lo: int, hi: int) -> np.ndarray:
-                return ys[lo:hi]
-        else:  # the sorted row goes to a spill file; Σ y² is taken as it is written
-            path = os.path.join(tmp, "real_sorted")
-            rmax, rbuf = sort.plan_external(budget // 2, sort.SORT_BYTES_PER_ELEMENT
-                                            + 2 * dtype.itemsize)
-            y_sq = 0.0
-            with open(path, "wb") as f:
-                for _, v, _ in sort.external_argsort(real_blocks, n, dtype, rmax, rbuf, tmp,
-                                                     seed):
-                    _check_finite(v, "real projections")
-                    y_sq += _sum_sq(v, step)
-                    v.tofile(f)
-            y_sq /= n
 
-            def real_slice(lo: int, hi: int) -> np.ndarray:
-                return np.fromfile(path, dtype=dtype, count=hi - lo, offset=lo * dtype.itemsize)
-        scatter = sort.ExternalScatter(b, block, dtype, buffer, tmp)
-        sq_diff = t_sq = 0.0
-        gen_blocks = sort.row_blocks(lambda lo, hi: proj[j, lo:hi], b, proj.chunks[1])
-        for r0, xs, idx in sort.external_argsort(gen_blocks, b, dtype, max_bucket, buffer, tmp,
-                                                 seed):
-            r1 = r0 + xs.shape[0]
-            lo, hi = sliced.real_slice_bounds(n, b, r0, r1)
-            t = sliced.quantile_targets_range(real_slice(lo, hi), lo, n, b, r0, r1,
-                                               check=False)
-            sq_diff += float(np.sum((xs - t) ** 2))
-            t_sq += float(np.dot(t, t))
-            scatter.add(idx, t.astype(dtype))
-        for lo, hi, out in scatter.blocks():
-            targets_ref.write_region((slice(j, j + 1), slice(lo, hi)), out[None])
-    return _w2(sq_diff / b, y_sq, t_sq / b)
+def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int
+                       ) -> np.ndarray:
+    """Targets of all directions (``omega`` [d, k]) when rows do not fit in memory, written
+    to ``tpath``; their W2² [k].
+
+    Both populations are projected and partitioned into buckets chunk by chunk (splitters from
+    a random sample of each), the real buckets sorted, and the generated buckets mapped in
+    rank order to their exact quantile targets (:class:`_QuantileTargets`, which reads the
+    sorted real ranks it needs), then gathered back in sample order, a chunk of every
+    direction's targets per task (:class:`ootrain.engine.samplesort.SampleSort`)."""
+    store, compute, k = ctx.store, ctx.compute, omega.shape[1]
+    b, n = ctx.embeddings.shape[0], ctx.real.shape[0]
+    om = omega.astype(ctx.embeddings.dtype)
+    real, gen = _sample_sorts(ctx, k, budget)
+    for ss, arr, tag in ((real, ctx.real, 0x7EA1), (gen, ctx.embeddings, 0x6E4)):
+        ref = ctx.ref(arr)
+        ss.choose_splitters(lambda idx, arr=arr: (arr.get_orthogonal_selection(
+            (idx, slice(None))) @ om).T, np.random.default_rng([ctx.seed, ctx.step, tag]))
+        ss.partition(compute, _Projection(ref, om))
+    real.sort(compute)
+    y_sq = real.stats() / n
+    gathered = store.done(tpath).reshape(k, -1).all(axis=0)
+    gen.map_ranks(compute, _QuantileTargets(real.sorted_rows(), n, b, _rank_block(b, n, budget)),
+                  2, _TargetWriter(ctx.ref(tpath), k), om.dtype, gathered=gathered)
+    st = gen.mapped_stats(2)
+    dist = np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
+    real.delete()
+    gen.delete()
+    return dist
+
+
+class _Projection:
+    """``produce(lo, hi)`` of a sample sort: ``(src[lo:hi] @ om)ᵀ`` [k, hi − lo]."""
+
+    def __init__(self, src: StoreArray, om: np.ndarray) -> None:
+        self.src, self.om = src, om
+
+    def __call__(self, lo: int, hi: int) -> np.ndarray:
+        return _project_block(self.src, lo, hi, self.om)
+
+
+class _QuantileTargets:
+    """The rank map of RSR: the exact quantile targets of generated ranks ``r0 … r0+l−1`` of
+    a direction (from the sorted real ranks they integrate, ``r_step`` ranks at a time), with
+    ``(Σ (x_(r) − t_r)², Σ t_r²)``."""
+
+    def __init__(self, real: SortedRows, n: int, b: int, r_step: int) -> None:
+        self.real, self.n, self.b, self.r_step = real, n, b, r_step
+
+    def __call__(self, j: int, r0: int, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, b = self.n, self.b
+        out = np.empty_like(xs)
+        sq = tt = 0.0
+        for a in range(0, xs.shape[0], self.r_step):
+            e = min(xs.shape[0], a + self.r_step)
+            lo, hi = sliced.real_slice_bounds(n, b, r0 + a, r0 + e)
+            y = self.real.read(j, lo, hi)
+            t = sliced.quantile_targets_range(y, lo, n, b, r0 + a, r0 + e, check=False)
+            diff = xs[a:e] - t
+            sq += float(np.dot(diff, diff))
+            tt += float(np.dot(t, t))
+            out[a:e] = t
+        return out, np.array([sq, tt])
+
+
+class _TargetWriter:
+    """``consume(lo, hi, t)`` of the generated sample sort: targets [k, hi − lo] of a chunk."""
+
+    def __init__(self, targets: StoreArray, k: int) -> None:
+        self.targets, self.k = targets, k
+
+    def __call__(self, lo: int, hi: int, t: np.ndarray) -> None:
+        self.targets.write_region((slice(0, self.k), slice(lo, hi)), t)
 
 
 def _w2(sq_diff: float, y_sq: float, t_sq: float) -> float:

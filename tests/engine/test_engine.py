@@ -85,12 +85,15 @@ def test_out_of_core_gradient_equals_full_batch(tmp_path, b, m, n, chunk_rows, m
 
 
 @pytest.mark.parametrize("b,n,budget", [
-    (3000, 2000, 4096),  # both rows out of core (the real row through a spill file)
-    (3000, 500, 32_000),  # generated row out of core, real row sorted in memory
+    (3000, 2000, 4096),  # both populations in many buckets
+    (3000, 500, 32_000),  # the real one in few buckets
     (1000, 3001, 8192),  # n > b, n not a multiple of b: targets straddle buckets
 ])
-def test_external_sort_path_gradient_equals_full_batch(tmp_path, b, n, budget):
-    """A memory budget below one row forces the external sort (sort.external_argsort)."""
+def test_external_sort_path_gradient_equals_full_batch(tmp_path, monkeypatch, b, n, budget):
+    """A memory budget below one row forces the sample sort (engine.samplesort), here with
+    buckets of ~100 values, so targets straddle the real buckets."""
+    from ootrain.engine import samplesort
+    monkeypatch.setattr(samplesort, "MIN_BUCKET", 100)
     eng, _ = _engine(tmp_path, b, 100, n, budget=budget, chunk_rows=500, k=2)
     assert rsr.plan_pass(b, n, 2, 8, 500 * 6 * 8, budget) == 0
     _assert_invariant(eng, loss_rel=1e-9)
@@ -473,7 +476,7 @@ def test_train_without_store_removes_temporary_folder_on_error(tmp_path, monkeyp
 
 
 def test_resumed_out_of_core_solve_stays_out_of_core(tmp_path, monkeypatch):
-    """A Solve interrupted under a budget below one row resumes on the external sort (it used
+    """A Solve interrupted under a budget below one row resumes on the sample sort (it used
     to read the one-direction chunks of the targets as an in-memory pass of one direction,
     ignoring the budget), and ends with the same targets."""
     b, n, budget = 1000, 800, 8192
@@ -488,10 +491,10 @@ def test_resumed_out_of_core_solve_stays_out_of_core(tmp_path, monkeypatch):
     eng.store._manifest("steps/0/distances")[1:] = 0
     eng.store.group["steps/0"].attrs.update({"solved": False})
     used = []
-    for name in ("_align_external", "_align_in_memory"):
+    for name in ("_align_sample_sort", "_align_in_memory"):
         original = getattr(rsr, name)
         monkeypatch.setattr(rsr, name, lambda *a, _o=original, _n=name, **k:
                             used.append(_n) or _o(*a, **k))
     eng.solve(0)
-    assert used == ["_align_external", "_align_external"]
+    assert used == ["_align_sample_sort"]
     np.testing.assert_array_equal(eng.store.array("steps/0/targets")[:], full)
