@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_eps", "check_query", "HALF"]
+__all__ = ["check_eps", "check_query", "check_psi", "HALF"]
 
 #: Floating dtypes the kernels refuse: their range (6.5e4 for float16) is exceeded by the
 #: squared distances of ordinary data.
@@ -44,3 +44,14 @@ def check_query(x: Any, d: int) -> None:
                          "distances overflow it); use float32 or float64")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains non-finite values (NaN or Inf)")
+
+
+def check_psi(psi: Any, n: int, x: Tensor) -> Tensor:
+    """A finite dual potential ``[N]`` (``n`` targets), returned in ``x``'s dtype and device."""
+    psi = torch.as_tensor(psi)
+    if psi.shape != (n,):
+        raise ValueError(f"psi must have shape [N] = [{n}], got {tuple(psi.shape)}")
+    psi = psi.to(device=x.device, dtype=x.dtype)
+    if not bool(torch.isfinite(psi).all()):
+        raise ValueError("psi contains non-finite values (NaN or Inf)")
+    return psi

@@ -52,7 +52,8 @@ importable, else ``keops`` when pykeops imports (and compiles: a failure falls b
 
 Targets are a tensor, a numpy array, a zarr array or the path of one
 (:class:`~ootrain.ot.targets.TargetSource`); large sources are read in row blocks and
-the reduction is carried block by block.  The soft (entropic) c-transform, with ``eps > 0`` and target
+the reduction is carried block by block (:func:`merge_argmin`); :mod:`ootrain.ot.sharded`
+runs it over target shards as Dask tasks, on a cluster too.  The soft (entropic) c-transform, with ``eps > 0`` and target
 weights ``w`` (uniform by default),
 
     value_i = -eps log sum_j w_j exp((psi_j - c(x_i, y_j)) / eps),
@@ -86,7 +87,7 @@ from torch import Tensor
 
 from ootrain.ot.backends import (BACKENDS, SOFT_BACKENDS, TORCH_BLOCK, check_backend,
                                  faiss_available, keops_available)
-from ootrain.ot.checks import check_eps, check_query
+from ootrain.ot.checks import check_eps, check_psi, check_query
 from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
 
@@ -95,6 +96,7 @@ __all__ = [
     "AUTO_TORCH_ENTRIES",
     "resolve_backend",
     "c_transform",
+    "merge_argmin",
     "soft_c_transform",
     "soft_mass",
     "soft_cost",
@@ -112,16 +114,6 @@ _FAISS_CANDIDATES = 8         # candidates per query and target block, re-ranked
 # ----------------------------------------------------------------------------------
 # input checks and backend choice
 # ----------------------------------------------------------------------------------
-def _check_psi(psi: Tensor, n: int, x: Tensor) -> Tensor:
-    psi = torch.as_tensor(psi)
-    if psi.shape != (n,):
-        raise ValueError(f"psi must have shape [N] = [{n}], got {tuple(psi.shape)}")
-    psi = psi.to(device=x.device, dtype=x.dtype)
-    if not bool(torch.isfinite(psi).all()):
-        raise ValueError("psi contains non-finite values (NaN or Inf)")
-    return psi
-
-
 def _log_weights(weights: Tensor | None, n: int, x: Tensor) -> Tensor:
     """``log w`` [N] (normalised to sum 1), uniform ``-log N`` when ``weights`` is None."""
     if weights is None:
@@ -308,7 +300,7 @@ def c_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "sqeuc
     cost = parse_cost(cost)
     src = as_source(y, block_rows)
     check_query(x, src.d)
-    psi = _check_psi(psi, src.n, x)
+    psi = check_psi(psi, src.n, x)
     name = resolve_backend(backend, cost, x.shape[0] * src.n)
     B = x.shape[0]
     best_v = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
@@ -328,10 +320,28 @@ def c_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "sqeuc
             name = "torch"
             cand = _candidates_torch(x, yb, pb, cost)
         v, i = _best_exact(x, yb, pb, cand, cost)
-        better = v < best_v   # strict: earlier blocks (smaller indices) win ties
-        best_v = torch.where(better, v, best_v)
-        best_i = torch.where(better, i + off, best_i)
+        best_i, best_v = merge_argmin((best_i, best_v), (i + off, v))
     return best_i, best_v
+
+
+def merge_argmin(first: tuple[Tensor, Tensor], then: tuple[Tensor, Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+    """``(idx, value)`` of the c-transform over two disjoint target sets from each one's.
+
+    ``value_i = min(first_i, then_i)``, and ``idx_i`` from ``first`` on ties (strict ``<``):
+    with ``first`` over smaller target indices than ``then``, ties keep the smallest index,
+    as :func:`c_transform` promises.  Merging partial results over consecutive target
+    blocks (or shards) in order therefore gives the c-transform over all of them.
+
+    Args:
+        first: ``(idx [B], value [B])`` over the targets with the smaller indices.
+        then: ``(idx [B], value [B])`` over the following targets.
+
+    Returns:
+        ``(idx [B], value [B])``.
+    """
+    better = then[1] < first[1]
+    return torch.where(better, then[0], first[0]), torch.where(better, then[1], first[1])
 
 
 # ----------------------------------------------------------------------------------
@@ -352,7 +362,7 @@ def _soft_setup(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost, eps: fl
     cost = parse_cost(cost)
     src = as_source(y, block_rows)
     check_query(x, src.d)
-    psi = _check_psi(psi, src.n, x)
+    psi = check_psi(psi, src.n, x)
     eps = check_eps(eps)
     # fold the weights into the potential: a_ij = (psi_j + eps log w_j - c_ij) / eps
     return cost, src, psi + eps * _log_weights(weights, src.n, x), eps

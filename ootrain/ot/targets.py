@@ -106,8 +106,9 @@ class TargetSource:
         per = max(1, _ZARR_BLOCK_BYTES // (self.d * np.dtype(self.data.dtype).itemsize))
         return max(chunk, per // chunk * chunk)
 
-    def _read(self, start: int, stop: int) -> Tensor:
-        """Rows ``[start, stop)`` of the (possibly subset) source, as a CPU/device tensor."""
+    def read(self, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)`` of the (possibly subset) source, as one CPU/device tensor
+        (a view of in-memory data; a zarr source's rows read now and checked for NaN/Inf)."""
         if self.in_memory:
             return self.data[start:stop]
         if self.rows is None:
@@ -126,7 +127,7 @@ class TargetSource:
         """Yield ``(offset, y[offset:offset + rows])`` over the source, in order."""
         step = block_rows or self.block_rows or self.default_block_rows()
         for start in range(0, self.n, step):
-            yield start, self._read(start, min(self.n, start + step)).to(device=device,
+            yield start, self.read(start, min(self.n, start + step)).to(device=device,
                                                                         dtype=dtype)
 
     def take(self, idx: Tensor, *, dtype: torch.dtype | None = None,
