@@ -1,5 +1,5 @@
-"""OT kernels usable alone: costs, targets, the c-transform, sliced W2, Sinkhorn (in memory and
-streamed), semi-discrete OT, sort.
+"""OT kernels usable alone: costs, targets, the c-transform (also sharded over Dask tasks),
+sliced W2, Sinkhorn (in memory and streamed), semi-discrete OT, sort.
 
 One cost registry (:mod:`ootrain.ot.costs`) and one backend vocabulary
 (:mod:`ootrain.ot.backends`) serve every kernel.
@@ -10,9 +10,10 @@ One cost registry (:mod:`ootrain.ot.costs`) and one backend vocabulary
 from ootrain.ot.costs import (COSTS, Cost, parse_cost)
 from ootrain.ot.backends import (BACKENDS, SOFT_BACKENDS, keops_available, faiss_available)
 from ootrain.ot.targets import (TargetSource, as_source)
-from ootrain.ot.ctransform import (KEOPS_MAX_TARGETS, resolve_backend, c_transform, soft_c_transform, soft_mass, soft_cost, soft_assign, soft_transform)
+from ootrain.ot.ctransform import (KEOPS_MAX_TARGETS, resolve_backend, c_transform, merge_argmin, soft_c_transform, soft_mass, soft_cost, soft_assign, soft_transform)
+from ootrain.ot.sharded import (plan_shards, argmin_tasks, sharded_c_transform)
 from ootrain.ot.sliced import (random_directions, wasserstein_1d, sliced_wasserstein, quantile_targets, real_slice_bounds, quantile_targets_range, w2_from_targets, algorithm2_directions)
 from ootrain.ot.sinkhorn import (SINKHORN_BACKENDS, DENSE_MAX_ENTRIES, STAGE_ITERS, SinkhornResult, cost_gradients, EnergyDistanceResult, ENERGY_TERMS, energy_distance, energy_distance_gradients, envelope_rows, StreamedSinkhornResult, sinkhorn_streamed, StreamedEnergyDistance, energy_distance_streamed)
 from ootrain.ot.semidiscrete import (SemiDiscreteOT)
 
-__all__ = ['COSTS', 'Cost', 'parse_cost', 'BACKENDS', 'SOFT_BACKENDS', 'keops_available', 'faiss_available', 'TargetSource', 'as_source', 'KEOPS_MAX_TARGETS', 'resolve_backend', 'c_transform', 'soft_c_transform', 'soft_mass', 'soft_cost', 'soft_assign', 'soft_transform', 'random_directions', 'wasserstein_1d', 'sliced_wasserstein', 'quantile_targets', 'real_slice_bounds', 'quantile_targets_range', 'w2_from_targets', 'algorithm2_directions', 'SINKHORN_BACKENDS', 'DENSE_MAX_ENTRIES', 'STAGE_ITERS', 'SinkhornResult', 'cost_gradients', 'EnergyDistanceResult', 'ENERGY_TERMS', 'energy_distance', 'energy_distance_gradients', 'envelope_rows', 'StreamedSinkhornResult', 'sinkhorn_streamed', 'StreamedEnergyDistance', 'energy_distance_streamed', 'SemiDiscreteOT']
+__all__ = ['COSTS', 'Cost', 'parse_cost', 'BACKENDS', 'SOFT_BACKENDS', 'keops_available', 'faiss_available', 'TargetSource', 'as_source', 'KEOPS_MAX_TARGETS', 'resolve_backend', 'c_transform', 'merge_argmin', 'soft_c_transform', 'soft_mass', 'soft_cost', 'soft_assign', 'soft_transform', 'plan_shards', 'argmin_tasks', 'sharded_c_transform', 'random_directions', 'wasserstein_1d', 'sliced_wasserstein', 'quantile_targets', 'real_slice_bounds', 'quantile_targets_range', 'w2_from_targets', 'algorithm2_directions', 'SINKHORN_BACKENDS', 'DENSE_MAX_ENTRIES', 'STAGE_ITERS', 'SinkhornResult', 'cost_gradients', 'EnergyDistanceResult', 'ENERGY_TERMS', 'energy_distance', 'energy_distance_gradients', 'envelope_rows', 'StreamedSinkhornResult', 'sinkhorn_streamed', 'StreamedEnergyDistance', 'energy_distance_streamed', 'SemiDiscreteOT']

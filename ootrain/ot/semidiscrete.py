@@ -81,6 +81,7 @@ from ootrain.ot.backends import BACKENDS, TORCH_BLOCK
 from ootrain.ot.checks import HALF, check_query
 from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.ctransform import c_transform, soft_assign, soft_transform
+from ootrain.ot.sharded import sharded_c_transform
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
 from ootrain.progress import make_progress
 
@@ -249,9 +250,42 @@ class SemiDiscreteOT:
         y = src.take(idx, dtype=x.dtype, device=x.device)
         return value, mass, self.ground_cost.pairwise(x, y)
 
-    def assign(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Target index per row of ``x [B, d]``: the argmin, or a draw of the soft plan."""
+    def assign(self, x: Tensor, generator: torch.Generator | None = None, *,
+               budget: int | None = None, compute: Any = None) -> Tensor:
+        """Target index per row of ``x [B, d]``: the argmin, or a draw of the soft plan.
+
+        Hard: ``sigma(x_i) = argmin_j c(x_i, y_j) - psi_j`` (ties: the smallest ``j``).
+        Soft (``eps > 0``): ``sigma(x_i) ~ P_i.``, ``P_ij ∝ nu_j exp((psi_j - c(x_i, y_j)) /
+        eps)``, drawn with ``generator``.
+
+        With ``budget`` (bytes of target rows one task holds), the hard argmin runs
+        sharded (:func:`ootrain.ot.sharded.sharded_c_transform`): one Dask task per target
+        shard, run by ``compute`` (an :class:`ootrain.engine.compute.Compute`, e.g. on a
+        ``dask.distributed`` cluster, whose workers must be able to open the targets' zarr
+        array; None: this thread), with the same result.  The soft draw is not sharded.
+
+        Returns:
+            int64 ``[B]``.
+
+        Raises:
+            ValueError: ``budget`` with the soft plan, or as ``sharded_c_transform``.
+
+        Example::
+
+            >>> import torch
+            >>> ot = SemiDiscreteOT(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+            >>> x = torch.tensor([[0.9, 0.1], [0.1, 0.8]])
+            >>> ot.assign(x, budget=16).tolist()   # 2 targets per shard
+            [1, 2]
+        """
         x = self._x(x)
+        if budget is not None:
+            if self.soft:
+                raise ValueError("a sharded assignment is the hard argmin only: the soft "
+                                 "plan's draws follow the target blocks; use eps=0 or drop "
+                                 "budget")
+            return sharded_c_transform(x, self.source, self.potentials, self.ground_cost,
+                                       self.backend, budget=budget, compute=compute)[0]
         if self.soft:
             w = None if self.weights is None else self.nu
             return soft_assign(x, self.source, self.potentials, self.ground_cost, self.eps,
