@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +42,17 @@ from torch import Tensor, nn
 from ootrain.engine.compute import StoreArray
 from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveContext,
                                  StepResult)
+from ootrain.ot.costs import Cost
 from ootrain.ot.semidiscrete import SemiDiscreteOT
+from ootrain.ot.sharded import argmin_tasks, plan_shards
+from ootrain.ot.targets import TargetSource
 
-__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT"]
+__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT", "SHARD_SHARE"]
+
+#: A sharded Solve task's target shard takes at most this fraction (1 / SHARD_SHARE) of the
+#: task's memory budget; the rest holds the chunk of queries and the argmin kernel's copies
+#: of the shard (FAISS: the centred float64 rows, their augmented float32 index).
+SHARD_SHARE = 4
 
 
 class AssignmentSolver:
@@ -52,7 +62,12 @@ class AssignmentSolver:
     potentials ``ψ`` fitted by OTS.  With a soft (entropic) ``ot`` the assignment is sampled
     from ``softmax_j((ψ_j − c(x_i, y_j)) / ε)`` with a generator keyed by (seed, step, chunk),
     so a resumed Solve writes the same assignments.  One Dask task per stored chunk (the
-    argmin over all targets by ``ot``'s backend), on the step's scheduler.
+    argmin over all targets by ``ot``'s backend), on the step's scheduler — or, for a hard
+    argmin over targets in a zarr array larger than one shard, the sharded c-transform
+    (:mod:`ootrain.ot.sharded`): one task per (stored chunk, target shard), a shard's rows
+    taking at most ``1 / SHARD_SHARE`` of a task's memory budget (the step's budget on a
+    cluster, its share per local thread), and a merge-and-write task per chunk, with the same
+    assignments.  A task then holds one chunk of queries and one target shard.
 
     Writes, under the step's group: ``potentials`` [N] (the ψ used), ``assignments`` [b] int64
     (chunks of the embeddings' rows) and ``costs`` [b] (``c(x_i, y_σ(i))``).  Metrics: ``loss``
@@ -92,11 +107,17 @@ class AssignmentSolver:
         store.require_array(cpath, (b,), (rows,), np.float64)
         done = store.done(apath) & store.done(cpath)
         ctx.compute.check_store(store)
-        ot = dask.delayed(self.ot)   # one copy for all the tasks (sent once to a cluster)
         refs = ctx.ref(emb), ctx.ref(apath), ctx.ref(cpath)
-        ctx.compute.run([dask.delayed(_assign_chunk)(
-            ot, *refs, int(c) * rows, min(b, (int(c) + 1) * rows),
-            [ctx.seed, ctx.step, int(c), 0x5D07]) for c in np.flatnonzero(~done)])
+        todo = [(int(c) * rows, min(b, (int(c) + 1) * rows), int(c))
+                for c in np.flatnonzero(~done)]
+        shards = self._shards(ctx)
+        if shards is None:
+            ot = dask.delayed(self.ot)   # one copy for all the tasks (sent once to a cluster)
+            ctx.compute.run([dask.delayed(_assign_chunk)(ot, *refs, lo, hi,
+                                                         [ctx.seed, ctx.step, c, 0x5D07])
+                             for lo, hi, c in todo])
+        else:
+            self._solve_sharded(ctx, refs, todo, shards)
         counts = np.zeros(self.ot.n_targets, dtype=np.int64)
         total = 0.0
         for lo in range(0, b, rows):
@@ -107,6 +128,37 @@ class AssignmentSolver:
         return {"loss": total / b, "imbalance": float(np.abs(nu - counts / b).sum()),
                 "imbalance_noise": math.sqrt(2 * self.ot.n_targets / (math.pi * b))}
 
+    def _shards(self, ctx: SolveContext) -> list[tuple[int, int]] | None:
+        """The target shards of a sharded Solve, or None (soft plan, targets in memory or
+        within one shard: each chunk's task reduces over all targets)."""
+        src = self.ot.source
+        if self.ot.soft or src.in_memory:
+            return None
+        task = ctx.memory_budget if ctx.compute.distributed \
+            else max(1, ctx.memory_budget // ctx.compute.workers)   # concurrent tasks share it
+        shards = plan_shards(src, task // SHARD_SHARE, self.ot.dtype)
+        return shards if len(shards) > 1 else None
+
+    def _solve_sharded(self, ctx: SolveContext, refs: tuple[StoreArray, ...],
+                       todo: list[tuple[int, int, int]], shards: list[tuple[int, int]]
+                       ) -> None:
+        """Per stored chunk: a read task, one argmin task per target shard, and a task that
+        merges them and writes the chunk's assignments and costs."""
+        emb, assignments, costs = refs
+        name = f"ots-fit-{uuid.uuid4().hex}"   # keys unique to the computation
+        graph: dict[Any, Any] = {}
+        reads = [(name, "queries", c) for _, _, c in todo]
+        for key, (lo, hi, _) in zip(reads, todo):
+            graph[key] = (_read_chunk, emb, lo, hi, self.ot.dtype)
+        merged = argmin_tasks(graph, reads, self.ot.source, self.ot.potentials, shards,
+                              self.ot.ground_cost, self.ot.backend,
+                              distributed=ctx.compute.distributed)
+        writes = [(name, "write", c) for _, _, c in todo]
+        for key, read, best, (lo, hi, _) in zip(writes, reads, merged, todo):
+            graph[key] = (_write_chunk, self.ot.ground_cost, self.ot.source, read,
+                          (operator.getitem, best, 0), assignments, costs, lo, hi)
+        ctx.compute.get(graph, writes)
+
     def rerun_loss(self, ctx: SolveContext, population: str, dtype: torch.dtype) -> "FitLoss":
         return FitLoss(ctx.store.array(f"{ctx.prefix}/assignments"), self.ot, ctx.embeddings.shape[0],
                        dtype)
@@ -116,11 +168,23 @@ def _assign_chunk(ot: SemiDiscreteOT, emb: StoreArray, assignments: StoreArray,
                   costs: StoreArray, lo: int, hi: int, key: list[int]) -> None:
     """A Dask task: the assignments and costs of the stored rows [lo, hi) (one chunk), the
     soft assignment sampled with a generator seeded by ``key``."""
-    x = torch.as_tensor(np.asarray(emb.array()[lo:hi]), dtype=ot.dtype)
+    x = _read_chunk(emb, lo, hi, ot.dtype)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-    idx = ot.assign(x, generator=gen)
-    cost = ot.ground_cost.pairwise(x, ot.source.take(idx, dtype=x.dtype))
-    costs.write_region((slice(lo, hi),), cost.double().numpy())
+    _write_chunk(ot.ground_cost, ot.source, x, ot.assign(x, generator=gen), assignments,
+                 costs, lo, hi)
+
+
+def _read_chunk(emb: StoreArray, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+    """The stored embeddings of rows [lo, hi) as a tensor of ``dtype``."""
+    return torch.as_tensor(np.asarray(emb.array()[lo:hi]), dtype=dtype)
+
+
+def _write_chunk(cost: Cost, source: TargetSource, x: Tensor, idx: Tensor,
+                 assignments: StoreArray, costs: StoreArray, lo: int, hi: int) -> None:
+    """Write the assignments ``idx`` of the rows [lo, hi) (queries ``x``) and their costs
+    ``c(x_i, y_σ(i))``."""
+    costs.write_region((slice(lo, hi),), cost.pairwise(x, source.take(idx, dtype=x.dtype))
+                       .double().numpy())
     assignments.write_region((slice(lo, hi),), idx.numpy().astype(np.int64))
 
 
