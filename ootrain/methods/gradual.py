@@ -51,8 +51,9 @@ __all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT", "SHARD_SHAR
 
 #: A sharded Solve task's target shard takes at most this fraction (1 / SHARD_SHARE) of the
 #: task's memory budget; the rest holds the chunk of queries and the argmin kernel's copies
-#: of the shard (FAISS: the centred float64 rows, their augmented float32 index).
-SHARD_SHARE = 4
+#: of the shard (FAISS: the centred float64 rows, their augmented float32 index; a worker's
+#: peak was ~7x a float32 shard's bytes in benchmarks/bench_sharded_argmin.py).
+SHARD_SHARE = 8
 
 
 class AssignmentSolver:
