@@ -347,10 +347,25 @@ def _check_finite(v: np.ndarray, what: str) -> None:
 
 
 def _sample_sorts(ctx: SolveContext, k: int, budget: int) -> tuple[SampleSort, SampleSort]:
-    """The sample sorts of the real and the generated projections of a Solve out of core."""
-    return tuple(SampleSort(ctx.store, f"{ctx.prefix}/sort/{name}", k=k, n=arr.shape[0],
-                            rows=arr.chunks[0], dtype=ctx.embeddings.dtype, budget=budget)
-                 for name, arr in (("real", ctx.real), ("generated", ctx.embeddings)))
+    """The sample sorts of the real and the generated projections of a Solve out of core.
+
+    A partition or gather task covers as many stored chunks as ``budget`` holds at
+    ``_BLOCK_BYTES`` per projected value (at least one chunk): the segments that bucket
+    tasks read grow with it, and so does what a store read fetches for its fixed cost."""
+    isz = ctx.embeddings.dtype.itemsize
+    sorts = []
+    for name, arr in (("real", ctx.real), ("generated", ctx.embeddings)):
+        rows = arr.chunks[0]
+        block = rows * max(1, budget // (k * (_BLOCK_BYTES + 2 * isz) * rows))
+        sorts.append(SampleSort(ctx.store, f"{ctx.prefix}/sort/{name}", k=k, n=arr.shape[0],
+                                rows=min(block, arr.shape[0]), dtype=ctx.embeddings.dtype,
+                                budget=budget))
+    return sorts[0], sorts[1]
+
+
+# Bytes per projected value in a partition or gather task, beyond twice its itemsize: bucket
+# keys, order, records (twice while written) and positions.
+_BLOCK_BYTES = 40
 
 
 def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int

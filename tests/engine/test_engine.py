@@ -87,6 +87,7 @@ def test_out_of_core_gradient_equals_full_batch(tmp_path, b, m, n, chunk_rows, m
 @pytest.mark.parametrize("b,n,budget", [
     (3000, 2000, 4096),  # both populations in many buckets
     (3000, 500, 32_000),  # the real one in few buckets
+    (3000, 2000, 120_000),  # partition and gather tasks of two stored chunks
     (1000, 3001, 8192),  # n > b, n not a multiple of b: targets straddle buckets
 ])
 def test_external_sort_path_gradient_equals_full_batch(tmp_path, monkeypatch, b, n, budget):
