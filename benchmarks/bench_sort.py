@@ -10,9 +10,9 @@ One float32 row of ``--n`` standard-normal values, sorted by:
 - out of core under ``--budget`` bytes: ``ootrain.ot.sort.external_argsort`` (sample sort through
   spill files in ``--scratch``; bucket size and spill buffer from ``sort.plan_external(budget,
   SORT_BYTES_PER_ELEMENT + 2 × 4)``, input read ``--block`` elements at a time through
-  ``sort.row_blocks``), all buckets copied into a preallocated output; and the round trip back to
-  sample order through ``ootrain.ot.sort.ExternalScatter`` (rank-ordered values added ``--block`` at a
-  time, blocks copied into a preallocated output);
+  ``sort.row_blocks``), all buckets copied into a preallocated output (the engine's Solve
+  uses the task-graph sample sort of ``ootrain.engine.samplesort`` instead:
+  ``bench_shuffle.py``);
 - the alternative a user would pick for an out-of-core sort: ``dask.dataframe``
   ``sort_values(shuffle_method="disk")`` (partd spill files) on ``dd.from_dask_array`` of the same
   array with partitions of the external sort's bucket size, threaded scheduler, ``.compute()``
@@ -124,19 +124,6 @@ def external_sort(x: np.ndarray, block: int, max_bucket: int, buffer_bytes: int,
     return out_values, out_index
 
 
-def external_scatter(perm: np.ndarray, values: np.ndarray, block: int, buffer_bytes: int,
-                     scratch: str, out: np.ndarray) -> np.ndarray:
-    """ExternalScatter of rank-ordered ``values`` to positions ``perm``, added ``block`` at a
-    time (as the Solve adds a bucket's targets), blocks copied into ``out``."""
-    n = perm.shape[0]
-    scatter = sort.ExternalScatter(n, block, values.dtype, buffer_bytes, scratch)
-    for lo in range(0, n, block):
-        scatter.add(perm[lo:lo + block], values[lo:lo + block])
-    for lo, hi, got in scatter.blocks():
-        out[lo:hi] = got
-    return out
-
-
 def dask_sort_values(x: np.ndarray, partition_size: int, scratch: str
                      ) -> tuple[np.ndarray, np.ndarray]:
     """dask.dataframe sort_values with the disk (partd) shuffle, computed to NumPy: the sorted
@@ -187,7 +174,7 @@ def main() -> None:
     expected = np.sort(x)
     xt = torch.from_numpy(x)
     argsort(x[:10])  # load the numba kernels outside the timings
-    out_values, out_index, out_scatter = touched(n, np.float32), touched(n, np.int64), touched(n, np.float32)
+    out_values, out_index = touched(n, np.float32), touched(n, np.int64)
 
     def check_values(values) -> None:
         assert np.array_equal(np.asarray(values), expected)
@@ -209,9 +196,6 @@ def main() -> None:
         (f"ootrain.ot.sort.external_argsort ({ext}, into preallocated output)", 1,
          lambda: external_sort(x, block, max_bucket, buffer_bytes, scratch, out_values, out_index),
          check_pair),
-        (f"ootrain.ot.sort.ExternalScatter round trip ({ext}, into preallocated output)", 1,
-         lambda: external_scatter(out_index, out_values, block, buffer_bytes, scratch, out_scatter),
-         lambda r: np.testing.assert_array_equal(r, x)),
         (f"dask.dataframe sort_values, disk shuffle ({npart} partitions, .compute())",
          os.cpu_count(), lambda: dask_sort_values(x, partition_size, scratch), check_pair),
     ]

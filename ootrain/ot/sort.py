@@ -7,12 +7,14 @@ order back in sample order.
 * In memory, :func:`argsort`: for float32 it sorts packed ``(order_key << 32) | index`` int64
   keys with ``np.sort`` (4.7x ``np.argsort`` on one core, measured in ``benchmarks/``); other
   dtypes, and rows of more than 2**32 elements, use ``np.argsort(kind="stable")``.
-* Out of core, :func:`external_argsort` and :class:`ExternalScatter`: a sample sort (distribution
-  sort) through spill files in a scratch directory.  A sampling pass picks splitters, one
-  distribution pass writes every element once into its bucket's runs, then buckets come back in
-  order, each sorted in memory.  :class:`ExternalScatter` is the same machinery keyed by
-  destination block.  Memory is set by the caller's bucket size and spill buffer, never by the
-  row length; disk traffic is linear (each element written and read once per pass).
+* Out of core, :func:`external_argsort` (the stand-alone ``ootrain sort`` of a zarr array's
+  rows): a sample sort (distribution sort) in one process through spill files in a scratch
+  directory.  A sampling pass picks splitters, one distribution pass writes every element once
+  into its bucket's runs, then buckets come back in order, each sorted in memory.  Memory is
+  set by the caller's bucket size and spill buffer, never by the row length; disk traffic is
+  linear (each element written and read once per pass).  The engine's Solve sorts through
+  :mod:`ootrain.engine.samplesort` instead: the same algorithm as Dask tasks, its buckets in
+  the store where every worker reads them.
 
 Ties sort by index everywhere, so every path gives the same permutation.  NaN has no place in a
 sort order: every entry point raises ``ValueError`` on it.
@@ -35,7 +37,7 @@ import zarr
 from numba import njit
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["ExternalScatter", "argsort", "external_argsort", "row_fits", "sort_rows", "sort_with_permutation",
+__all__ = ["argsort", "external_argsort", "row_fits", "sort_rows", "sort_with_permutation",
            "sort_zarr"]
 
 KEY_BYTES = 8  # one int64 sort key per element
@@ -328,55 +330,6 @@ def external_argsort(blocks: Blocks, n: int, dtype: np.dtype, max_bucket: int,
                         buffer_bytes, tmp, seed + 1):
                     yield r0 + r, values, index
             r0 += int(count)
-
-
-class ExternalScatter:
-    """Put values given in any order back at their positions ``[0, n)``, out of core.
-
-    ``add(index, values)`` any number of times (every position exactly once in all), then
-    ``blocks()`` yields ``(lo, hi, out)`` for consecutive blocks of ``block`` positions with
-    ``out[i − lo]`` the value added for position ``i``.  Memory: the spill buffer
-    (``buffer_bytes``, twice during a flush) plus one output block.
-    """
-
-    def __init__(self, n: int, block: int, dtype: np.dtype, buffer_bytes: int,
-                 scratch: str | None = None) -> None:
-        if block < 1 or -(-n // block) > _MAX_PARTS:
-            raise ValueError(f"block={block} gives {-(-n // max(block, 1))} blocks for n={n}; "
-                             f"need 1 ≤ blocks ≤ {_MAX_PARTS}")
-        self.n, self.block, self.dtype = n, block, np.dtype(dtype)
-        self._tmp = tempfile.TemporaryDirectory(prefix="ootrain-scatter-", dir=scratch)
-        self._runs = _Runs(self._tmp.name, max(1, -(-n // block)),
-                           (np.dtype(np.int64), self.dtype), buffer_bytes)
-
-    def add(self, index: np.ndarray, values: np.ndarray) -> None:
-        index = np.asarray(index, dtype=np.int64)
-        if index.shape != np.shape(values):
-            raise ValueError(f"index {index.shape} and values {np.shape(values)} differ in shape")
-        if index.size and (index.min() < 0 or index.max() >= self.n):
-            raise ValueError(f"positions must be in [0, {self.n})")
-        self._runs.add(index // self.block, index, np.asarray(values))
-
-    def blocks(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        self._runs.flush()
-        counts = self._runs.counts()
-        try:
-            for p in range(self._runs.nparts):
-                lo, hi = p * self.block, min(self.n, (p + 1) * self.block)
-                if counts[p] != hi - lo:
-                    raise ValueError(f"positions [{lo}, {hi}) got {counts[p]} values, "
-                                     f"expected {hi - lo}: not a permutation")
-                index, values = self._runs.read(p)
-                out = np.empty(hi - lo, dtype=self.dtype)
-                seen = np.zeros(hi - lo, dtype=bool)
-                seen[index - lo] = True
-                if not seen.all():
-                    raise ValueError(f"positions [{lo}, {hi}) got a repeated position: "
-                                     "not a permutation")
-                out[index - lo] = values
-                yield lo, hi, out
-        finally:
-            self._tmp.cleanup()
 
 
 def plan_external(memory_budget: int, bytes_per_element: int) -> tuple[int, int]:
