@@ -178,12 +178,14 @@ def sharded_c_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost 
 
     Raises:
         ValueError: bad shapes, dtypes or NaN/Inf, a budget that holds no target row,
-            in-memory targets on a cluster.
+            in-memory targets on a cluster, ``query_rows < 1``.
     """
     src = as_source(y)
     check_query(x, src.d)
     psi = check_psi(psi, src.n, x)
     cost = parse_cost(cost)
+    if query_rows is not None and (isinstance(query_rows, bool) or query_rows < 1):
+        raise ValueError(f"query_rows must be a positive integer or None, got {query_rows!r}")
     step = query_rows or max(1, x.shape[0])
     name = f"sharded-queries-{uuid.uuid4().hex}"
     graph: dict[Hashable, Any] = {(name, q0): x[q0:q0 + step].clone()

@@ -124,3 +124,11 @@ def test_soft_plans_refuse_a_sharded_assignment():
     y = torch.as_tensor(np.random.default_rng(3).normal(size=(30, 2)))
     with pytest.raises(ValueError, match="hard argmin only"):
         SemiDiscreteOT(y, cost="l1").assign(y[:4], budget=2**10)
+
+
+def test_empty_queries_and_bad_query_rows(problem):
+    x, path, psi = problem
+    idx, value = sharded_c_transform(x[:0], path, psi, budget=2**20)
+    assert idx.shape == value.shape == (0,) and idx.dtype == torch.int64
+    with pytest.raises(ValueError, match="query_rows must be a positive integer"):
+        sharded_c_transform(x, path, psi, budget=2**20, query_rows=0)
