@@ -157,10 +157,11 @@ class SlicedSolver:
         elif not done.all():  # rows out of core: two sample sorts, buckets in the store
             budget = ctx.memory_budget if compute.distributed else \
                 max(1, ctx.memory_budget // compute.workers)   # concurrent tasks share it
-            dist = _align_sample_sort(ctx, omega, tpath, budget)
+            if task is not None:   # out of core the bar counts the sample sorts' tasks
+                ctx.progress.remove_task(task)
+                task = ctx.progress.add_task(f"step {ctx.step}: Sort (tasks)", total=None)
+            dist = _align_sample_sort(ctx, omega, tpath, budget, task)
             store.write_region(dpath, (slice(0, k),), dist)
-            if task is not None:
-                ctx.progress.advance(task, k - int(done.sum()))
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -368,8 +369,8 @@ def _sample_sorts(ctx: SolveContext, k: int, budget: int) -> tuple[SampleSort, S
 _BLOCK_BYTES = 40
 
 
-def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int
-                       ) -> np.ndarray:
+def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int,
+                       task: Any = None) -> np.ndarray:
     """Targets of all directions (``omega`` [d, k]) when rows do not fit in memory, written
     to ``tpath``; their W2² [k].
 
@@ -382,16 +383,24 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
     b, n = ctx.embeddings.shape[0], ctx.real.shape[0]
     om = omega.astype(ctx.embeddings.dtype)
     real, gen = _sample_sorts(ctx, k, budget)
+    advance = None
+    if task is not None:   # ``task``: a progress bar's task, counting finished Dask tasks
+        ctx.progress.update(task, total=real.n_chunks + real.n_buckets
+                            + 2 * gen.n_chunks + gen.n_buckets)
+
+        def advance(_: int) -> None:
+            ctx.progress.advance(task, 1)
     for ss, arr, tag in ((real, ctx.real, 0x7EA1), (gen, ctx.embeddings, 0x6E4)):
         ref = ctx.ref(arr)
         ss.choose_splitters(lambda idx, arr=arr: (arr.get_orthogonal_selection(
             (idx, slice(None))) @ om).T, np.random.default_rng([ctx.seed, ctx.step, tag]))
-        ss.partition(compute, _Projection(ref, om))
-    real.sort(compute)
+        ss.partition(compute, _Projection(ref, om), done=advance)
+    real.sort(compute, done=advance)
     y_sq = real.stats() / n
     gathered = store.done(tpath).reshape(k, -1).all(axis=0)
     gen.map_ranks(compute, _QuantileTargets(real.sorted_rows(), n, b, _rank_block(b, n, budget)),
-                  2, _TargetWriter(ctx.ref(tpath), k), om.dtype, gathered=gathered)
+                  2, _TargetWriter(ctx.ref(tpath), k), om.dtype, done=advance,
+                  gathered=gathered)
     st = gen.mapped_stats(2)
     dist = np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
     real.delete()
