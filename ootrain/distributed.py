@@ -1,5 +1,5 @@
 """``torch.distributed`` from the environment ``torchrun`` sets up: one process group per
-command, gloo on CPU and nccl on GPU.
+command, gloo for CPU tensors, and nccl for CUDA tensors where the ranks have GPUs.
 
 Under ``torchrun --nproc_per_node R ... ootrain <method> train ...`` every rank runs the same
 command; :func:`from_environment` joins them (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
@@ -28,8 +28,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-__all__ = ["from_environment", "quiet_unless_rank0", "rank_world", "barrier", "all_reduce",
-           "RankLostError", "TIMEOUT_S", "ALONE_TIMEOUT_S"]
+__all__ = ["from_environment", "process_group_backend", "quiet_unless_rank0", "rank_world",
+           "barrier", "all_reduce", "RankLostError", "TIMEOUT_S", "ALONE_TIMEOUT_S"]
 
 #: Seconds a collective waits for the other ranks before the command stops.
 TIMEOUT_S = float(os.environ.get("OOTRAIN_DIST_TIMEOUT", "300"))
@@ -101,6 +101,13 @@ def _stopped(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def process_group_backend(gpu: bool) -> str:
+    """The process group's backends: gloo for CPU tensors always (the engine's gradients and
+    flags live on the CPU), nccl for CUDA tensors when the ranks have GPUs (an nccl-only group
+    refuses CPU tensors: "No backend type associated with device type cpu", seen on an H200)."""
+    return "cpu:gloo,cuda:nccl" if gpu else "gloo"
+
+
 @contextmanager
 def from_environment(timeout_s: float = TIMEOUT_S) -> Iterator[int]:
     """Join the process group ``torchrun`` describes in the environment for the duration of
@@ -112,8 +119,13 @@ def from_environment(timeout_s: float = TIMEOUT_S) -> Iterator[int]:
         return
     gpu = torch.cuda.is_available() and "LOCAL_RANK" in os.environ
     if gpu:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if gpu else "gloo", timeout=timedelta(seconds=timeout_s))
+        local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        if local >= count:
+            raise RuntimeError(f"rank {os.environ.get('RANK', local)} is local rank {local} but "
+                               f"this node has {count} GPU(s): give torchrun "
+                               f"--nproc_per_node {count} or fewer")
+        torch.cuda.set_device(local)
+    dist.init_process_group(process_group_backend(gpu), timeout=timedelta(seconds=timeout_s))
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         yield world
