@@ -89,3 +89,29 @@ def test_train_kill_resume_verify_on_s3(s3, tmp_path):
                          env={**os.environ, **env}, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert Store.read_lock(url) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_out_of_core_solve_keeps_its_buckets_on_s3(s3, tmp_path):
+    """A budget below one row: Solve's sample sort writes its buckets into the store on S3
+    (not $TMPDIR), trains as on a local disk, and deletes them once the targets are stored."""
+    env, bucket = s3
+    ooc = ["--memory-budget", "16KiB", "--steps", "2"]
+    runs = {}
+    for name, store in (("local", str(tmp_path / "local.zarr")),
+                        ("s3", f"s3://{bucket}/ooc.zarr")):
+        res = subprocess.run([sys.executable, "-m", "ootrain.cli", *ARGS[:-5], *ooc,
+                              "--threads", "1", "--no-progress", "--store", store,
+                              "--out", str(tmp_path / name)],
+                             env={**os.environ, **env, "OOTRAIN_NO_PROGRESS": "1",
+                                  "MPLBACKEND": "Agg", "TMPDIR": str(tmp_path)},
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        runs[name] = store
+    np.testing.assert_array_equal(np.load(tmp_path / "s3" / "samples.npy"),
+                                  np.load(tmp_path / "local" / "samples.npy"))
+    s = Store(runs["s3"], mode="r")
+    assert s.has("steps/1/sort")                    # where the buckets were
+    assert list(s.group["steps/1/sort/generated"].array_keys()) == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("ootrain-")]
