@@ -106,6 +106,8 @@ class SampleSort:
         k: rows; n: samples per row; rows: samples per source chunk (the last one shorter).
         dtype: the values' dtype.
         budget: bytes one task may hold; the number of buckets ``B`` is planned from it.
+            A sort found in the store (its group's ``samplesort`` attribute, written with
+            the splitters) keeps its stored ``rows`` and ``B``.
         min_bucket: values per row a bucket holds at least (on average; default
             :data:`MIN_BUCKET`), which bounds the tasks and stored objects (``B·C``
             segments) that a tiny budget would ask for.
@@ -125,6 +127,10 @@ class SampleSort:
         per_elem = _BUCKET_BYTES + 4 * self.dtype.itemsize
         self.n_buckets = int(min(_MAX_BUCKETS, max(1, -(-2 * k * n * per_elem // budget)),
                                  max(1, n // max(1, min_bucket or MIN_BUCKET))))
+        stored = store.group[prefix].attrs.get("samplesort") if store.has(prefix) else None
+        if stored:   # a resumed sort keeps its plan, whatever the budget is now
+            self.rows, self.n_buckets = int(stored["rows"]), int(stored["n_buckets"])
+            self.n_chunks = -(-n // self.rows)
 
     # ----------------------------------------------------------------- paths
     def _path(self, name: str) -> str:
@@ -168,6 +174,9 @@ class SampleSort:
                 self._done("splitters", "splitter_index").all():
             return
         nb = self.n_buckets
+        self.store.group.require_group(self.prefix)
+        self.store.update_attrs(self.prefix, {"samplesort": {"rows": self.rows,
+                                                             "n_buckets": nb}})
         shape = (self.k, max(1, nb - 1))
         sv = np.zeros(shape, self.dtype)
         si = np.zeros(shape, np.int64)

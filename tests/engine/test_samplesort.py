@@ -155,3 +155,16 @@ def test_nan_is_refused_with_a_clear_error(tmp_path):
     ss.choose_splitters(lambda idx: np.nan_to_num(x[:, idx]), np.random.default_rng(0))
     with pytest.raises(ValueError, match="NaN or Inf"):
         ss.partition(Compute(workers=1), lambda lo, hi: x[:, lo:hi])
+
+
+def test_a_sort_resumed_under_another_budget_keeps_its_plan(tmp_path):
+    x = _rows("normal", np.float32, n=3000)
+    store, ss, compute = _sort(tmp_path, x, budget=2**15, rows=250)
+    again = SampleSort(store, "sort", k=3, n=3000, rows=1000, dtype=np.float32, budget=2**20,
+                       min_bucket=16)
+    fresh = SampleSort(store, "other", k=3, n=3000, rows=1000, dtype=np.float32, budget=2**20,
+                       min_bucket=16)
+    assert (fresh.rows, fresh.n_buckets) != (ss.rows, ss.n_buckets)   # the budget's plan
+    assert (again.rows, again.n_buckets) == (ss.rows, ss.n_buckets)   # the stored one
+    again.sort(compute)
+    np.testing.assert_array_equal(again.sorted_row(2, 0, 3000), np.sort(x[2]))
