@@ -57,7 +57,6 @@ True
 
 from __future__ import annotations
 
-import math
 import threading
 import uuid
 from collections.abc import Callable
@@ -67,7 +66,7 @@ import numpy as np
 from numba import njit
 
 from ootrain.engine.compute import Compute, StoreArray
-from ootrain.ot.sort import sort_with_permutation
+from ootrain.ot.sort import sort_with_permutation, sum_squares
 from ootrain.store import Store
 
 __all__ = ["SampleSort", "SortedRows", "record_dtype", "MIN_BUCKET", "SAMPLES_PER_BUCKET"]
@@ -513,7 +512,7 @@ def _sort_task(bucket: tuple[Any, ...], p: int, width: int, out: StoreArray,
                stats: StoreArray) -> None:
     parts = _read_bucket(*bucket)
     values = np.concatenate([np.sort(v) for v, _ in parts])
-    sq = np.array([_sum_sq(np.asarray(v)) for v, _ in parts])
+    sq = np.array([sum_squares(np.asarray(v)) for v, _ in parts])
     _write_row(out, p, values, width)
     stats.write_region((slice(p, p + 1), slice(0, sq.shape[0])), sq[None])
 
@@ -560,9 +559,3 @@ def _gather_task(mapped: StoreArray, start: np.ndarray, per_row: np.ndarray, rec
         raise RuntimeError(f"samples [{lo}, {hi}): {int((~filled).sum())} outputs missing "
                            "after the sample sort (its stored buckets are inconsistent)")
     consume(lo, hi, out)
-
-
-def _sum_sq(v: np.ndarray, step: int = 1 << 16) -> float:
-    """``Σ v²`` accumulated in float64, ``step`` elements converted at a time."""
-    return math.fsum(float(np.dot(b, b)) for b in
-                     (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))

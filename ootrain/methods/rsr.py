@@ -37,7 +37,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import torch
 from numba import njit
@@ -302,7 +301,7 @@ def _align_row(x_parts: list[np.ndarray], y_parts: list[np.ndarray], b: int, n: 
     y = np.concatenate(y_parts)
     y.sort()
     _check_finite(y, "real projections")
-    y_sq = _sum_sq(y, 1 << 16) / n
+    y_sq = sort.sum_squares(y) / n
     x = np.concatenate(x_parts)   # becomes the targets in place
     xs, perm = sort.sort_with_permutation(x)
     sq_diff = t_sq = 0.0
@@ -334,12 +333,6 @@ def _place_targets(xs: np.ndarray, t: np.ndarray, perm: np.ndarray, out: np.ndar
 
 def _write_block(out: StoreArray, region: tuple[slice, ...], rows: list[np.ndarray]) -> None:
     out.write_region(region, np.stack(rows))
-
-
-def _sum_sq(v: np.ndarray, step: int) -> float:
-    """``Σ v²`` accumulated in float64, ``step`` elements converted at a time."""
-    return sum(float(np.dot(blk, blk)) for blk in
-               (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))
 
 
 def _check_finite(v: np.ndarray, what: str) -> None:

@@ -38,7 +38,7 @@ from numba import njit
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 __all__ = ["argsort", "external_argsort", "row_fits", "sort_rows", "sort_with_permutation",
-           "sort_zarr"]
+           "sort_zarr", "sum_squares"]
 
 KEY_BYTES = 8  # one int64 sort key per element
 PERM_BYTES = 8  # one int64 permutation entry per element
@@ -142,6 +142,13 @@ def sort_with_permutation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return values, np.bitwise_and(keys, _INDEX_MASK, out=keys)
     perm = argsort(x)
     return x[perm], perm
+
+
+def sum_squares(v: np.ndarray, step: int = 1 << 16) -> float:
+    """``Σ v²`` of a 1-D array, accumulated in float64 (``math.fsum`` over blocks of ``step``
+    elements, each converted to float64 on its own: no float64 copy of the whole row)."""
+    return math.fsum(float(np.dot(b, b)) for b in
+                     (v[lo:lo + step].astype(np.float64) for lo in range(0, v.shape[0], step)))
 
 
 def row_fits(n_elements: int, itemsize: int, memory_budget: int) -> bool:
