@@ -58,6 +58,7 @@ from ootrain.store import Store, StoreCorruptError
 from ootrain.validation import DIVERGED, NonFiniteError
 
 __all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "SolveContext",
+           "RunObserver",
            "ReRunLoss", "CotangentLoss", "StepResult", "GeneratorMethod",
            "NondeterministicModelError", "NonFiniteError", "Sampler", "standard_normal",
            "latent_key", "rank_world", "frozen_parameters", "describe_array"]
@@ -99,7 +100,9 @@ class SolveContext:
     real embeddings of methods that have them (else None); ``prefix`` is the step's group
     path in ``store``, where the solver writes; ``previous`` the previous step's prefix;
     ``compute`` the Dask scheduler that Solve's task graphs run on
-    (:class:`~ootrain.engine.compute.Compute`).
+    (:class:`~ootrain.engine.compute.Compute`); ``observed`` what the solver's
+    :class:`RunObserver` did while this process ran the step's Run (None when it had none,
+    e.g. a Solve resumed after Run).
     """
 
     store: Store
@@ -112,6 +115,7 @@ class SolveContext:
     seed: int
     progress: Any = None  # a rich.progress.Progress or None
     compute: Compute = field(default_factory=Compute)
+    observed: Any = None  # the solver's RunObserver of this step (joined), or None
 
     @property
     def embeddings(self) -> zarr.Array:
@@ -150,8 +154,32 @@ class CotangentLoss:
         return (e * batch["g"].to(e.dtype)).sum()
 
 
+class RunObserver(Protocol):
+    """Work a solver starts before Run and feeds while Run streams (``Solver.observe``), so
+    that Solve is left with less: e.g. projecting and sorting the real data, projecting each
+    generated chunk as it is made.
+
+    ``chunk(population, lo, rows)`` is called in the Run loop of rank 0 right after rows
+    ``[lo, lo + len(rows))`` of ``population`` are stored, with those rows exactly as stored
+    ([rows, d], read-only); chunks run by other ranks, or stored before a resume, are never
+    seen, so Solve must not rely on every chunk being observed.  ``join()`` waits for the
+    observer's background work, re-raises its error, and returns the seconds it ran;
+    ``abandon()`` (Run failed) waits for it and drops its error.
+    """
+
+    def chunk(self, population: str, lo: int, rows: np.ndarray) -> None: ...
+
+    def join(self) -> float: ...
+
+    def abandon(self) -> None: ...
+
+
 class Solver(Protocol):
-    """A global OT solve over stored embeddings (knows nothing of models)."""
+    """A global OT solve over stored embeddings (knows nothing of models).
+
+    Optional: ``observe(ctx) -> RunObserver | None``, called on rank 0 before Run once the
+    step's arrays exist (its Solve not done yet); the engine joins the observer before Solve
+    and hands it to :meth:`solve` as ``ctx.observed``."""
 
     def config(self) -> dict[str, Any]:
         """JSON-able settings that determine what the solver stores (part of the fingerprint)."""
@@ -560,11 +588,9 @@ class Engine:
         barrier()
         return arr
 
-    def run(self, step: int, plan: Plan | None = None) -> None:
-        """Run: embeddings of every population of the step, no autograd, chunk by chunk."""
-        plan = plan if plan is not None else self.method.plan(step)
+    def _require_populations(self, step: int, plan: Plan) -> None:
+        """Create the step's population arrays (rank 0; disk space checked first)."""
         itemsize = np.dtype(self.cfg.dtype).itemsize
-        m = self.cfg.micro_batch
         for index, pop in enumerate(plan.populations):
             b, d = self._size(pop), self._width(step, index, pop)
             rows = self._chunk_rows(pop, d)
@@ -574,7 +600,34 @@ class Engine:
                     self.store.check_space(self.store.array_bytes((b, d), (rows, d), itemsize),
                                            f"step {step}: Run ({pop.name})")
                 self.store.require_array(path, (b, d), (rows, d), self.cfg.dtype)
-            barrier()
+        barrier()
+
+    def run(self, step: int, plan: Plan | None = None, observe: bool = False
+            ) -> RunObserver | None:
+        """Run: embeddings of every population of the step, no autograd, chunk by chunk.
+
+        ``observe``: on rank 0, start the solver's :class:`RunObserver` (``Solver.observe``)
+        once the arrays exist and show it every chunk this process stores; returned (None
+        without one) for :meth:`solve`."""
+        plan = plan if plan is not None else self.method.plan(step)
+        self._require_populations(step, plan)
+        begin = getattr(plan.solver, "observe", None)
+        observer = begin(self.ctx(step, plan)) if observe and begin is not None \
+            and self.rank == 0 else None
+        try:
+            self._run(step, plan, observer)
+        except BaseException:
+            if observer is not None:
+                observer.abandon()
+            raise
+        return observer
+
+    def _run(self, step: int, plan: Plan, observer: RunObserver | None) -> None:
+        m = self.cfg.micro_batch
+        for index, pop in enumerate(plan.populations):
+            b, d = self._size(pop), self._width(step, index, pop)
+            rows = self._chunk_rows(pop, d)
+            path = f"{self.prefix(step)}/{pop.name}"
             ipath = f"{self.prefix(step)}/" + ("latents" if pop.name == "embeddings"
                                                  else f"{pop.name}_inputs")
             if self.cfg.store_latents and self.rank == 0:
@@ -598,11 +651,16 @@ class Engine:
                         self._advance(task, min(m, hi - lo - i))
                 _check_finite(out, f"embeddings {pop.name!r} of step {step}, rows [{lo}, {hi})")
                 self.store.write_chunk(path, (c, 0), out)
+                if observer is not None:
+                    out.flags.writeable = False
+                    observer.chunk(pop.name, lo, out)
             self._done_bar(task)
         barrier()
 
-    def solve(self, step: int, plan: Plan | None = None) -> dict[str, Any]:
-        """Solve: the solver's global pass over the stored populations (rank 0)."""
+    def solve(self, step: int, plan: Plan | None = None,
+              observed: RunObserver | None = None) -> dict[str, Any]:
+        """Solve: the solver's global pass over the stored populations (rank 0);
+        ``observed``: the solver's joined :class:`RunObserver` of this step's Run."""
         plan = plan if plan is not None else self.method.plan(step)
         metrics: dict[str, Any] = {}
         group = self.store.group[self.prefix(step)]
@@ -610,7 +668,9 @@ class Engine:
             if group.attrs.get("solved"):
                 metrics = dict(group.attrs["metrics"])
             else:
-                metrics = plan.solver.solve(self.ctx(step, plan))
+                ctx = self.ctx(step, plan)
+                ctx.observed = observed
+                metrics = plan.solver.solve(ctx)
                 self.store.update_attrs(self.prefix(step), {"metrics": metrics, "solved": True})
         barrier(f"the end of step {step}'s Solve (rank 0)", alone=True)
         if self.rank != 0:
@@ -743,10 +803,12 @@ class Engine:
             barrier(f"step {step}'s preparation (rank 0)", alone=True)
             timings["prepare"] = time.perf_counter() - t
             t = time.perf_counter()
-        self.run(step, plan)
+        observer = self.run(step, plan, observe=not group.attrs.get("solved"))
         timings["run"] = time.perf_counter() - t
         t = time.perf_counter()
-        metrics = self.solve(step, plan)
+        if observer is not None:   # Solve's wall time includes waiting for the observer
+            timings["observer"] = observer.join()
+        metrics = self.solve(step, plan, observer)
         timings["solve"] = time.perf_counter() - t
         t = time.perf_counter()
         if plan.update is not None:

@@ -169,8 +169,7 @@ class SampleSort:
         sample indices ``index`` [s].  Kept if already stored (a resumed sort keeps its
         buckets)."""
         vpath, ipath = self._path("splitters"), self._path("splitter_index")
-        if self.store.has(vpath) and self.store.has(ipath) and \
-                self._done("splitters", "splitter_index").all():
+        if self.store.is_complete(vpath) and self.store.is_complete(ipath):  # False if absent
             return
         nb = self.n_buckets
         self.store.group.require_group(self.prefix)

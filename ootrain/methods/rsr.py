@@ -28,12 +28,21 @@ stored chunks): the real rows are sorted, and the generated rows are mapped buck
 in rank order, to their quantile targets, which are put back in sample order.  Peak memory is
 set by the budget, not by ``b`` or ``n``.  The targets are written through the store's
 manifest, so a killed Solve resumes per pass in memory, per task out of core.
+
+Solve overlaps Run (:meth:`SlicedSolver.observe`): while Run streams the generated
+population, a background thread projects and sorts the real rows (out of core: runs the real
+sample sort), and in memory each generated chunk is projected as Run stores it; Solve is
+left with the generated sort, the targets and their writes.  The stored results are those
+of a Solve without the overlap.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +69,8 @@ class SlicedSolver:
     n_directions: k, directions per step.  directions: ``"gaussian"`` (fresh random unit
     directions each step) or ``"algorithm2"`` (RSR Algorithm 2: keep the ``keep`` directions of
     the previous step with the largest 1-D distance, fill the rest with normalised real − fake
-    differences).  mode: ``"target"`` or ``"cotangent"`` (what ReRun reads).
+    differences of ``pair_samples`` random pairs, the generated rows drawn from the first
+    stored chunk).  mode: ``"target"`` or ``"cotangent"`` (what ReRun reads).
     """
 
     n_directions: int
@@ -95,7 +105,10 @@ class SlicedSolver:
         if self.directions == "algorithm2" and ctx.previous is not None:
             rng = np.random.default_rng([ctx.seed, ctx.step, 0xA162])
             real = _sample_rows(ctx.real, self.pair_samples, rng)
-            fake = _sample_rows(ctx.embeddings, self.pair_samples, rng)
+            # generated rows are i.i.d.: those of the first stored chunk are a sample like
+            # any other, and known as soon as Run has stored it (see :meth:`observe`)
+            fake = _sample_rows(ctx.embeddings, self.pair_samples, rng,
+                                rows=ctx.embeddings.chunks[0])
             omega = sliced.algorithm2_directions(
                 torch.as_tensor(store.array(f"{ctx.previous}/directions")[:], dtype=tdtype),
                 torch.as_tensor(store.array(f"{ctx.previous}/distances")[:], dtype=tdtype),
@@ -109,18 +122,41 @@ class SlicedSolver:
         return omega
 
     # ------------------------------------------------------------------ Solve
+    def observe(self, ctx: SolveContext) -> "_RunOverlap | None":
+        """The work done while Run streams the generated population (an
+        :class:`~ootrain.engine.core.RunObserver`): the real side of Solve in a background
+        thread, and, in memory, each generated chunk's projections as Run stores it.
+
+        In memory (one pass of all ``k`` directions, a local scheduler) the real rows are
+        projected and sorted; out of core the real sample sort (splitters, partition, sorted
+        buckets in the store) runs whole.  The directions must be known: at once for
+        ``"gaussian"``, after the first generated chunk for ``"algorithm2"``.  None when Solve
+        is already under way (its targets exist) or its passes would not keep the rows."""
+        _check_widths(ctx)
+        b, n, k = ctx.embeddings.shape[0], ctx.real.shape[0], self.n_directions
+        if ctx.store.has(f"{ctx.prefix}/targets"):
+            return None
+        group = _plan(ctx, k)
+        if group and (group < k or ctx.compute.distributed):
+            return None   # several passes, or rows a cluster would have to receive
+        first_chunk = self.directions == "algorithm2" and ctx.previous is not None and not \
+            (ctx.store.has(f"{ctx.prefix}/directions")
+             and ctx.store.is_complete(f"{ctx.prefix}/directions"))
+        return _RunOverlap(self, ctx, in_memory=bool(group), wait_first_chunk=first_chunk,
+                           b=b, n=n)
+
     def solve(self, ctx: SolveContext) -> dict[str, float]:
         """Project, sort, align quantiles and write targets (and cotangents); see module doc."""
         store, emb, real = ctx.store, ctx.embeddings, ctx.real
         b, d = emb.shape
         n = real.shape[0]
-        if real.shape[1] != d:
-            raise ValueError(f"real embeddings have width {real.shape[1]}, generated {d}")
+        _check_widths(ctx)
         k, dtype = self.n_directions, emb.dtype
+        observed = ctx.observed if isinstance(ctx.observed, _RunOverlap) and \
+            ctx.observed.started else None
         omega = self._directions(ctx)
         tpath, dpath = f"{ctx.prefix}/targets", f"{ctx.prefix}/distances"
-        group = plan_pass(b, n, k, dtype.itemsize, emb.chunks[0] * d * dtype.itemsize,
-                          ctx.memory_budget)
+        group = _plan(ctx, k)
         if store.has(tpath):
             # resuming: the targets' layout fixes a pass of several directions; one direction
             # per chunk is the out-of-core layout too, which the budget decides again
@@ -131,8 +167,11 @@ class SlicedSolver:
             outs = store.array_bytes((k, b), (max(group, 1), rows), isz) + (
                 store.array_bytes((b, d), (rows, d), isz) if self.mode == "cotangent" else 0) + (
                 0 if group else sum(s.bytes_needed(mapped) for s, mapped in
-                                    zip(_sample_sorts(ctx, k, ctx.memory_budget), (False, True))))
+                                    zip(_sample_sorts(ctx, k, _task_budget(ctx)),
+                                        (False, True))))
             store.check_space(outs, f"step {ctx.step}: Solve")
+        elif observed is not None and observed.in_memory:
+            observed = None   # rows projected for a Solve that has begun since
         store.require_array(tpath, (k, b), (max(group, 1), emb.chunks[0]), dtype)
         store.require_array(dpath, (k,), (1,), np.float64)
         done = np.repeat(store.done(tpath).reshape(-(-k // max(group, 1)), -1).all(axis=1),
@@ -143,7 +182,13 @@ class SlicedSolver:
         compute = ctx.compute
         compute.check_store(store)
         emb_ref, real_ref = ctx.ref(emb), ctx.ref(real)
-        if group:  # whole rows in memory, ``group`` directions per pass
+        if group and observed is not None and observed.in_memory:   # real rows sorted already
+            dist = _align_observed(compute, observed, emb_ref, ctx.ref(tpath),
+                                   ctx.memory_budget)
+            store.write_region(dpath, (slice(0, k),), dist)
+            if task is not None:
+                ctx.progress.advance(task, k)
+        elif group:  # whole rows in memory, ``group`` directions per pass
             for j0 in range(0, k, group):
                 j1 = min(k, j0 + group)
                 if done[j0:j1].all():
@@ -154,12 +199,10 @@ class SlicedSolver:
                 if task is not None:
                     ctx.progress.advance(task, j1 - j0)
         elif not done.all():  # rows out of core: two sample sorts, buckets in the store
-            budget = ctx.memory_budget if compute.distributed else \
-                max(1, ctx.memory_budget // compute.workers)   # concurrent tasks share it
             if task is not None:   # out of core the bar counts the sample sorts' tasks
                 ctx.progress.remove_task(task)
                 task = ctx.progress.add_task(f"step {ctx.step}: Sort (tasks)", total=None)
-            dist = _align_sample_sort(ctx, omega, tpath, budget, task)
+            dist = _align_sample_sort(ctx, omega, tpath, _task_budget(ctx), task)
             store.write_region(dpath, (slice(0, k),), dist)
         if task is not None:
             ctx.progress.remove_task(task)
@@ -212,8 +255,11 @@ class SlicedReRunLoss:
 
 
 # --------------------------------------------------------------------------- out-of-core pieces
-def _sample_rows(arr: Any, s: int, rng: np.random.Generator) -> np.ndarray:
-    idx = np.sort(rng.choice(arr.shape[0], size=min(s, arr.shape[0]), replace=False))
+def _sample_rows(arr: Any, s: int, rng: np.random.Generator, rows: int | None = None
+                 ) -> np.ndarray:
+    """``s`` distinct random rows (at most all) among the first ``rows`` of ``arr``."""
+    top = arr.shape[0] if rows is None else min(rows, arr.shape[0])
+    idx = np.sort(rng.choice(top, size=min(s, top), replace=False))
     return arr.get_orthogonal_selection((idx, slice(None)))
 
 
@@ -233,6 +279,27 @@ def _target_bytes(b: int, n: int) -> int:
 def _rank_block(b: int, n: int, budget: int) -> int:
     """Ranks whose targets are computed at a time: 1/16 of the budget."""
     return max(1, min(b, budget // (16 * _target_bytes(b, n))))
+
+
+def _check_widths(ctx: SolveContext) -> None:
+    if ctx.real.shape[1] != ctx.embeddings.shape[1]:
+        raise ValueError(f"real embeddings have width {ctx.real.shape[1]}, generated "
+                         f"{ctx.embeddings.shape[1]}")
+
+
+def _plan(ctx: SolveContext, k: int) -> int:
+    """:func:`plan_pass` of a step's Solve."""
+    emb = ctx.embeddings
+    b, d = emb.shape
+    return plan_pass(b, ctx.real.shape[0], k, emb.dtype.itemsize,
+                     emb.chunks[0] * d * emb.dtype.itemsize, ctx.memory_budget)
+
+
+def _task_budget(ctx: SolveContext) -> int:
+    """Bytes one out-of-core Solve task may hold: local tasks run concurrently and share
+    the budget; a cluster's worker has it whole."""
+    return ctx.memory_budget if ctx.compute.distributed else \
+        max(1, ctx.memory_budget // ctx.compute.workers)
 
 
 def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: int) -> int:
@@ -290,6 +357,50 @@ def _align_in_memory(compute: Compute, emb: StoreArray, real: StoreArray, omega:
     return np.asarray(got[len(ts):], dtype=np.float64)
 
 
+def _align_observed(compute: Compute, observed: "_RunOverlap", emb: StoreArray,
+                    targets: StoreArray, budget: int) -> np.ndarray:
+    """:func:`_align_in_memory` of all ``k`` directions after a :class:`_RunOverlap`: the
+    real rows come sorted, the generated rows projected but for the chunks Run stored
+    unseen (other ranks', a resumed Run's), which are projected here; returns the W2² [k].
+
+    Local scheduler only: tasks share the observer's arrays in this process."""
+    x, om = observed.generated, observed.omega.astype(observed.generated.dtype)
+    real = observed.real_rows()
+    (k, b), n = x.shape, observed.n
+    rows, tcols = emb.array().chunks[0], targets.array().chunks[1]
+    r_step = _rank_block(b, n, budget)
+    tok = uuid.uuid4().hex
+    ts = range(0, b, tcols)
+    dsk: dict[Any, Any] = {}
+    missing = [lo for lo in range(0, b, rows) if lo not in observed.seen]
+    for c, lo in enumerate(missing):
+        dsk[(f"project-x-{tok}", c)] = (_project_into, x, emb, lo, min(b, lo + rows), om)
+    projected = [(f"project-x-{tok}", c) for c in range(len(missing))]
+    for i in range(k):
+        dsk[(f"align-{tok}", i)] = (_align_sorted_after, projected, x[i], real[i][0],
+                                    real[i][1], b, n, r_step)
+        dsk[(f"w2-{tok}", i)] = (operator.getitem, (f"align-{tok}", i), 1)
+        for c, lo in enumerate(ts):
+            dsk[(f"piece-{tok}", i, c)] = (_piece, (f"align-{tok}", i), lo, lo + tcols)
+    for c, lo in enumerate(ts):
+        dsk[(f"write-{tok}", c)] = (_write_block, targets,
+                                    (slice(0, k), slice(lo, min(b, lo + tcols))),
+                                    [(f"piece-{tok}", i, c) for i in range(k)])
+    keys = [(f"write-{tok}", c) for c in range(len(ts))] + [(f"w2-{tok}", i) for i in range(k)]
+    got = compute.get(dsk, keys)
+    return np.asarray(got[len(ts):], dtype=np.float64)
+
+
+def _project_into(out: np.ndarray, src: StoreArray, lo: int, hi: int, om: np.ndarray) -> None:
+    out[:, lo:hi] = _project_block(src, lo, hi, om)
+
+
+def _align_sorted_after(_: list[Any], x: np.ndarray, y: np.ndarray, y_sq: float, b: int,
+                        n: int, r_step: int) -> tuple[np.ndarray, float]:
+    """:func:`_align_sorted` once the tasks named first (projections into ``x``) are done."""
+    return _align_sorted(x, y, y_sq, b, n, r_step)
+
+
 def _piece(aligned: tuple[np.ndarray, float], lo: int, hi: int) -> np.ndarray:
     """Targets [lo, hi) of an aligned direction (a view)."""
     return aligned[0][lo:hi]
@@ -298,11 +409,22 @@ def _piece(aligned: tuple[np.ndarray, float], lo: int, hi: int) -> np.ndarray:
 def _align_row(x_parts: list[np.ndarray], y_parts: list[np.ndarray], b: int, n: int,
                r_step: int) -> tuple[np.ndarray, float]:
     """One direction in memory: the generated row's targets in sample order, and its W2²."""
+    y, y_sq = _sorted_real(y_parts)
+    return _align_sorted(np.concatenate(x_parts), y, y_sq, b, n, r_step)
+
+
+def _sorted_real(y_parts: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """A direction's real projections sorted, and their mean square."""
     y = np.concatenate(y_parts)
     y.sort()
     _check_finite(y, "real projections")
-    y_sq = sort.sum_squares(y) / n
-    x = np.concatenate(x_parts)   # becomes the targets in place
+    return y, sort.sum_squares(y) / y.shape[0]
+
+
+def _align_sorted(x: np.ndarray, y: np.ndarray, y_sq: float, b: int, n: int, r_step: int
+                  ) -> tuple[np.ndarray, float]:
+    """The generated row ``x`` [b] of a direction turned, in place, into its quantile targets
+    against the sorted real row ``y`` [n] (mean square ``y_sq``); with its W2²."""
     xs, perm = sort.sort_with_permutation(x)
     sq_diff = t_sq = 0.0
     for r0 in range(0, b, r_step):
@@ -383,12 +505,8 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
 
         def advance(_: int) -> None:
             ctx.progress.advance(task, 1)
-    for ss, arr, tag in ((real, ctx.real, 0x7EA1), (gen, ctx.embeddings, 0x6E4)):
-        ref = ctx.ref(arr)
-        ss.choose_splitters(lambda idx, arr=arr: (arr.get_orthogonal_selection(
-            (idx, slice(None))) @ om).T, np.random.default_rng([ctx.seed, ctx.step, tag]))
-        ss.partition(compute, _Projection(ref, om), done=advance)
-    real.sort(compute, done=advance)
+    _sort_rows(ctx, real, ctx.real, om, 0x7EA1, compute, advance)
+    _sort_rows(ctx, gen, ctx.embeddings, om, 0x6E4, compute, advance, sort=False)
     y_sq = real.stats() / n
     gathered = store.done(tpath).reshape(k, -1).all(axis=0)
     gen.map_ranks(compute, _QuantileTargets(real.sorted_rows(), n, b, _rank_block(b, n, budget)),
@@ -399,6 +517,113 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
     real.delete()
     gen.delete()
     return dist
+
+
+def _sort_rows(ctx: SolveContext, ss: SampleSort, arr: Any, om: np.ndarray, tag: int,
+               compute: Compute, advance: Any = None, sort: bool = True) -> None:
+    """The projections ``arr @ om`` through sample sort ``ss``: splitters, partition, and
+    (``sort``) the sorted buckets; tasks already done are skipped."""
+    ss.choose_splitters(lambda idx: (arr.get_orthogonal_selection((idx, slice(None))) @ om).T,
+                        np.random.default_rng([ctx.seed, ctx.step, tag]))
+    ss.partition(compute, _Projection(ctx.ref(arr), om), done=advance)
+    if sort:
+        ss.sort(compute, done=advance)
+
+
+class _RunOverlap:
+    """:meth:`SlicedSolver.observe`'s :class:`~ootrain.engine.core.RunObserver`.
+
+    Once the directions are known it starts the real side of Solve in a background thread,
+    a Dask graph on the synchronous scheduler (one core; Run's threads keep the others; a
+    cluster's client when Solve runs on one): in memory the real rows projected and sorted
+    (``real_rows()``, kept here), out of core the real sample sort in the store, which
+    Solve then finds done.  In memory it also projects each generated chunk Run stores
+    into ``generated`` [k, b] (``seen``: the chunks' first rows), with the same product as
+    Solve's projection tasks, so the targets are those of a Solve without it."""
+
+    def __init__(self, solver: SlicedSolver, ctx: SolveContext, *, in_memory: bool,
+                 wait_first_chunk: bool, b: int, n: int) -> None:
+        self.solver, self.ctx, self.in_memory, self.b, self.n = solver, ctx, in_memory, b, n
+        self.omega: np.ndarray | None = None
+        self.generated: np.ndarray | None = None
+        self.seen: set[int] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Any = None
+        if not wait_first_chunk:
+            self._start()
+
+    @property
+    def started(self) -> bool:
+        return self.omega is not None
+
+    def _start(self) -> None:
+        ctx = self.ctx
+        self.omega = self.solver._directions(ctx)
+        om = self.omega.astype(ctx.embeddings.dtype)
+        compute = ctx.compute if ctx.compute.distributed else Compute(workers=1)
+        if self.in_memory:
+            self.generated = np.empty((om.shape[1], self.b), om.dtype)
+            work = functools.partial(_real_rows, compute, ctx.ref(ctx.real), om)
+        else:
+            real, _ = _sample_sorts(ctx, om.shape[1], _task_budget(ctx))
+            work = functools.partial(_sort_rows, ctx, real, ctx.real, om, 0x7EA1, compute)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ootrain-rsr-overlap")
+        self._future = self._pool.submit(_timed, work)
+
+    def chunk(self, population: str, lo: int, rows: np.ndarray) -> None:
+        if population != "embeddings":
+            return
+        if not self.started:
+            if lo != 0:
+                return
+            self._start()
+        if self.generated is not None:
+            om = self.omega.astype(rows.dtype)
+            self.generated[:, lo:lo + rows.shape[0]] = om.T @ rows.T
+            self.seen.add(lo)
+
+    def join(self) -> float:
+        if self._future is None:
+            return 0.0
+        try:
+            seconds, self._result = self._future.result()
+        finally:
+            self._pool.shutdown()
+        return seconds
+
+    def abandon(self) -> None:
+        if self._future is not None:
+            self._pool.shutdown(wait=True)
+            self._future = None
+
+    def real_rows(self) -> list[tuple[np.ndarray, float]]:
+        """In memory: each direction's sorted real row [n] and its mean square."""
+        return self._result
+
+
+def _timed(work: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = work()
+    return time.perf_counter() - t, out
+
+
+def _real_rows(compute: Compute, real: StoreArray, om: np.ndarray
+               ) -> list[tuple[np.ndarray, float]]:
+    """The real rows of all directions ``om`` [d, k], projected chunk by chunk and sorted
+    (:func:`_sorted_real`): one Dask graph."""
+    arr = real.array()
+    n, rows, k = arr.shape[0], arr.chunks[0], om.shape[1]
+    tok = uuid.uuid4().hex
+    starts = range(0, n, rows)
+    dsk: dict[Any, Any] = {}
+    for c, lo in enumerate(starts):
+        dsk[(f"project-y-{tok}", c)] = (_project_block, real, lo, min(n, lo + rows), om)
+        for i in range(k):
+            dsk[(f"row-y-{tok}", i, c)] = (operator.getitem, (f"project-y-{tok}", c), i)
+    for i in range(k):
+        dsk[(f"sorted-{tok}", i)] = (_sorted_real,
+                                     [(f"row-y-{tok}", i, c) for c in range(len(starts))])
+    return compute.get(dsk, [(f"sorted-{tok}", i) for i in range(k)])
 
 
 class _Projection:

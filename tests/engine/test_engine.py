@@ -499,3 +499,81 @@ def test_resumed_out_of_core_solve_stays_out_of_core(tmp_path, monkeypatch):
     eng.solve(0)
     assert used == ["_align_sample_sort"]
     np.testing.assert_array_equal(eng.store.array("steps/0/targets")[:], full)
+
+
+# --------------------------------------------------------------------------- Solve overlapping Run
+def _train_targets(tmp_path, name, *, overlap, steps=2, **kw):
+    """Train RSR ``steps`` steps; the stored targets and distances of each step, the final
+    parameters, and the observer timings (None where Solve had no observer)."""
+    eng, _ = _engine(tmp_path / name, keep_steps=None, **kw)
+    if not overlap:
+        eng.method.solver.observe = lambda ctx: None
+    res = eng.train(steps)
+    out = [(eng.store.array(f"steps/{k}/targets")[:], eng.store.array(f"steps/{k}/distances")[:])
+           for k in range(steps)]
+    return out, [p.detach().clone() for p in eng.method.G.parameters()], \
+        [r.timings.get("observer") for r in res]
+
+
+@pytest.mark.parametrize("case", [
+    dict(b=257, m=16, n=300, chunk_rows=64),                                  # in memory
+    dict(b=257, m=16, n=300, chunk_rows=64, directions="algorithm2", keep=2),  # waits a chunk
+    dict(b=6000, m=500, n=5000, chunk_rows=1000, budget=60_000, k=3),         # out of core
+])
+def test_solve_overlapping_run_stores_what_solve_alone_stores(tmp_path, case):
+    """The real side of Solve runs while Run streams (and, in memory, the generated chunks
+    are projected as they are stored): the targets, distances and trained parameters are
+    bit-identical to a Solve that does it all after Run."""
+    if case.get("budget", 1 << 30) < 1 << 20:
+        assert rsr.plan_pass(case["b"], case["n"], case["k"], 8, 1000 * 5 * 8,
+                             case["budget"]) == 0   # the out-of-core case is out of core
+    with_, params, timings = _train_targets(tmp_path, "with", overlap=True, **case)
+    alone, params0, timings0 = _train_targets(tmp_path, "alone", overlap=False, **case)
+    assert all(t is not None and t > 0 for t in timings) and timings0 == [None, None]
+    for (t, d), (t0, d0) in zip(with_, alone):
+        np.testing.assert_array_equal(t, t0)
+        np.testing.assert_array_equal(d, d0)
+    for p, p0 in zip(params, params0):
+        torch.testing.assert_close(p, p0, rtol=0, atol=0)
+
+
+def test_overlap_projects_every_generated_chunk_while_run_streams(tmp_path, monkeypatch):
+    """In memory Solve projects no generated chunk from the store when Run was observed in
+    this process, and projects exactly the unseen ones otherwise (a resumed Run)."""
+    projected = []
+    original = rsr._project_into
+    monkeypatch.setattr(rsr, "_project_into",
+                        lambda out, src, lo, hi, om: (projected.append(lo),
+                                                      original(out, src, lo, hi, om))[1])
+    eng, _ = _engine(tmp_path, 256, 16, 300, chunk_rows=64)
+    eng.train(1)
+    assert projected == []
+    # step 1's Run already stored two chunks: those are not seen, so Solve projects them
+    eng.store.group.require_group("steps/1")
+    plan = eng.method.plan(1)
+    eng._require_populations(1, plan)
+    x = np.concatenate([eng.method.embed(eng.inputs(1, 0, plan.populations[0], lo, lo + 64))
+                        .detach().numpy() for lo in (0, 64)])
+    for c in (0, 1):
+        eng.store.write_chunk("steps/1/embeddings", (c, 0), x[64 * c:64 * (c + 1)])
+    eng.train(2)
+    assert sorted(projected) == [0, 64]
+
+
+def test_a_failed_run_stops_the_observer_before_the_error(tmp_path, monkeypatch):
+    """Run fails midway: the observer's background work is waited for (no thread left
+    writing to the store) and the Run's error is the one raised."""
+    import threading
+
+    eng, _ = _engine(tmp_path, 256, 16, 300, chunk_rows=64)
+    calls = []
+    embed = eng.method.embed
+
+    def bad(z):
+        calls.append(1)
+        e = embed(z)
+        return e * float("nan") if len(calls) > 6 else e
+    eng.method.embed = bad
+    with pytest.raises(NonFiniteError, match="embeddings"):
+        eng.train(1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("ootrain-rsr-overlap")]

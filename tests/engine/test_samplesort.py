@@ -168,3 +168,15 @@ def test_a_sort_resumed_under_another_budget_keeps_its_plan(tmp_path):
     assert (again.rows, again.n_buckets) == (ss.rows, ss.n_buckets)   # the stored one
     again.sort(compute)
     np.testing.assert_array_equal(again.sorted_row(2, 0, 3000), np.sort(x[2]))
+
+
+def test_splitters_chosen_again_are_kept_from_the_store(tmp_path):
+    """A resumed sort (or the real sort RSR starts during Run, then Solve) chooses its
+    splitters again: the stored ones stay, whatever the new draw."""
+    x = _rows("normal", np.float32, k=4, n=3000)
+    store, ss, compute = _sort(tmp_path, x, budget=2**15, rows=250)
+    kept = store.array("sort/splitters")[:].copy()
+    ss.choose_splitters(lambda idx: x[:, idx], np.random.default_rng(99))
+    np.testing.assert_array_equal(store.array("sort/splitters")[:], kept)
+    ss.sort(compute)
+    np.testing.assert_array_equal(ss.sorted_row(3, 0, 3000), np.sort(x[3]))
