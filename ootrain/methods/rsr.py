@@ -17,7 +17,8 @@ Solve writes, under the step's group (all plain zarr arrays):
 - ``targets`` [k, b], chunks (g, rows) (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
 - ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``);
 - out of core only, while Solve runs: ``sort/real/…`` and ``sort/generated/…``, the buckets of
-  the sample sorts (:mod:`ootrain.engine.samplesort`), deleted once the targets are stored.
+  the sample sorts (:mod:`ootrain.engine.samplesort`), deleted once the targets and the
+  distances are stored.
 
 :func:`plan_pass` decides from the memory budget.  When whole rows fit, Solve aligns ``g``
 directions per pass in memory: it projects both populations chunk by chunk (nothing but the
@@ -161,6 +162,11 @@ class SlicedSolver:
                 task = ctx.progress.add_task(f"step {ctx.step}: Sort (tasks)", total=None)
             dist = _align_sample_sort(ctx, omega, tpath, budget, task)
             store.write_region(dpath, (slice(0, k),), dist)
+        # the sample sorts' buckets go once targets and distances are stored (not before: a
+        # Solve resumed after the generated sort's ``mapped_stats`` was deleted would take its
+        # distances from an empty one); also those left by a Solve killed while deleting them
+        if store.has(f"{ctx.prefix}/sort"):
+            store.delete_arrays(f"{ctx.prefix}/sort")
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -365,7 +371,8 @@ _BLOCK_BYTES = 40
 def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int,
                        task: Any = None) -> np.ndarray:
     """Targets of all directions (``omega`` [d, k]) when rows do not fit in memory, written
-    to ``tpath``; their W2² [k].
+    to ``tpath``; their W2² [k].  The sample sorts' arrays stay in the store (the caller
+    deletes them once it has stored the W2²).
 
     Both populations are projected and partitioned into buckets chunk by chunk (splitters from
     a random sample of each), the real buckets sorted, and the generated buckets mapped in
@@ -395,10 +402,7 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
                   2, _TargetWriter(ctx.ref(tpath), k), om.dtype, done=advance,
                   gathered=gathered)
     st = gen.mapped_stats(2)
-    dist = np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
-    real.delete()
-    gen.delete()
-    return dist
+    return np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
 
 
 class _Projection:

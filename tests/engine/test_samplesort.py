@@ -168,3 +168,22 @@ def test_a_sort_resumed_under_another_budget_keeps_its_plan(tmp_path):
     assert (again.rows, again.n_buckets) == (ss.rows, ss.n_buckets)   # the stored one
     again.sort(compute)
     np.testing.assert_array_equal(again.sorted_row(2, 0, 3000), np.sort(x[2]))
+
+
+def test_stored_splitters_are_kept_by_a_resumed_sort(tmp_path):
+    """A sort resumed after its splitters were stored keeps them (another draw would move the
+    buckets under the chunks already partitioned).  It used to fail for k > 1 rows: the
+    splitters' one chunk was checked as if each of the k rows were a task's chunk
+    ("cannot reshape array of size 1 into shape (3,newaxis)")."""
+    x = _rows("normal", np.float64, n=3000)
+    store, ss, compute = _sort(tmp_path, x, budget=2**15)
+    assert ss.n_buckets > 1
+    stored = store.array("sort/splitters")[:], store.array("sort/splitter_index")[:]
+    again = SampleSort(store, "sort", k=3, n=3000, rows=250, dtype=np.float64, budget=2**15,
+                       min_bucket=16)
+    again.choose_splitters(lambda idx: x[:, idx], np.random.default_rng(1))   # another draw
+    np.testing.assert_array_equal(store.array("sort/splitters")[:], stored[0])
+    np.testing.assert_array_equal(store.array("sort/splitter_index")[:], stored[1])
+    again.partition(compute, lambda lo, hi: x[:, lo:hi])
+    again.sort(compute)
+    np.testing.assert_array_equal(again.sorted_row(1, 0, 3000), np.sort(x[1]))
