@@ -162,14 +162,17 @@ class RunObserver(Protocol):
     ``chunk(population, lo, rows)`` is called in the Run loop of rank 0 right after rows
     ``[lo, lo + len(rows))`` of ``population`` are stored, with those rows exactly as stored
     ([rows, d], read-only); chunks run by other ranks, or stored before a resume, are never
-    seen, so Solve must not rely on every chunk being observed.  ``join()`` waits for the
-    observer's background work, re-raises its error, and returns the seconds it ran;
-    ``abandon()`` (Run failed) waits for it and drops its error.
+    seen, so Solve must not rely on every chunk being observed.  ``join()`` (at the start of
+    Solve) waits for the observer's background work and re-raises its error; ``seconds`` is
+    then the wall time that work took; ``abandon()`` (Run failed) waits for it and drops its
+    error.
     """
+
+    seconds: float
 
     def chunk(self, population: str, lo: int, rows: np.ndarray) -> None: ...
 
-    def join(self) -> float: ...
+    def join(self) -> None: ...
 
     def abandon(self) -> None: ...
 
@@ -660,10 +663,12 @@ class Engine:
     def solve(self, step: int, plan: Plan | None = None,
               observed: RunObserver | None = None) -> dict[str, Any]:
         """Solve: the solver's global pass over the stored populations (rank 0);
-        ``observed``: the solver's joined :class:`RunObserver` of this step's Run."""
+        ``observed``: the solver's :class:`RunObserver` of this step's Run, joined first."""
         plan = plan if plan is not None else self.method.plan(step)
         metrics: dict[str, Any] = {}
         group = self.store.group[self.prefix(step)]
+        if observed is not None:
+            observed.join()
         if self.rank == 0:
             if group.attrs.get("solved"):
                 metrics = dict(group.attrs["metrics"])
@@ -806,10 +811,10 @@ class Engine:
         observer = self.run(step, plan, observe=not group.attrs.get("solved"))
         timings["run"] = time.perf_counter() - t
         t = time.perf_counter()
-        if observer is not None:   # Solve's wall time includes waiting for the observer
-            timings["observer"] = observer.join()
-        metrics = self.solve(step, plan, observer)
+        metrics = self.solve(step, plan, observer)   # includes waiting for the observer
         timings["solve"] = time.perf_counter() - t
+        if observer is not None:
+            timings["observer"] = observer.seconds
         t = time.perf_counter()
         if plan.update is not None:
             extra = plan.update(self, step)

@@ -17,7 +17,8 @@ Solve writes, under the step's group (all plain zarr arrays):
 - ``targets`` [k, b], chunks (g, rows) (target mode: ReRun minimises Σ_i ‖Ωᵀe_i − t_i‖² / (b k));
 - ``cotangents`` [b, d] (cotangent mode: ReRun back-propagates ``e_i · g_i``);
 - out of core only, while Solve runs: ``sort/real/…`` and ``sort/generated/…``, the buckets of
-  the sample sorts (:mod:`ootrain.engine.samplesort`), deleted once the targets are stored.
+  the sample sorts (:mod:`ootrain.engine.samplesort`), deleted once the targets and the
+  distances are stored.
 
 :func:`plan_pass` decides from the memory budget.  When whole rows fit, Solve aligns ``g``
 directions per pass in memory: it projects both populations chunk by chunk (nothing but the
@@ -204,6 +205,11 @@ class SlicedSolver:
                 task = ctx.progress.add_task(f"step {ctx.step}: Sort (tasks)", total=None)
             dist = _align_sample_sort(ctx, omega, tpath, _task_budget(ctx), task)
             store.write_region(dpath, (slice(0, k),), dist)
+        # the sample sorts' buckets go once targets and distances are stored (not before: a
+        # Solve resumed after the generated sort's ``mapped_stats`` was deleted would take its
+        # distances from an empty one); also those left by a Solve killed while deleting them
+        if store.has(f"{ctx.prefix}/sort"):
+            store.delete_arrays(f"{ctx.prefix}/sort")
         if task is not None:
             ctx.progress.remove_task(task)
         distances = store.array(dpath)[:]
@@ -487,7 +493,8 @@ _BLOCK_BYTES = 40
 def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget: int,
                        task: Any = None) -> np.ndarray:
     """Targets of all directions (``omega`` [d, k]) when rows do not fit in memory, written
-    to ``tpath``; their W2² [k].
+    to ``tpath``; their W2² [k].  The sample sorts' arrays stay in the store (the caller
+    deletes them once it has stored the W2²).
 
     Both populations are projected and partitioned into buckets chunk by chunk (splitters from
     a random sample of each), the real buckets sorted, and the generated buckets mapped in
@@ -513,10 +520,7 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
                   2, _TargetWriter(ctx.ref(tpath), k), om.dtype, done=advance,
                   gathered=gathered)
     st = gen.mapped_stats(2)
-    dist = np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
-    real.delete()
-    gen.delete()
-    return dist
+    return np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
 
 
 def _sort_rows(ctx: SolveContext, ss: SampleSort, arr: Any, om: np.ndarray, tag: int,
@@ -547,6 +551,7 @@ class _RunOverlap:
         self.omega: np.ndarray | None = None
         self.generated: np.ndarray | None = None
         self.seen: set[int] = set()
+        self.seconds = 0.0
         self._pool: ThreadPoolExecutor | None = None
         self._future: Any = None
         if not wait_first_chunk:
@@ -582,14 +587,13 @@ class _RunOverlap:
             self.generated[:, lo:lo + rows.shape[0]] = om.T @ rows.T
             self.seen.add(lo)
 
-    def join(self) -> float:
+    def join(self) -> None:
         if self._future is None:
-            return 0.0
+            return
         try:
-            seconds, self._result = self._future.result()
+            self.seconds, self._result = self._future.result()
         finally:
             self._pool.shutdown()
-        return seconds
 
     def abandon(self) -> None:
         if self._future is not None:

@@ -16,21 +16,33 @@ torch, matplotlib and the CLI's modules (a bare interpreter spends ~4 s on them 
   ``Engine.rerun`` / ``Engine.replay`` (FIT's ReRun) of step ``k``;
 - ``{"store_write": n}``: SIGKILL right after the n-th write of any kind to the store (the
   local zarr store's ``set``, ``set_if_not_exists``, ``delete``, ``delete_dir``: chunks,
-  manifest flags, array and group metadata, attributes, checkpoints, the lock);
+  manifest flags, array and group metadata, attributes, checkpoints, the lock); with
+  ``"phase"`` and ``"step"`` (a case of ``METHODS``), the n-th write made in that phase of
+  that step (phase ``"overlap"``: Run or Solve, for work a solver does while Run streams);
+  with ``"key_contains"``, the n-th of the writes whose ``"<operation> <key>"`` contains it;
   ``{"count_writes": true}`` records how many writes a whole run makes;
 - ``{"full_from": n}``: the disk is full from the n-th write on (every later ``set`` raises
   ``ENOSPC``): the run must stop with a one-line ``DiskFullError``.
 
 The hook records the engine phase it killed in (the wrapper tracks ``Engine.run/solve/rerun/
-replay``), so each case checks that it really died where it meant to.  The wrapper also sets
-``chunk_rows = micro_batch`` (the CLI's default chunking gives one chunk per population at these
-sizes), the same for the reference, the killed and the resumed run: every run of a case is the
-same command in the same environment.
+replay``), so each case checks that it really died where it meant to.  Writes made by the
+tasks of a Solve's Dask graph (RSR out of core: two sample sorts, run on Dask's local threads)
+are seen too: ``Store.write_region`` is patched on the class, which every thread calls, and its
+count is taken under a lock (tasks write concurrently); the zarr store's writes all run on
+zarr's one event-loop thread; the phase is the main thread's (Solve waits for its tasks), so a
+kill in a worker thread is recorded as one in Solve.  With concurrent tasks the n-th write of
+an array may be another task's on another run: any of them resumes to the same result.
+
+The wrapper also sets ``chunk_rows = micro_batch`` (the CLI's default chunking gives one chunk
+per population at these sizes), the same for the reference, the killed and the resumed run:
+every run of a case is the same command in the same environment.
 
 Compared with the uninterrupted run of the same command in another store: the whole final
 checkpoint ``checkpoints/step-<K>.pt`` (every module's parameters — the "modules" dict — and
 every optimiser's state), the ``samples.npy`` the command writes, and every step's attributes in
-``steps/<k>`` (metrics, results) except the wall-clock ``timings``; then ``ootrain store verify``.
+``steps/<k>`` (metrics, results) except the wall-clock ``timings``; that no step keeps a
+Solve's temporary arrays (RSR's sample sorts under ``steps/<k>/sort``); then ``ootrain store
+verify``.
 
 The runs of one method are started together, two processes at a time (the machine's cores).
 Known bugs that some cases show are marked ``xfail(strict=True)`` with their cause.
@@ -48,6 +60,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +69,8 @@ from typing import Any, Optional
 import numpy as np
 import pytest
 import torch
+import zarr
+import zarr.storage
 from typer.testing import CliRunner
 
 from ootrain.cli import app
@@ -66,7 +81,7 @@ _WRAPPER = textwrap.dedent('''
 
     Globals given by the test: ARGV (the command's arguments), KILL (the kill spec or None),
     MARKER (file recording where it killed itself), LOG (stdout and stderr of the run)."""
-    import json, os, signal, sys
+    import json, os, signal, sys, threading
 
     if "ARGV" not in globals():   # a bare interpreter: python wrapper.py ARGS...
         ARGV, LOG = sys.argv[1:], os.environ["OOTRAIN_TEST_LOG"]
@@ -86,6 +101,7 @@ _WRAPPER = textwrap.dedent('''
     marker = MARKER
     phase = {"name": None, "step": None}
     counts = {"write": 0, "backward": 0}
+    write_lock = threading.Lock()   # Dask's worker threads write chunks concurrently
 
     def die(what):
         with open(marker, "w") as f:
@@ -112,9 +128,11 @@ _WRAPPER = textwrap.dedent('''
     def killing_write_region(self, path, region, value):
         write_region(self, path, region, value)
         if spec.get("path") == path:
-            counts["write"] += 1
-            if counts["write"] == spec["after"]:
-                die(f"write {path} #{counts['write']}")
+            with write_lock:
+                counts["write"] += 1
+                n = counts["write"]
+            if n == spec["after"]:
+                die(f"write {path} #{n}")
     store_mod.Store.write_region = killing_write_region
 
     backward = torch.Tensor.backward
@@ -136,6 +154,14 @@ _WRAPPER = textwrap.dedent('''
 
     import zarr.storage
     counts["store"] = 0
+    # {"store_write": n, "phase": p, "step": k}: only the writes made in phase p of step k count
+    # ({"key_contains": s}: and whose "<operation> <key>" contains s)
+    in_phase = {"rerun": ("rerun", "replay"), "overlap": ("run", "solve")}.get(
+        spec.get("phase"), (spec.get("phase"),))
+
+    def counts_here():
+        return "phase" not in spec or (phase["name"] in in_phase
+                                       and phase["step"] == spec.get("step"))
 
     def counted(name):
         original = getattr(zarr.storage.LocalStore, name)
@@ -144,6 +170,8 @@ _WRAPPER = textwrap.dedent('''
                 import errno
                 raise OSError(errno.ENOSPC, "No space left on device")
             out = await original(self, key, *args, **kwargs)
+            if not counts_here() or spec.get("key_contains", "") not in f"{name} {key}":
+                return out   # zarr's event-loop thread: one write at a time
             counts["store"] += 1
             if counts["store"] == spec.get("store_write"):
                 die(f"store write #{counts['store']}: {name} {key}")
@@ -174,12 +202,14 @@ _WRAPPER = textwrap.dedent('''
 class Method:
     """One training command: its arguments (``{store}``/``{out}`` filled per run), the engine
     steps it completes, and its kill cases: name -> the hook's spec, with the ``phase`` (run,
-    solve, rerun) and ``step`` it kills in; ``xfail``: case -> the known bug it shows."""
+    solve, rerun) and ``step`` it kills in (and optionally ``expect``, text the marker's
+    ``what`` must contain); ``default``: the case(s) of the default suite (the others are
+    slow); ``xfail``: case -> the known bug it shows."""
 
     args: list[str]
     steps: int
     kills: dict[str, dict[str, Any]]
-    default: str
+    default: str | tuple[str, ...]
     writes_samples: bool = True
     xfail: dict[str, str] = field(default_factory=dict)
 
@@ -196,6 +226,36 @@ METHODS: dict[str, Method] = {
                "solve": {"phase": "solve", "step": 1, "path": "steps/1/distances", "after": 1},
                "rerun": {"phase": "rerun", "step": 1, "backward": 3}},
         default="solve"),
+    # RSR's Solve out of core: 2 steps of b=8192 in 8 micro-batches (8 chunks) against 16384
+    # real rows (21 chunks), 6 directions.  150 kB leaves no room for a row in memory
+    # (plan_pass: 0), so each Solve is two sample sorts run by Dask on local threads: the real
+    # one in 4 buckets (the MIN_BUCKET floor of 4096 values, whatever the cores share of the
+    # budget), the generated one in 2.  Kills in step 1: after the 10th of 21 partition tasks
+    # (a row of sort/real/records each), the 2nd of 4 bucket sorts (sort/real/sorted), the
+    # first of 2 bucket maps (sort/generated/mapped), the 4th of 8 gathers (a chunk column of
+    # every direction's targets), the 350th store write of the Solve (of ~700: the
+    # generated sort's set-up), and the last one before the distances are written (686th:
+    # the last deletion of the sorts' arrays; "expect": where the marker must say it died).
+    "rsr-ooc": Method(
+        ["rsr", "train", "--store", "{store}", "--out", "{out}", "--data", "gaussian:3",
+         "--n-real", "16384", "--latent-dim", "2", "-b", "8192", "-m", "1024", "-p", "6",
+         "--steps", "2", "--memory-budget", "150000"],
+        steps=2,
+        # the real sample sort runs while Run streams (it may outlast Run: phase "overlap")
+        kills={"solve-partition": {"phase": "overlap", "step": 1,
+                                   "path": "steps/1/sort/real/records", "after": 10},
+               "solve-bucket-sort": {"phase": "overlap", "step": 1,
+                                     "path": "steps/1/sort/real/sorted", "after": 2},
+               "solve-map": {"phase": "solve", "step": 1,
+                             "path": "steps/1/sort/generated/mapped", "after": 1},
+               "solve-gather": {"phase": "solve", "step": 1, "path": "steps/1/targets",
+                                "after": 4},
+               "solve-write": {"phase": "solve", "step": 1, "store_write": 40,
+                               "key_contains": "steps/1/sort/generated/"},
+               "solve-cleanup": {"phase": "solve", "step": 1, "store_write": 3,
+                                 "key_contains": "delete_dir steps/1/sort/",
+                                 "expect": "delete_dir steps/1/sort/"}},
+        default=("solve-partition", "solve-map", "solve-cleanup")),
     # 2 rounds of OTS + FIT, b=128 in 4 micro-batches, FIT 2 epochs (8 optimiser steps)
     "semidiscrete": Method(
         ["semidiscrete", "train", "--store", "{store}", "--out", "{out}", "--data", "ring8",
@@ -418,13 +478,15 @@ def _step_attrs(store: Path, steps: int) -> list[dict[str, Any]]:
 def _cases():
     for name, spec in METHODS.items():
         for case in spec.kills:
-            marks = [] if case == spec.default else [pytest.mark.slow]
+            default = (spec.default,) if isinstance(spec.default, str) else spec.default
+            marks = [] if case in default else [pytest.mark.slow]
             if case in spec.xfail:
                 marks.append(pytest.mark.xfail(strict=True, reason=spec.xfail[case]))
             yield pytest.param(name, case, id=f"{name}-mid-{case}", marks=marks)
 
 
-_PHASE_OF = {"run": ("run",), "solve": ("solve",), "rerun": ("rerun", "replay")}
+_PHASE_OF = {"run": ("run",), "solve": ("solve",), "rerun": ("rerun", "replay"),
+             "overlap": ("run", "solve")}
 
 
 @pytest.mark.parametrize("method,case", list(_cases()))
@@ -437,8 +499,20 @@ def test_kill_resume_is_bit_identical(outcomes, method, case):
     assert cut.killed_rc == -signal.SIGKILL
     assert cut.marker["name"] in _PHASE_OF[kill["phase"]] and cut.marker["step"] == kill["step"], \
         cut.marker
+    assert kill.get("expect", "") in cut.marker["what"], cut.marker
     assert "taking over the lock" in cut.resume_log
     _assert_same_outcome(spec, ref, cut)
+
+
+def _sort_arrays(store: Path) -> list[str]:
+    """Arrays (manifests too) under a ``sort`` group: RSR's sample sorts, which a finished
+    Solve deletes."""
+    with warnings.catch_warnings():   # the lock key is not a zarr node
+        warnings.simplefilter("ignore")
+        members = zarr.open_group(zarr.storage.LocalStore(store, read_only=True),
+                                  mode="r").members(max_depth=None)
+        return sorted(name for name, node in members
+                      if isinstance(node, zarr.Array) and "sort" in name.split("/"))
 
 
 def _assert_same_outcome(spec: Method, ref: Outcome, cut: Outcome) -> None:
@@ -454,6 +528,8 @@ def _assert_same_outcome(spec: Method, ref: Outcome, cut: Outcome) -> None:
     for k, (a, b) in enumerate(zip(_step_attrs(ref.store, spec.steps),
                                    _step_attrs(cut.store, spec.steps))):
         _assert_identical(a, b, f"steps/{k} attrs")
+    left = _sort_arrays(cut.store)
+    assert not left, f"a Solve's sample-sort arrays remain: {left}"
     res = runner.invoke(app, ["store", "verify", str(cut.store)])
     assert res.exit_code == 0, res.output
 

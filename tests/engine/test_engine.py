@@ -577,3 +577,44 @@ def test_a_failed_run_stops_the_observer_before_the_error(tmp_path, monkeypatch)
     with pytest.raises(NonFiniteError, match="embeddings"):
         eng.train(1)
     assert not [t for t in threading.enumerate() if t.name.startswith("ootrain-rsr-overlap")]
+
+
+@pytest.mark.parametrize("killed_after", ["sort/generated/mapped_stats", "sort/real/records"])
+def test_out_of_core_solve_killed_while_deleting_its_sorts_keeps_its_distances(
+        tmp_path, monkeypatch, killed_after):
+    """A Solve out of core killed while it deletes its sample sorts (the targets all stored):
+    the resumed Solve ends with the distances of an uninterrupted one, and no sort arrays.
+    The distances were written after the deletion, so a kill after the generated sort's
+    ``mapped_stats`` was gone made the resumed Solve redo the sorts, skip the mapping (every
+    chunk of targets gathered) and take the W2² from a new, empty ``mapped_stats``."""
+    b, n, budget = 1000, 800, 8192
+    ref, _ = _engine(tmp_path / "ref", b, 100, n, budget=budget, chunk_rows=500, k=3)
+    ref.embed_real()
+    ref.store.group.require_group("steps/0")
+    ref.run(0)
+    ref.solve(0)
+    eng, _ = _engine(tmp_path / "cut", b, 100, n, budget=budget, chunk_rows=500, k=3)
+    eng.embed_real()
+    eng.store.group.require_group("steps/0")
+    eng.run(0)
+
+    class Killed(Exception):
+        pass
+
+    delete_array = Store.delete_array
+
+    def killing_delete_array(self, path):
+        delete_array(self, path)
+        if path == f"steps/0/{killed_after}":
+            raise Killed(path)
+
+    monkeypatch.setattr(Store, "delete_array", killing_delete_array)
+    with pytest.raises(Killed):
+        eng.solve(0)
+    monkeypatch.setattr(Store, "delete_array", delete_array)
+    eng.solve(0)
+    for name in ("targets", "distances"):
+        np.testing.assert_array_equal(eng.store.array(f"steps/0/{name}")[:],
+                                      ref.store.array(f"steps/0/{name}")[:])
+    for side in ("real", "generated"):
+        assert list(eng.store.group[f"steps/0/sort/{side}"].array_keys()) == []

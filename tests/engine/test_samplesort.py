@@ -170,13 +170,20 @@ def test_a_sort_resumed_under_another_budget_keeps_its_plan(tmp_path):
     np.testing.assert_array_equal(again.sorted_row(2, 0, 3000), np.sort(x[2]))
 
 
-def test_splitters_chosen_again_are_kept_from_the_store(tmp_path):
-    """A resumed sort (or the real sort RSR starts during Run, then Solve) chooses its
-    splitters again: the stored ones stay, whatever the new draw."""
-    x = _rows("normal", np.float32, k=4, n=3000)
-    store, ss, compute = _sort(tmp_path, x, budget=2**15, rows=250)
-    kept = store.array("sort/splitters")[:].copy()
-    ss.choose_splitters(lambda idx: x[:, idx], np.random.default_rng(99))
-    np.testing.assert_array_equal(store.array("sort/splitters")[:], kept)
-    ss.sort(compute)
-    np.testing.assert_array_equal(ss.sorted_row(3, 0, 3000), np.sort(x[3]))
+def test_stored_splitters_are_kept_by_a_resumed_sort(tmp_path):
+    """A sort resumed after its splitters were stored keeps them (another draw would move the
+    buckets under the chunks already partitioned).  It used to fail for k > 1 rows: the
+    splitters' one chunk was checked as if each of the k rows were a task's chunk
+    ("cannot reshape array of size 1 into shape (3,newaxis)")."""
+    x = _rows("normal", np.float64, n=3000)
+    store, ss, compute = _sort(tmp_path, x, budget=2**15)
+    assert ss.n_buckets > 1
+    stored = store.array("sort/splitters")[:], store.array("sort/splitter_index")[:]
+    again = SampleSort(store, "sort", k=3, n=3000, rows=250, dtype=np.float64, budget=2**15,
+                       min_bucket=16)
+    again.choose_splitters(lambda idx: x[:, idx], np.random.default_rng(1))   # another draw
+    np.testing.assert_array_equal(store.array("sort/splitters")[:], stored[0])
+    np.testing.assert_array_equal(store.array("sort/splitter_index")[:], stored[1])
+    again.partition(compute, lambda lo, hi: x[:, lo:hi])
+    again.sort(compute)
+    np.testing.assert_array_equal(again.sorted_row(1, 0, 3000), np.sort(x[1]))
