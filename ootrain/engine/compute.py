@@ -35,7 +35,10 @@ from typing import Any
 import dask
 import dask.local
 import dask.threaded
+import numpy as np
+import torch
 from dask.callbacks import Callback
+from torch import Tensor
 
 from ootrain.store import Store
 from ootrain.threads import available_cpus, threads
@@ -95,6 +98,12 @@ class Compute:
             yield self
         finally:
             self.close()
+
+    def task_budget(self, budget: int) -> int:
+        """Bytes one task may hold of a Solve's ``budget``: all of it on a cluster (each worker
+        process has its own memory), ``budget / workers`` on the local threads, which run
+        ``workers`` tasks at once in this process."""
+        return int(budget) if self.distributed else max(1, int(budget) // self.workers)
 
     def check_store(self, store: Store) -> None:
         """Refuse a store the cluster's workers cannot open (one in memory)."""
@@ -166,7 +175,10 @@ class Compute:
 
 class StoreArray:
     """A store array as a task sees it: ``.array()`` reads (checked, like
-    :meth:`Store.array`), ``.write_region`` writes whole chunks and flags them.
+    :meth:`Store.array`), ``.write_region`` writes whole chunks and flags them.  For reading
+    it is also array-like (``shape``, ``dtype``, ``chunks``, ``[...]``,
+    ``get_orthogonal_selection``), so that e.g. a :class:`~ootrain.ot.targets.TargetSource`
+    can wrap it and be sent to the tasks.
 
     In the process that made it, the run's open store serves both; pickled to another process
     (a ``dask.distributed`` worker) it carries the store's URL and config, and reopens the store
@@ -193,6 +205,28 @@ class StoreArray:
 
     def array(self) -> Any:
         return self.store.array(self.path)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array().shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array().dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array().chunks)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array()[key]
+
+    def get_orthogonal_selection(self, selection: Any) -> Any:
+        return self.array().get_orthogonal_selection(selection)
+
+    def rows(self, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+        """The rows ``[lo, hi)`` as a tensor of ``dtype`` (a task's block of queries)."""
+        return torch.as_tensor(np.asarray(self.array()[lo:hi]), dtype=dtype)
 
     def write_region(self, region: tuple[slice, ...], value: Any) -> None:
         self.store.write_region(self.path, region, value)

@@ -44,16 +44,10 @@ from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveCo
                                  StepResult)
 from ootrain.ot.costs import Cost
 from ootrain.ot.semidiscrete import SemiDiscreteOT
-from ootrain.ot.sharded import argmin_tasks, plan_shards
+from ootrain.ot.sharded import SHARD_SHARE, argmin_tasks, plan_shards
 from ootrain.ot.targets import TargetSource
 
-__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT", "SHARD_SHARE"]
-
-#: A sharded Solve task's target shard takes at most this fraction (1 / SHARD_SHARE) of the
-#: task's memory budget; the rest holds the chunk of queries and the argmin kernel's copies
-#: of the shard (FAISS: the centred float64 rows, their augmented float32 index; a worker's
-#: peak was ~7x a float32 shard's bytes in benchmarks/bench_sharded_argmin.py).
-SHARD_SHARE = 8
+__all__ = ["AssignmentSolver", "FitLoss", "GradualConfig", "OTSFIT"]
 
 
 class AssignmentSolver:
@@ -135,9 +129,8 @@ class AssignmentSolver:
         src = self.ot.source
         if self.ot.soft or src.in_memory:
             return None
-        task = ctx.memory_budget if ctx.compute.distributed \
-            else max(1, ctx.memory_budget // ctx.compute.workers)   # concurrent tasks share it
-        shards = plan_shards(src, task // SHARD_SHARE, self.ot.dtype)
+        shards = plan_shards(src, ctx.compute.task_budget(ctx.memory_budget) // SHARD_SHARE,
+                             self.ot.dtype)
         return shards if len(shards) > 1 else None
 
     def _solve_sharded(self, ctx: SolveContext, refs: tuple[StoreArray, ...],
@@ -150,7 +143,7 @@ class AssignmentSolver:
         graph: dict[Any, Any] = {}
         reads = [(name, "queries", c) for _, _, c in todo]
         for key, (lo, hi, _) in zip(reads, todo):
-            graph[key] = (_read_chunk, emb, lo, hi, self.ot.dtype)
+            graph[key] = (emb.rows, lo, hi, self.ot.dtype)
         merged = argmin_tasks(graph, reads, self.ot.source, self.ot.potentials, shards,
                               self.ot.ground_cost, self.ot.backend,
                               distributed=ctx.compute.distributed)
@@ -169,15 +162,10 @@ def _assign_chunk(ot: SemiDiscreteOT, emb: StoreArray, assignments: StoreArray,
                   costs: StoreArray, lo: int, hi: int, key: list[int]) -> None:
     """A Dask task: the assignments and costs of the stored rows [lo, hi) (one chunk), the
     soft assignment sampled with a generator seeded by ``key``."""
-    x = _read_chunk(emb, lo, hi, ot.dtype)
+    x = emb.rows(lo, hi, ot.dtype)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
     _write_chunk(ot.ground_cost, ot.source, x, ot.assign(x, generator=gen), assignments,
                  costs, lo, hi)
-
-
-def _read_chunk(emb: StoreArray, lo: int, hi: int, dtype: torch.dtype) -> Tensor:
-    """The stored embeddings of rows [lo, hi) as a tensor of ``dtype``."""
-    return torch.as_tensor(np.asarray(emb.array()[lo:hi]), dtype=dtype)
 
 
 def _write_chunk(cost: Cost, source: TargetSource, x: Tensor, idx: Tensor,

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -209,25 +209,29 @@ class POTRegulariser:
         return {"forest_loss": float(loss.detach()),
                 "matched": float(torch.unique(rho).numel() / fake_e.shape[0])}
 
-    def streamed(self, real: Any, fake: Any, moved: Any, write_moved: Any, block: int
+    def streamed(self, real: Any, fake: Any, moved: Any, write_moved: Any, block: int,
+                 nearest: Callable[[torch.dtype, str], Tensor]
                  ) -> tuple[float, dict[str, float], Any]:
         """:meth:`prepare` and :meth:`loss` over latents stored out of core, ``block`` rows at
         a time: ``real`` [n, k] and ``fake`` [b, k] are array-likes (zarr, numpy); ``moved``
         an array-like [b, k] that ``write_moved(lo, hi, rows)`` fills with ``F(fake)``.
 
-        The matching of each block of real latents runs against the stored ``F(fake)``
-        (:func:`ootrain.ot.ctransform.c_transform` streams it); Algorithm 2's ``L_F`` gradient
-        accumulates block by block; ``L_POT``'s gradient in ``fake_j`` is
-        ``J_F(fake_j)^T 2 (c_j F(fake_j) - S_j)`` with ``c_j`` the real latents matched to
-        ``j`` and ``S_j`` their sum, kept per generated row (``(k + 1)`` floats each).
+        Each matching sweep is ``nearest(dtype, backend)``: ``rho [n]`` int64,
+        ``rho_i = argmin_j |real_i - moved_j|^2`` over the rows ``moved`` holds at the call
+        (ties: smallest ``j``; the latents as ``dtype``, the forest's, on argmin ``backend``)
+        — the caller's, e.g. a Dask graph over the store's chunks
+        (:func:`ootrain.methods.wgan.stored_nearest`), so that only models run here.
+        A sweep's ``rho`` is held whole (``8 n`` bytes: with ``n = b``, less than the per-row
+        sums below).  Algorithm 2's ``L_F`` gradient accumulates block by block; ``L_POT``'s
+        gradient in ``fake_j`` is ``J_F(fake_j)^T 2 (c_j F(fake_j) - S_j)`` with ``c_j`` the
+        real latents matched to ``j`` and ``S_j`` their sum, kept per generated row
+        (``(k + 1)`` floats each).
         Returns ``L_POT``, the stats of :meth:`prepare`, and ``cotangent(lo, hi)`` giving
         ``d L_POT / d fake`` for rows ``[lo, hi)``.  Argmin matching only.
         """
         if self.pot.matching != "argmin":
             raise ValueError("exact (one-to-one) matching needs the whole batch in memory; "
                              "raise the memory budget or use matching='argmin'")
-        from ootrain.ot.ctransform import c_transform
-
         n, b = int(real.shape[0]), int(fake.shape[0])
         dtype = next(self.forest.parameters()).dtype
 
@@ -247,11 +251,10 @@ class POTRegulariser:
                     write_moved(lo, min(b, lo + block),
                                 self.forest(rows_of(fake, lo, min(b, lo + block))).numpy())
 
-        def matches() -> Any:
-            zero = torch.zeros(b, dtype=dtype)
+        def matches() -> Any:   # (real block, its rho) against moved as it stands
+            rho = nearest(dtype, self.pot.backend)
             for lo in range(0, n, block):
-                zr = rows_of(real, lo, min(n, lo + block))
-                yield zr, c_transform(zr, moved, zero, "sqeuclidean", self.pot.backend)[0]
+                yield rows_of(real, lo, min(n, lo + block)), rho[lo:lo + block]
 
         if not self._initialised:
             self.forest.init_from_rows(n, lambda rows: take(real, rows))

@@ -20,7 +20,10 @@ On the engine (:class:`WGANGP`) every critic update and every generator update i
 Run → Solve → ReRun step: the critic's loss is a sum of per-sample terms (Solve only reads
 the stored rows for its metrics), the generator's goes through per-sample embeddings ``[D(G(z)),
 E(G(z))]`` whose cotangents Solve writes after the regulariser's matching; the tests check
-the accumulated gradients against full-batch autograd.
+the accumulated gradients against full-batch autograd.  Out of core (stored rows beyond the
+memory budget) every matching sweep of the generator's Solve is a Dask graph over the store's
+chunks on the step's scheduler (:func:`stored_nearest`), the regulariser's models staying in
+this process.
 
 Defaults are the WGAN-GP paper's (Adam 1e-4, betas (0.5, 0.9), lambda 10, n_critic 5).
 """
@@ -28,6 +31,8 @@ Defaults are the WGAN-GP paper's (Adam 1e-4, betas (0.5, 0.9), lambda 10, n_crit
 from __future__ import annotations
 
 import math
+import operator
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Protocol, Sequence
 
@@ -36,13 +41,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ootrain.engine.compute import StoreArray
+from ootrain.engine.compute import Compute, StoreArray
 from ootrain.engine.core import CotangentLoss, Plan, Population, Sampler, standard_normal
 from ootrain.models.zoo import MLP, parameter_ema, seeded
+from ootrain.ot.sharded import SHARD_SHARE, argmin_tasks, plan_shards
+from ootrain.ot.targets import TargetSource
 from ootrain.validation import DIVERGED, NonFiniteError, check_int, check_num
 
 __all__ = ["WGANConfig", "Regulariser", "make_wgan_critic", "gradient_penalty", "critic_loss",
-           "CriticSolver", "GeneratorSolver", "WGANGP"]
+           "CriticSolver", "GeneratorSolver", "stored_nearest", "WGANGP"]
 
 
 @dataclass
@@ -240,7 +247,10 @@ class GeneratorSolver:
 
     def _solve_streamed(self, ctx: Any) -> dict[str, Any]:
         """The same Solve with the stored rows read in blocks (a quarter of the budget's
-        worth of rows beyond it): :meth:`ootrain.methods.potgan.POTRegulariser.streamed`."""
+        worth of rows beyond it): :meth:`ootrain.methods.potgan.POTRegulariser.streamed`,
+        its matching sweeps (real latents against the stored ``moved = F(fake)``) a Dask
+        graph on the step's scheduler (:func:`stored_nearest`)."""
+        ctx.compute.check_store(ctx.store)
         fake_arr, real_arr = ctx.arrays["fake"], ctx.arrays["real"]
         b, width = fake_arr.shape
         k = width - 1
@@ -264,7 +274,12 @@ class GeneratorSolver:
                 ctx.store.write_chunk(mpath, (c0 // rows, 0),
                                       values[c0 - lo:c0 - lo + rows].astype(fake_arr.dtype))
 
-        l_pot, stats, cot = self.reg.streamed(real_arr, _Latents(), moved, write_moved, block)
+        def nearest(dtype: torch.dtype, backend: str) -> Tensor:
+            return stored_nearest(ctx.compute, ctx.ref(real_arr), ctx.ref(mpath), rows=block,
+                                  budget=ctx.memory_budget, dtype=dtype, backend=backend)
+
+        l_pot, stats, cot = self.reg.streamed(real_arr, _Latents(), moved, write_moved, block,
+                                              nearest)
         adv = 0.0
         for lo in range(0, b, block):
             adv -= float(np.asarray(fake_arr[lo:lo + block][:, 0], dtype=np.float64).sum()) / b
@@ -290,6 +305,32 @@ class GeneratorSolver:
             if raw is not None:
                 self.reg.load_state(raw)
         return CotangentLoss(ctx.store.array(f"{ctx.prefix}/cotangents/{population}"), dtype)
+
+
+def stored_nearest(compute: Compute, queries: StoreArray, targets: StoreArray, *, rows: int,
+                   budget: int, dtype: torch.dtype, backend: str = "auto") -> Tensor:
+    """``rho [n]`` int64, ``rho_i = argmin_j |x_i - y_j|^2`` (ties: smallest ``j``), of the
+    stored queries ``x [n, k]`` over the stored targets ``y [b, k]``, as one Dask graph on
+    ``compute``: per block of ``rows`` queries a read task, one argmin task per target shard
+    and a merge (:func:`ootrain.ot.sharded.argmin_tasks` with ``psi = 0``).  A shard takes
+    ``1 / SHARD_SHARE`` of a task's part of ``budget`` (:meth:`Compute.task_budget`).
+
+    The indices of ``c_transform(x, y, 0, "sqeuclidean", backend)`` with ``x`` and ``y``
+    read as ``dtype``; the tasks see arrays only (on a cluster they open the store by its
+    URL).  Raises ``ValueError`` when a task's shard budget holds no target row.
+    """
+    y = TargetSource(targets)
+    n = int(queries.shape[0])
+    shards = plan_shards(y, compute.task_budget(budget) // SHARD_SHARE, dtype)
+    name = f"nearest-{uuid.uuid4().hex}"   # keys unique to the computation
+    graph: dict[Any, Any] = {(name, "queries", q): (queries.rows, lo, min(n, lo + rows), dtype)
+                             for q, lo in enumerate(range(0, n, rows))}
+    merged = argmin_tasks(graph, list(graph), y, torch.zeros(y.n, dtype=dtype), shards,
+                          "sqeuclidean", backend, distributed=compute.distributed)
+    keys = [(name, "rho", q) for q in range(len(merged))]
+    for key, best in zip(keys, merged):
+        graph[key] = (operator.getitem, best, 0)
+    return torch.cat(compute.get(graph, keys))
 
 
 def _generator_objective(reg: Optional[Regulariser], fake: Tensor, real_e: Optional[Tensor]

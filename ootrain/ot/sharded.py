@@ -27,7 +27,8 @@ The tasks are a plain Dask graph (:func:`argmin_tasks`), run by anything with a
 ``get(graph, keys)`` method — :class:`ootrain.engine.compute.Compute` (local threads, or a
 ``dask.distributed`` cluster when its ``distributed`` is true) — or by Dask's synchronous
 scheduler in this thread.  On a cluster the targets must be a zarr array every worker
-can open (a path they all see, or an object-store URL): in-memory targets are refused.
+can open (a path they all see, or an object-store URL; or a run's store array,
+:class:`~ootrain.engine.compute.StoreArray`): in-memory targets are refused.
 
 Only the hard argmin is sharded: the soft plan's Gumbel-max draws
 (:func:`~ootrain.ot.ctransform.soft_assign`) follow the generator's sequence over the
@@ -58,7 +59,13 @@ from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.ctransform import c_transform, merge_argmin
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
 
-__all__ = ["plan_shards", "argmin_tasks", "sharded_c_transform"]
+__all__ = ["SHARD_SHARE", "plan_shards", "argmin_tasks", "sharded_c_transform"]
+
+#: A sharded Solve task's target shard takes at most this fraction (1 / SHARD_SHARE) of the
+#: task's memory budget; the rest holds the block of queries and the argmin kernel's copies
+#: of the shard (FAISS: the centred float64 rows, their augmented float32 index; a worker's
+#: peak was ~7x a float32 shard's bytes in benchmarks/bench_sharded_argmin.py).
+SHARD_SHARE = 8
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -105,11 +112,16 @@ def _merge(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 
 
 def _shareable(source: TargetSource) -> bool:
-    """Whether other processes can open the targets (a zarr array not in memory)."""
+    """Whether other processes can open the targets: a zarr array not in memory, or a
+    :class:`~ootrain.engine.compute.StoreArray` of a store not in memory (its ``store``
+    says ``in_memory``)."""
     if source.in_memory:
         return False
+    store = source.data.store
+    if hasattr(store, "in_memory"):
+        return not store.in_memory
     import zarr
-    return not isinstance(source.data.store, zarr.storage.MemoryStore)
+    return not isinstance(store, zarr.storage.MemoryStore)
 
 
 def argmin_tasks(graph: dict[Hashable, Any], queries: Sequence[Hashable], y: TargetSource,
@@ -126,7 +138,7 @@ def argmin_tasks(graph: dict[Hashable, Any], queries: Sequence[Hashable], y: Tar
             (:func:`plan_shards`).
         cost, backend: as in :func:`~ootrain.ot.ctransform.c_transform`, per shard.
         distributed: whether the graph runs in other processes (then ``y`` must be a zarr
-            array they can open).
+            array, or a :class:`~ootrain.engine.compute.StoreArray`, they can open).
 
     Returns:
         The keys, one per query block, of its ``(idx [B_q] int64, value [B_q])``.

@@ -11,7 +11,8 @@ import zarr
 
 import ootrain.methods.gradual as gradual
 from ootrain.engine import Compute, Engine, EngineConfig
-from ootrain.methods.gradual import OTSFIT, SHARD_SHARE, GradualConfig
+from ootrain.methods.gradual import OTSFIT, GradualConfig
+from ootrain.ot.sharded import SHARD_SHARE
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 from ootrain.store import Store
 

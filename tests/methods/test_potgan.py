@@ -257,37 +257,46 @@ def test_pipeline_smoke(tmp_path):
     assert np.load(tmp_path / "samples.npz")["ball_potgan_s0"].shape == (300, 3)
 
 
-@pytest.mark.parametrize("where", ["memory", "disk"])
-def test_streamed_generator_solve_equals_the_in_memory_one(tmp_path, where):
-    """A generator step of POT-GAN whose stored rows exceed the memory budget (streamed Solve:
-    blocked matching against the stored F(fake), Algorithm 2 by blocks, per-row cotangents)
-    gives the in-memory Solve's metrics, forest and generator gradient (float64)."""
+def _generator_step(path, budget, compute=None):
+    """Run, Solve and ReRun one POT-GAN generator step (float64, 200 rows in chunks of 40) in
+    the store at ``path`` (None: in memory) under ``budget``, Solve on ``compute``; returns
+    its metrics, the generator's gradients, the forest's parameters and whether Solve stored
+    ``moved`` (streamed)."""
     from ootrain.engine import Engine
     from ootrain.store import Store
 
-    def run(budget):
-        G = seeded(0, lambda: MLP(3, 2, hidden=(16,))).double()
-        D = make_wgan_critic(2, (16,), seed=1).double()
-        Q = _frozen(seeded(2, lambda: MLP(2, 2, hidden=(8,))).double())
-        F = LatentTransformForest(2, n_trees=3, depth=2, seed=0).double()
-        reg = POTRegulariser(Q, F, POTConfig(weight=0.05, forest_steps=2, forest_lr=1e-2,
-                                             backend="torch"))
-        m = WGANGP(G, D, lambda n, rng: rng.normal(size=(n, 2)), torch.optim.SGD(
-            G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.1), WGANConfig(n_critic=1),
-            reg)
-        cfg = EngineConfig(population=200, micro_batch=20, latent_dim=3, chunk_rows=40,
-                           dtype="float64", memory_budget=budget, seed=2)
-        m.bind(cfg)
-        path = None if where == "memory" else tmp_path / f"s{budget}.zarr"
-        eng = Engine(m, Store(path, Engine.store_config(cfg, m)), cfg)
+    G = seeded(0, lambda: MLP(3, 2, hidden=(16,))).double()
+    D = make_wgan_critic(2, (16,), seed=1).double()
+    Q = _frozen(seeded(2, lambda: MLP(2, 2, hidden=(8,))).double())
+    F = LatentTransformForest(2, n_trees=3, depth=2, seed=0).double()
+    reg = POTRegulariser(Q, F, POTConfig(weight=0.05, forest_steps=2, forest_lr=1e-2,
+                                         backend="torch"))
+    m = WGANGP(G, D, lambda n, rng: rng.normal(size=(n, 2)), torch.optim.SGD(
+        G.parameters(), 0.1), torch.optim.SGD(D.parameters(), 0.1), WGANConfig(n_critic=1), reg)
+    cfg = EngineConfig(population=200, micro_batch=20, latent_dim=3, chunk_rows=40,
+                       dtype="float64", memory_budget=budget, seed=2)
+    m.bind(cfg)
+    kw = {} if compute is None else {"compute": compute}
+    with Store(path, Engine.store_config(cfg, m)) as store:
+        eng = Engine(m, store, cfg, **kw)
         plan = m.plan(1)                                  # n_critic 1: step 1 is the generator's
-        eng.store.group.require_group("steps/1")
+        store.group.require_group("steps/1")
         eng.run(1, plan)
         metrics = eng.solve(1, plan)
         eng._zero_grads()
         eng.rerun(1, plan)
         return metrics, [p.grad.clone() for p in G.parameters()], \
-            [p.detach().clone() for p in F.parameters()], eng.store.has("steps/1/moved")
+            [p.detach().clone() for p in F.parameters()], store.has("steps/1/moved")
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_streamed_generator_solve_equals_the_in_memory_one(tmp_path, where):
+    """A generator step of POT-GAN whose stored rows exceed the memory budget (streamed Solve:
+    blocked matching against the stored F(fake), Algorithm 2 by blocks, per-row cotangents)
+    gives the in-memory Solve's metrics, forest and generator gradient (float64)."""
+    def run(budget):
+        return _generator_step(None if where == "memory" else tmp_path / f"s{budget}.zarr",
+                               budget)
 
     (m_mem, g_mem, f_mem, moved_mem), (m_str, g_str, f_str, moved_str) = run(2**30), run(4096)
     assert not moved_mem and moved_str                     # the two paths did run
@@ -297,3 +306,54 @@ def test_streamed_generator_solve_equals_the_in_memory_one(tmp_path, where):
     assert m_mem["reg"] > 0
     for a, b in zip(f_str + g_str, f_mem + g_mem):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_stored_matching_is_the_c_transform_with_ties_across_shards(tmp_path):
+    """The streamed Solve's matching sweep (:func:`stored_nearest`: real latents' blocks x
+    shards of the stored targets, merged per block) gives ``c_transform``'s indices (float64),
+    exact ties in three shards going to the smallest index, on one thread and on two."""
+    from ootrain.engine import Compute, StoreArray
+    from ootrain.methods.wgan import stored_nearest
+    from ootrain.ot.ctransform import c_transform
+    from ootrain.ot.sharded import SHARD_SHARE, plan_shards
+    from ootrain.ot.targets import TargetSource
+    from ootrain.store import Store
+
+    g = np.random.default_rng(0)
+    y = g.normal(size=(100, 2))
+    y[57] = y[90] = y[3]                                  # one point, in shards 0, 1 and 2
+    x = g.normal(size=(70, 2))
+    x[:5] = y[3] + 1e-3 * g.normal(size=(5, 2))           # matched to the tied point
+    budget = 32 * 2 * 8 * SHARD_SHARE                     # 32 rows a shard for one task
+    with Store(tmp_path / "s.zarr", {"test": "stored matching"}) as store:
+        for name, a in (("x", x), ("y", y)):
+            store.require_array(name, a.shape, (16, 2), np.float64)
+            store.write_region(name, (slice(0, a.shape[0]), slice(0, 2)), a)
+        want = c_transform(torch.from_numpy(x), torch.from_numpy(y),
+                           torch.zeros(100, dtype=torch.float64), "sqeuclidean", "torch")[0]
+        assert (want[:5] == 3).all() and len(torch.unique(want)) > 20
+        assert len(plan_shards(TargetSource(StoreArray(store, "y")), budget // SHARD_SHARE,
+                               torch.float64)) == 4
+        for compute in (Compute(workers=1), Compute(workers=2)):   # 32, 16 rows a shard
+            rho = stored_nearest(compute, StoreArray(store, "x"), StoreArray(store, "y"),
+                                 rows=24, budget=budget, dtype=torch.float64, backend="torch")
+            assert torch.equal(rho, want), compute
+
+
+def test_streamed_generator_solve_on_a_cluster_equals_the_local_one(tmp_path, dask_cluster):
+    """The streamed generator Solve with its matching sweeps on a ``LocalCluster`` of 2
+    worker processes (store on disk, opened by URL) gives the local Solve's metrics, forest
+    and generator gradient exactly."""
+    from ootrain.engine import Compute
+
+    local = _generator_step(tmp_path / "local.zarr", 4096, Compute(workers=1))
+    sweeps = []
+    with Compute(dask_cluster.scheduler_address).session() as compute:
+        get = compute.get
+        compute.get = lambda graph, keys, done=None: sweeps.append(len(keys)) or get(graph, keys,
+                                                                                      done)
+        remote = _generator_step(tmp_path / "cluster.zarr", 4096, compute)
+    assert remote[3] and sweeps == [5, 5, 5]   # streamed; 2 Algorithm 2 steps, then L_POT
+    assert remote[0] == local[0]
+    for a, b in zip(remote[1] + remote[2], local[1] + local[2]):
+        assert torch.equal(a, b)
