@@ -33,6 +33,22 @@ e. ``semidiscrete``: ``SemiDiscreteOT(y [N = 10^6, d = 64], device=cuda).fit`` w
    iteration cap sized from a timed batch, its history (imbalance, dual), and an independent
    imbalance / dual / cost measurement of the fitted and of the zero potential on fresh samples.
 
+f. ``argmin`` (default): the torch backend's sqeuclidean c-transform, now certified GEMMs
+   (``torch.addmm`` blocks and top candidates, re-evaluated exactly), ``B = 8192`` queries
+   against ``N = 10^6`` targets in ``d = 64`` (float32, TF32 off): seconds, GEMM-equivalent
+   TFLOP/s ``2 B N d / t`` against the fp32 GEMM of the same blocks and of one
+   ``[8192, 64] @ [64, 65536]`` product, and the argmin of 256 rows against a float64 brute
+   force.
+g. ``engine`` (default): ``ootrain rsr train --device cuda`` on 1 rank under torchrun (its
+   step lines: run / solve / rerun seconds), and the same job in a probe that joins a
+   ``cpu:gloo,cuda:nccl`` group first: where the generator's parameters and Adam's moments
+   live after training, the steps' phase timings, an all-reduce of a CUDA and of a CPU
+   tensor through that group.
+h. ``methods`` (default): ``semidiscrete train`` (OTS + FIT), ``otgan train`` and ``potgan
+   train`` with ``--device cuda`` for 2 engine steps each (backend torch: KeOps 2.3 crashes
+   on CUDA 13).
+
+Without ``--only`` the checks f-h run (about 4 minutes with start-up); ``--only`` picks any.
 ``--small`` runs every check at tiny sizes (a CPU smoke test); without CUDA the GPU-only
 parts are skipped with a note and the rest runs on the CPU.
 
@@ -64,18 +80,26 @@ sys.path.insert(0, HERE)
 if ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
-CHECKS = ("gemm", "rsr", "ctransform", "semidiscrete", "sinkhorn")   # run order
-LETTER = {"gemm": "a", "ctransform": "b", "sinkhorn": "c", "rsr": "d", "semidiscrete": "e"}
+CHECKS = ("argmin", "engine", "methods", "gemm", "rsr", "ctransform", "semidiscrete",
+          "sinkhorn")   # run order
+#: what runs without --only: the engine on the GPU and the GEMM argmin (issue 15), ~4 min
+DEFAULT = ("argmin", "engine", "methods")
+LETTER = {"gemm": "a", "ctransform": "b", "sinkhorn": "c", "rsr": "d", "semidiscrete": "e",
+          "argmin": "f", "engine": "g", "methods": "h"}
 
 FULL = dict(gemm_n=8192, gemm_reps=10, copy_bytes=2**31, B=65536, N=10**6, d=64, ref_rows=256,
             n_l1=10**5, sk_d=16, sk_ref_n=1000, sk_cmp_n=20000, sk_n=(10**5, 10**6),
-            rsr_b=10**5, rsr_m=4096, rsr_p=64, sd_N=10**6, sd_d=64, sd_tol=1.0)
+            rsr_b=10**5, rsr_m=4096, rsr_p=64, sd_N=10**6, sd_d=64, sd_tol=1.0,
+            am_N=10**6, am_B=8192, m_b=8192, m_m=2048)
 SMALL = dict(gemm_n=256, gemm_reps=3, copy_bytes=2**24, B=2048, N=20000, d=16, ref_rows=64,
              n_l1=4000, sk_d=2, sk_ref_n=200, sk_cmp_n=600, sk_n=(1500, 3000),
-             rsr_b=4096, rsr_m=1024, rsr_p=8, sd_N=2000, sd_d=4, sd_tol=0.5)
+             rsr_b=4096, rsr_m=1024, rsr_p=8, sd_N=2000, sd_d=4, sd_tol=0.5,
+            am_N=20000, am_B=1024, m_b=512, m_m=256)
 #: seconds of each check's own measurements (its share); compile time and start-up come on top
-SHARE_FULL = {"gemm": 10, "rsr": 45, "ctransform": 70, "semidiscrete": 60, "sinkhorn": 55}
-SHARE_SMALL = {"gemm": 5, "rsr": 45, "ctransform": 20, "semidiscrete": 20, "sinkhorn": 20}
+SHARE_FULL = {"gemm": 10, "rsr": 45, "ctransform": 70, "semidiscrete": 60, "sinkhorn": 55,
+              "argmin": 40, "engine": 60, "methods": 90}
+SHARE_SMALL = {"gemm": 5, "rsr": 45, "ctransform": 20, "semidiscrete": 20, "sinkhorn": 20,
+               "argmin": 20, "engine": 60, "methods": 90}
 #: expected seconds of a child beyond its share (start-up, imports, KeOps compiles)
 OVERHEAD = 12.0
 #: a child's hard limit: share x SLACK + START (KeOps builds its nvrtc binder on first use)
@@ -836,7 +860,148 @@ def check_semidiscrete(P: Part, cfg: dict, dev: Any, share: float) -> None:
             f"{r['fitted']['cost']:.5g} vs {r['zero']['cost']:.5g}")
 
 
-RUNNERS = {"gemm": check_gemm, "ctransform": check_ctransform, "sinkhorn": check_sinkhorn,
+# ----------------------------------------------------------------------------------
+# f. the GEMM argmin of the torch backend
+# ----------------------------------------------------------------------------------
+def check_argmin(P: Part, cfg: dict, dev: Any, share: float) -> None:
+    import torch
+    from ootrain.ot.backends import TORCH_BLOCK
+    from ootrain.ot.ctransform import c_transform
+
+    torch.backends.cuda.matmul.allow_tf32 = False   # fp32 products (the certificate's roundoff)
+    N, d, B, R = cfg["am_N"], cfg["d"], cfg["am_B"], cfg["ref_rows"]
+    g = torch.Generator(dev).manual_seed(0)
+    y = torch.randn(N, d, device=dev, generator=g)
+    x = torch.randn(B, d, device=dev, generator=g)
+    psi = 0.1 * torch.randn(N, device=dev, generator=g)
+    flop = 2.0 * B * N * d
+    P.set("problem", {"B": B, "N": N, "d": d, "dtype": "float32", "device": str(dev)})
+    c_transform(x[:256], y, psi, "sqeuclidean", "torch")   # warm-up
+    t, (idx, _) = timed(lambda: c_transform(x, y, psi, "sqeuclidean", "torch"), dev)
+    say(f"  torch GEMM argmin {B} x {N} d={d}: {t:.3f} s, {flop / t / 1e12:.3f} TFLOP/s")
+
+    def blocked() -> None:   # the GEMM work of the argmin alone: the same blocks, no top-k
+        bq = 1024
+        bt = TORCH_BLOCK // bq
+        for t0 in range(0, N, bt):
+            yt = y[t0:t0 + bt]
+            for q0 in range(0, B, bq):
+                torch.addmm(psi[t0:t0 + bt], x[q0:q0 + bq], yt.T, alpha=-2)
+
+    blocked()
+    tb, _ = timed(blocked, dev)
+    cols = min(N, 65536)
+    big = y[:cols]
+    x @ big.T
+    reps = 5
+    tg, _ = timed(lambda: [x @ big.T for _ in range(reps)], dev)
+    gemm_rate = 2.0 * B * cols * d * reps / tg
+    P.set("argmin", {"seconds": t, "gemm_equiv_tflops": flop / t / 1e12,
+                     "blocked_addmm_seconds": tb, "blocked_addmm_tflops": flop / tb / 1e12,
+                     "fp32_gemm_tflops_[B,d]x[d,65536]": gemm_rate / 1e12,
+                     "of_blocked_addmm": tb / t, "of_fp32_gemm": flop / t / gemm_rate})
+    say(f"  = {tb / t:.1%} of the same blocks' addmm ({flop / tb / 1e12:.3f} TFLOP/s), "
+        f"{flop / t / gemm_rate:.1%} of the fp32 GEMM ({gemm_rate / 1e12:.2f} TFLOP/s)")
+    tr, ref = timed(lambda: _reference(x[:R], y, psi, "sqeuclidean"), torch.device("cpu"))
+    ag = P.set("exactness", {**_agreement(idx, ref, "sqeuclidean"), "reference_s": tr})
+    say(f"  argmin vs float64 brute force: {ag['agree']}/{ag['rows']} rows agree")
+
+
+# ----------------------------------------------------------------------------------
+# g. the engine on the GPU under torchrun; h. every method's train command on the GPU
+# ----------------------------------------------------------------------------------
+_PLACED = r"""
+import json, sys, time, torch, torch.distributed as dist
+from ootrain.distributed import from_environment, process_group_backend
+from ootrain.jobs.rsr import rsr_train
+a = json.loads(sys.argv[1])
+gpu = torch.cuda.is_available()
+if gpu:   # world 1 makes no group of its own: the group of 2+ ranks, joined by 1
+    dist.init_process_group(process_group_backend(True), device_id=torch.device("cuda", 0))
+out = {"group": dist.get_backend() if dist.is_initialized() else None}
+with from_environment() as w:
+    t = time.perf_counter()
+    res = rsr_train(a["store"], data="mog:8:8", population=a["b"], micro_batch=a["m"],
+                    directions=a["p"], steps=2, overwrite=True, progress=False, device=a["device"])
+    out["wall_s"] = time.perf_counter() - t
+    m = res.run.method
+    out["parameters"] = sorted({str(p.device) for p in m.G.parameters()})
+    out["adam_state"] = sorted({str(v.device) for s in m.optimizer.state.values()
+                                for v in s.values() if torch.is_tensor(v) and v.ndim})
+    out["history"] = res.run.history
+    if dist.is_initialized():
+        for name, dev in (("cuda", "cuda"), ("cpu", "cpu")):
+            try:
+                v = torch.ones(4, device=dev); dist.all_reduce(v); out[f"all_reduce_{name}"] = "ok"
+            except Exception as e:
+                out[f"all_reduce_{name}"] = f"{type(e).__name__}: {str(e)[:300]}"
+print("GPUCHECK " + json.dumps(out, default=str))
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OOTRAIN_DIST_TIMEOUT="60", OOTRAIN_NO_PROGRESS="1")
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def check_engine(P: Part, cfg: dict, dev: Any, share: float) -> None:
+    device = "cuda" if dev.type == "cuda" else "cpu"
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    tmp = tempfile.mkdtemp(prefix="gpu_check_engine_")
+    args = run + ["-m", "ootrain.cli", "rsr", "train", "--store", os.path.join(tmp, "cli.zarr"),
+                  "--data", "mog:8:8", "-b", str(cfg["rsr_b"]), "-m", str(cfg["rsr_m"]), "-p",
+                  str(cfg["rsr_p"]), "--steps", "2", "--out", os.path.join(tmp, "out"),
+                  "--no-progress", "--overwrite", "--device", device]
+    r = P.attempt("rsr_cli", lambda: {**_launch(args, share * 0.45, _env()),
+                                      "command": " ".join(args[1:])})
+    if r:
+        say(f"  rsr train --device {device} (1 rank): rc {r['rc']}, {r['wall_s']:.1f} s, "
+            f"{r['step_lines'] or r['tail'][-3:]}")
+    a = {"store": os.path.join(tmp, "probe.zarr"), "b": cfg["rsr_b"], "m": cfg["rsr_m"],
+         "p": cfg["rsr_p"], "device": device}
+    r = P.attempt("rsr_probe", lambda: _launch(
+        run + ["--no-python", sys.executable, "-c", _PLACED, json.dumps(a)], share * 0.45,
+        _env()))
+    if r:
+        res = r["result"] or {}
+        say(f"  probe: group {res.get('group')}, parameters on {res.get('parameters')}, Adam "
+            f"on {res.get('adam_state')}, all-reduce cuda {res.get('all_reduce_cuda')} / cpu "
+            f"{res.get('all_reduce_cpu')}; steps "
+            f"{[(h.get('run_s'), h.get('solve_s'), h.get('rerun_s')) for h in res.get('history', [])]}"
+            if res else f"  probe: rc {r['rc']}, {r['tail'][-3:]}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_methods(P: Part, cfg: dict, dev: Any, share: float) -> None:
+    device = "cuda" if dev.type == "cuda" else "cpu"
+    tmp = tempfile.mkdtemp(prefix="gpu_check_methods_")
+    b, m = str(cfg["m_b"]), str(cfg["m_m"])
+    commands = {
+        "semidiscrete": ["semidiscrete", "train", "--data", "mog:8:8", "--n-real", b,
+                         "--cost", "sqeuclidean", "--backend", "torch", "-b", b, "-m", m,
+                         "--rounds", "2", "--ots-max-iter", "20"],
+        "otgan": ["otgan", "train", "--steps", "2", "-b", b, "--micro-batch", m,
+                  "--backend", "torch"],
+        "potgan": ["potgan", "train", "--steps", "1", "--n-critic", "1", "-b", b,
+                   "--micro-batch", m, "--backend", "torch", "--vae-steps", "50"],
+    }
+    for name, cmd in commands.items():
+        args = [sys.executable, "-m", "ootrain.cli", *cmd, "--store",
+                os.path.join(tmp, f"{name}.zarr"), "--out", os.path.join(tmp, name),
+                "--no-progress", "--device", device]
+        r = P.attempt(name, lambda: {**_launch(args, share / 3, _env()),
+                                     "command": " ".join(args[1:])})
+        if r:
+            say(f"  {name} train --device {device}: rc {r['rc']}, {r['wall_s']:.1f} s, "
+                f"{r['tail'][-2:]}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+RUNNERS = {"argmin": check_argmin, "engine": check_engine, "methods": check_methods,
+           "gemm": check_gemm, "ctransform": check_ctransform, "sinkhorn": check_sinkhorn,
            "rsr": check_rsr, "semidiscrete": check_semidiscrete}
 
 
@@ -965,6 +1130,9 @@ def summary(res: dict[str, Any]) -> str:
                  f"({fit.get('stopped')}), {f(fit.get('s_per_iter_incl_checks'))} s/iter incl. "
                  f"checks; last check {fit['history'][-1] if fit.get('history') else None}")
     L.append(f"- evaluation: {json.dumps(e.get('evaluation'), default=str)[:800]}")
+    L += ["", "## f-h. issue 15: the GEMM argmin, the engine and the methods on the device", ""]
+    for k in ("argmin", "engine", "methods"):
+        L.append(f"- {k}: {json.dumps(res.get(k), default=str)[:2500]}")
     L += ["", "## status", ""]
     for k in CHECKS:
         r = res.get(k, {})
@@ -977,7 +1145,8 @@ def parent(args: argparse.Namespace) -> None:
     os.makedirs(args.out, exist_ok=True)
     notes = prepare_env()
     shares = dict(SHARE_SMALL if args.small else SHARE_FULL)
-    want = [c for c in CHECKS if (not args.only or c in args.only) and c not in (args.skip or [])]
+    want = [c for c in CHECKS if (c in args.only if args.only else c in DEFAULT)
+            and c not in (args.skip or [])]
     res: dict[str, Any] = {"mode": "small" if args.small else "full",
                            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "env_notes": notes,

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["from_environment", "process_group_backend", "quiet_unless_rank0", "rank_world",
-           "barrier", "all_reduce", "RankLostError", "TIMEOUT_S", "ALONE_TIMEOUT_S"]
+           "barrier", "all_reduce", "resolve_device", "DEVICES", "RankLostError", "TIMEOUT_S",
+           "ALONE_TIMEOUT_S"]
 
 #: Seconds a collective waits for the other ranks before the command stops.
 TIMEOUT_S = float(os.environ.get("OOTRAIN_DIST_TIMEOUT", "300"))
@@ -51,6 +52,30 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+#: The device settings :func:`resolve_device` takes (and ``cuda:N``).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """The device a rank trains on: ``auto`` is ``cuda:<LOCAL_RANK>`` (0 without torchrun)
+    when torch sees a GPU, else ``cpu``; ``cpu``; ``cuda`` (``cuda:<LOCAL_RANK>``) or
+    ``cuda:N``.  ValueError, in one line, for anything else or a GPU that is not there."""
+    if not isinstance(spec, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {spec!r}")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device must be a GPU torch can use, got {spec!r} but torch sees no "
+                         f"CUDA device (torch {torch.__version__}, CUDA "
+                         f"{torch.version.cuda or 'not built'}); use cpu or auto")
+    index = int(spec.split(":")[1]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0"))
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device must be a GPU of this node, got {spec!r} (GPU {index}) but "
+                         f"torch sees {count} GPU(s)")
+    return torch.device("cuda", index)
 
 
 def _collective(what: str, fn, *args) -> None:

@@ -157,8 +157,8 @@ def _engine(G: nn.Module, train: np.ndarray, store: Path, population: int, micro
             lr: float, seed: int, rounds: int, gcfg: GradualConfig, progress: Any
             ) -> tuple[Engine, Any]:
     ot = SemiDiscreteOT(torch.from_numpy(train), cost=COST, backend="torch")
-    cfg = EngineConfig(population=population, micro_batch=micro_batch,
-                       latent_dim=G[0].in_dim, seed=seed)
+    cfg = EngineConfig(population=population, micro_batch=micro_batch,   # CPU scale, as
+                       latent_dim=G[0].in_dim, seed=seed, device="cpu")  # the evaluator
     method = OTSFIT(G, ot, make_optimizer(G.parameters(), OPTIMIZER, lr), gcfg, rounds=rounds,
                     generator_spec=json.dumps(["digits-mlp", HIDDEN, seed]))
     st = open_shared_store(str(store), Engine.store_config(cfg, method), overwrite=True)

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-__all__ = ["console", "THREADS_HELP", "parse_bytes", "json_kwargs", "int_list", "set_threads",
+__all__ = ["console", "THREADS_HELP", "DEVICE_HELP", "parse_bytes", "json_kwargs", "int_list", "set_threads",
            "POPULATION_HELP", "MICRO_BATCH_HELP"]
 
 console = Console()
@@ -18,6 +18,9 @@ console = Console()
 #: Help of every command's ``--threads``.
 DASK_HELP = ("Run Solve's task graphs on the dask.distributed scheduler at this address "
              "(tcp://host:8786); default: Dask's local threads on the usable cores.")
+#: Help of every train command's ``--device``.
+DEVICE_HELP = ("Where the models run: auto (cuda:<LOCAL_RANK> when torch sees a GPU, else cpu), "
+               "cpu, cuda or cuda:N.  Solve runs on the CPU; the store does not depend on it.")
 THREADS_HELP = ("Threads of torch, BLAS and numba together (default: ootrain.threads."
                 "default_threads(), 1 on machines of <= 2 physical cores, or OOTRAIN_THREADS; "
                 "0: the libraries' own defaults).")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import (DASK_HELP, POPULATION_HELP, THREADS_HELP, console, int_list,
+from ootrain.cli.options import (DASK_HELP, DEVICE_HELP, POPULATION_HELP, THREADS_HELP, console, int_list,
                                  set_threads)
 
 __all__ = ["app", "otgan_train"]
@@ -71,6 +71,7 @@ def otgan_train(
     progress: bool = typer.Option(True, help="Progress bar."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train a generator against a learned critic by OT-GAN's Algorithm 1.
 
@@ -93,7 +94,7 @@ def otgan_train(
               store=store, overwrite=overwrite,
               hidden=g_hidden, layer_norm=layer_norm, critic_hidden=c_hidden,
               feature_dim=feature_dim, seed=seed, n_samples=n_samples, progress=progress,
-              log=console.print, dask_address=dask_address)
+              log=console.print, dask_address=dask_address, device=device)
     m = res.summary["ring_metrics"]
     if m is not None:
         console.print(f"modes covered {m['modes_covered']}/{m['n_modes']}  high-quality "

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import DASK_HELP, POPULATION_HELP, THREADS_HELP, console, set_threads
+from ootrain.cli.options import (DASK_HELP, DEVICE_HELP, POPULATION_HELP, THREADS_HELP, console,
+                                 set_threads)
 
 __all__ = ["app", "potgan_train"]
 
@@ -62,6 +63,7 @@ def potgan_train(
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train WGAN-GP with (potgan) or without (wgan-gp) the latent OT regulariser.
 
@@ -82,7 +84,7 @@ def potgan_train(
               vae_latent=vae_latent, vae_steps=vae_steps, micro_batch=micro_batch,
               seed=seed, ema=ema, n_samples=n_samples, bandwidth=bandwidth,
               store=store, overwrite=overwrite, progress=progress, log=console.print,
-              dask_address=dask_address)
+              dask_address=dask_address, device=device)
     summary = res.summary
     console.print(f"Parzen reverse KL(P_g || P_r) = {summary['reverse_kl']:.4f} (averaged "
                   f"generator; last: {summary['reverse_kl_last']:.4f}; bandwidth "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ootrain.cli.options import (DASK_HELP, MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP,
+from ootrain.cli.options import (DASK_HELP, DEVICE_HELP, MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP,
                                  console,
                                  json_kwargs, parse_bytes, set_threads)
 
@@ -50,6 +50,7 @@ def rsr_train(
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store."""
     set_threads(threads)
@@ -64,7 +65,7 @@ def rsr_train(
               keep=keep, direction_mode=direction_mode, mode=mode, steps=steps, lr=lr,
               optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
               store_latents=store_latents, overwrite=overwrite, out=out, progress=progress,
-              dask_address=dask_address)
+              dask_address=dask_address, device=device)
     console.print(f"[green]done[/]: {len(res.run.results)} steps this call, store {store}; "
                   f"wrote {out}/: samples.npy" + (", loss.png" if res.losses else ""),
                   soft_wrap=True)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ootrain.cli.options import (DASK_HELP, MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP,
+from ootrain.cli.options import (DASK_HELP, DEVICE_HELP, MICRO_BATCH_HELP, POPULATION_HELP, THREADS_HELP,
                                  console, json_kwargs, parse_bytes, set_threads)
 
 __all__ = ["app", "sd_solve", "sd_train"]
@@ -158,6 +158,7 @@ def sd_train(
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
     dask_address: Optional[str] = typer.Option(None, help=DASK_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
 
@@ -178,7 +179,7 @@ def sd_train(
         ots_batch=ots_batch, ots_max_iter=ots_max_iter, ots_tol=ots_tol, ots_lr=ots_lr,
         lr=lr, optimizer=optimizer, memory_budget=budget, seed=seed, verify=verify,
         overwrite=overwrite, out=out, n_samples=n_samples, progress=progress,
-        dask_address=dask_address)
+        dask_address=dask_address, device=device)
     console.print(f"[green]done[/]: {res.rounds_this_call} rounds this call, "
                   f"{res.rounds_in_store} in store {store}; wrote {out}/: "
                   + ", ".join(f.name for f in res.files), soft_wrap=True)

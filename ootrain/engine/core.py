@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ootrain.data import describe_array
 from ootrain.engine.compute import Compute, StoreArray
-from ootrain.distributed import all_reduce, barrier, rank_world
+from ootrain.distributed import all_reduce, barrier, rank_world, resolve_device
 from ootrain.store import Store, StoreCorruptError
 from ootrain.validation import DIVERGED, NonFiniteError
 
@@ -61,7 +61,8 @@ __all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "
            "RunObserver",
            "ReRunLoss", "CotangentLoss", "StepResult", "GeneratorMethod",
            "NondeterministicModelError", "NonFiniteError", "Sampler", "standard_normal",
-           "latent_key", "rank_world", "frozen_parameters", "describe_array"]
+           "latent_key", "rank_world", "frozen_parameters", "describe_array",
+           "resolve_device", "module_device", "place", "to_cpu"]
 
 #: The one sampler convention: ``draw(n, rng) -> [n, ...]`` (numpy array or tensor) given a
 #: seeded ``numpy.random.Generator``.
@@ -248,6 +249,11 @@ class EngineConfig:
     the size up to which :func:`ootrain.methods.training.train` keeps the store in memory;
     store chunks are at most 1/16 of it.
     keep_steps: steps whose arrays stay in the store (None: all).
+    device: where the models run (Run, ReRun, the update): ``auto`` (``cuda:<LOCAL_RANK>``
+    when torch sees a GPU, else ``cpu``), ``cpu``, ``cuda`` or ``cuda:N``
+    (:func:`~ootrain.distributed.resolve_device`).  Inputs are drawn and Solve runs on the
+    CPU whatever it is; it is not part of the fingerprint: a store trained on one device
+    resumes on another.
     """
 
     population: int
@@ -262,6 +268,7 @@ class EngineConfig:
     memory_budget: int = 1 << 30
     dtype: str = "float32"
     keep_steps: int | None = 2
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("population", "micro_batch", "latent_dim", "memory_budget"):
@@ -279,11 +286,12 @@ class EngineConfig:
         if self.keep_steps is not None and self.keep_steps < 2:
             raise ValueError(f"keep_steps must be >= 2 (a step reads the previous one) or "
                              f"None, got {self.keep_steps}")
+        resolve_device(self.device)   # a bad or absent device fails here, before any work
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine stored data (the part of the store's fingerprint)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("verify", "verify_rtol", "memory_budget", "keep_steps")}
+                if k not in ("verify", "verify_rtol", "memory_budget", "keep_steps", "device")}
 
 
 def standard_normal(dim: int, dtype: np.dtype = np.float32) -> Sampler:
@@ -322,6 +330,35 @@ def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (or buffer); ``cpu`` for one with neither."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def place(method: Method, device: torch.device) -> None:
+    """Move every module of ``method`` to ``device`` (``Module.to`` moves parameters in place,
+    so optimisers built over them keep working) and any optimiser state already there
+    (``load_state_dict`` casts it to its parameter's device; fresh state is created there)."""
+    for mod in method.modules().values():
+        mod.to(device)
+    for opt in method.optimizers().values():
+        if opt.state:
+            opt.load_state_dict(opt.state_dict())
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples of tensors) with every tensor on the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 # --------------------------------------------------------------------------- the engine
 class Engine:
     """Run → Solve → ReRun for any :class:`Method` over a :class:`~ootrain.store.Store`.
@@ -341,6 +378,12 @@ class Engine:
     compute:
         Where Solve's Dask task graphs run (:class:`~ootrain.engine.compute.Compute`; default
         the local threaded scheduler on the usable cores).  It does not change the results.
+
+    The method's modules are moved to ``config.device`` (:attr:`device`) once; each
+    micro-batch's inputs are drawn on the CPU and moved there, the embeddings come back to
+    the CPU for the store, the stored per-sample quantities of ReRun go to the device
+    (solvers stay device-agnostic), gradients are all-reduced there (nccl for CUDA tensors,
+    gloo for CPU ones), and checkpoints hold CPU tensors, so they load on any machine.
 
     Example
     -------
@@ -364,6 +407,8 @@ class Engine:
         self.method, self.store, self.cfg = method, store, config
         self.compute = compute if compute is not None else Compute()
         self.dtype = getattr(torch, config.dtype)
+        self.device = resolve_device(config.device)
+        place(method, self.device)
         # a rich Progress to add bars to; anything else (None, a bool) means no bars
         self.progress = progress if hasattr(progress, "add_task") else None
         self.rank, self.world = rank_world()
@@ -423,7 +468,7 @@ class Engine:
 
     def inputs(self, step: int, index: int, pop: Population, lo: int, hi: int) -> Tensor:
         """Inputs of rows [lo, hi) (lo a multiple of m) of the plan's ``index``-th population,
-        regenerated from their keys."""
+        regenerated from their keys (drawn on the CPU, returned on the engine's device)."""
         m = self.cfg.micro_batch
         parts = [torch.as_tensor(np.asarray(pop.draw(min(m, hi - i), latent_key(
             self.cfg.seed, step, i // m, index)))) for i in range(lo, hi, m)]
@@ -435,7 +480,11 @@ class Engine:
             u = u.to(self.dtype)
             _check_finite(u.numpy(), f"inputs of population {pop.name!r} of step {step}, "
                           f"rows [{lo}, {hi})")
-        return u
+        return u.to(self.device)
+
+    def _load(self, loss_fn: ReRunLoss, lo: int, hi: int) -> dict[str, Tensor]:
+        """The stored per-sample quantities of rows [lo, hi), on the engine's device."""
+        return {k: v.to(self.device) for k, v in loss_fn.load(lo, hi).items()}
 
     def _width(self, step: int, index: int, pop: Population) -> int:
         """Embedding width of a population, and a determinism check on one micro-batch."""
@@ -486,7 +535,8 @@ class Engine:
         return [c for c in range(n_chunks) if c % self.world == self.rank]
 
     def _all_reduce_grads(self, player: nn.Module) -> None:
-        """Sum the player's gradients over ranks (one flat all-reduce); no-op in one process."""
+        """Sum the player's gradients over ranks (one flat all-reduce on the parameters'
+        device: nccl for CUDA tensors, gloo for CPU ones); no-op in one process."""
         if self.world == 1:
             return
         params = [p for p in player.parameters() if p.requires_grad]
@@ -506,7 +556,8 @@ class Engine:
         return f"checkpoints/step-{step}.pt"
 
     def save_checkpoint(self, step: int) -> None:
-        """Every module and optimiser of the method, as they are before step ``step``."""
+        """Every module and optimiser of the method, as they are before step ``step`` (CPU
+        tensors: the checkpoint is the same whatever device trained)."""
         buf = io.BytesIO()
         state = {"modules": {k: m.state_dict() for k, m in self.method.modules().items()},
                  "optimizers": {k: o.state_dict()
@@ -515,16 +566,21 @@ class Engine:
         extra = getattr(self.method, "state_dict", None)
         if extra is not None:
             state["method"] = extra()
-        torch.save(state, buf)
+        torch.save(to_cpu(state), buf)
         self.store.put_bytes(self._ckpt_key(step), buf.getvalue())
 
     def load_checkpoint(self, step: int) -> bool:
-        """Restore the state before step ``step``; False when there is no such checkpoint."""
+        """Restore the state before step ``step``; False when there is no such checkpoint.
+
+        Read onto the CPU (``map_location``, also for a checkpoint written with CUDA
+        tensors): ``load_state_dict`` copies into the modules' parameters on their device and
+        casts optimiser state to its parameter's device; the method's own state (ψ, warm
+        starts) belongs to Solve, on the CPU."""
         raw = self.store.get_bytes(self._ckpt_key(step))
         if raw is None:
             return False
         self._current = None
-        state = torch.load(io.BytesIO(raw), weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         for k, m in self.method.modules().items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.method.optimizers().items():
@@ -566,7 +622,8 @@ class Engine:
         n = int(real.shape[0])
         if self.rank == 0 and not self.store.has("real/embeddings"):
             with torch.no_grad():
-                d = int(E(torch.as_tensor(np.asarray(real[:1]), dtype=self.dtype)).shape[1])
+                d = int(E(torch.as_tensor(np.asarray(real[:1]), dtype=self.dtype)
+                          .to(self.device)).shape[1])
             row_bytes = d * np.dtype(self.cfg.dtype).itemsize
             rows = max(1, min(n, self._chunk_bytes() // row_bytes))
             self.store.require_array("real/embeddings", (n, d), (rows, d), self.cfg.dtype)
@@ -580,7 +637,7 @@ class Engine:
             x = np.asarray(real[lo:hi])
             _check_finite(x, f"real data rows [{lo}, {hi})")
             with torch.no_grad():
-                e = E(torch.as_tensor(x, dtype=self.dtype)).numpy()
+                e = E(torch.as_tensor(x, dtype=self.dtype).to(self.device)).cpu().numpy()
             if e.shape != (hi - lo, d):
                 raise ValueError(f"E(real rows [{lo}, {hi})) has shape {e.shape}; expected "
                                  f"{(hi - lo, d)}")
@@ -646,11 +703,12 @@ class Engine:
                 lo, hi = c * rows, min(b, (c + 1) * rows)
                 u = self.inputs(step, index, pop, lo, hi)
                 if self.cfg.store_latents:   # the inputs too (else regenerated from keys)
-                    self.store.write_chunk(ipath, (c, 0), u.numpy().astype(self.cfg.dtype))
+                    self.store.write_chunk(ipath, (c, 0),
+                                           u.cpu().numpy().astype(self.cfg.dtype))
                 out = np.empty((hi - lo, d), dtype=self.cfg.dtype)
                 with torch.no_grad():
                     for i in range(0, hi - lo, m):
-                        out[i:i + m] = pop.forward(u[i:i + m]).numpy()
+                        out[i:i + m] = pop.forward(u[i:i + m]).cpu().numpy()
                         self._advance(task, min(m, hi - lo - i))
                 _check_finite(out, f"embeddings {pop.name!r} of step {step}, rows [{lo}, {hi})")
                 self.store.write_chunk(path, (c, 0), out)
@@ -701,8 +759,9 @@ class Engine:
                 for c in chunks:
                     lo, hi = c * rows, min(b, (c + 1) * rows)
                     u = self.inputs(step, index, pop, lo, hi)
-                    stored = loss_fn.load(lo, hi)
-                    ref = torch.as_tensor(emb[lo:hi]) if self.cfg.verify else None
+                    stored = self._load(loss_fn, lo, hi)
+                    ref = torch.as_tensor(emb[lo:hi]).to(self.device) if self.cfg.verify \
+                        else None
                     for i in range(0, hi - lo, m):
                         e = pop.forward(u[i:i + m])
                         if ref is not None:
@@ -752,7 +811,7 @@ class Engine:
                 plan.optimizer.zero_grad(set_to_none=True)
                 if mhi > mlo:
                     u = self.inputs(step, 0, pop, lo, hi)[mlo - lo:mhi - lo]
-                    loss = loss_fn(pop.forward(u), loss_fn.load(mlo, mhi)) * (b / n)
+                    loss = loss_fn(pop.forward(u), self._load(loss_fn, mlo, mhi)) * (b / n)
                     loss.backward()
                     total += float(loss.detach()) * n
                 self._all_reduce_grads(plan.player)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ootrain.engine.compute import Compute
 
 __all__ = ["InputError", "input_errors", "option_name", "default_rows", "check_steps", "check_finite_data",
-           "model_errors", "check_population", "connect"]
+           "model_errors", "check_population", "check_device", "connect"]
 
 
 class InputError(ValueError):
@@ -104,6 +104,15 @@ def check_population(population: Any, micro_batch: Any) -> None:
     if micro_batch is not None and micro_batch > population:
         raise InputError(f"--micro-batch/-m {micro_batch} exceeds --population/-b "
                          f"{population}; pass -m <= -b")
+
+
+def check_device(device: str) -> None:
+    """``--device`` names a device this process can train on
+    (:func:`ootrain.distributed.resolve_device`), else :class:`InputError`."""
+    from ootrain.distributed import resolve_device
+
+    with input_errors(names={}):
+        resolve_device(device)
 
 
 def connect(dask_address: Optional[str]) -> "Compute":

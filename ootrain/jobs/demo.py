@@ -219,8 +219,9 @@ def run_fig1(out: Path, steps: int = DEFAULT_STEPS, progress: bool = True,
     wall: dict[str, float] = {}
     with make_progress(progress) as bars, one_thread():
         real = sample_mog1d(N_REAL, np.random.default_rng([seed, 1]))
+        # the CPU, as the baseline and the evaluation (a 1-D toy gains nothing on a GPU)
         config = EngineConfig(population=POPULATION, micro_batch=MICRO_BATCH,
-                              latent_dim=LATENT_DIM, seed=seed)
+                              latent_dim=LATENT_DIM, seed=seed, device="cpu")
 
         def on_rsr_step(res: StepResult) -> None:
             evaluate("rsr", res.step + 1)

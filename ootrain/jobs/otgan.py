@@ -15,7 +15,8 @@ import torch
 from ootrain.engine.core import EngineConfig, StepResult, rank_world
 from ootrain.eval.plots import plot_otgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, check_population, connect, input_errors
+from ootrain.jobs.common import (InputError, check_device, check_population, connect,
+                                 input_errors)
 from ootrain.data import data_identity, data_sampler
 from ootrain.methods.otgan import OTGAN, OTGANConfig, make_critic, make_generator
 from ootrain.methods.training import train
@@ -101,7 +102,7 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
                 seed: int = 0, n_samples: int = 2500, store: Optional[str] = None,
                 overwrite: bool = False, progress: bool = True,
                 log: Optional[Callable[[str], Any]] = None,
-                dask_address: Optional[str] = None) -> OTGANJob:
+                dask_address: Optional[str] = None, device: str = "auto") -> OTGANJob:
     """Train a generator against a learned critic by OT-GAN's Algorithm 1 on the engine.
 
     Each iteration draws X, X' real and Y, Y' generated (each ``batch`` samples), computes the
@@ -115,17 +116,20 @@ def otgan_train(out: Path, *, data: str = "ring8", batch: int = 200, eps: float 
     ``config``: the engine settings with ``batch`` and ``micro_batch``, and OTGANConfig's) and
     ``metrics.json`` (ring mode metrics on ``ring8``).  ``log`` receives a line describing the
     run before training.  Solve's six Sinkhorn problems are Dask tasks, on the
-    ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).  Bad input
-    raises :class:`InputError` first.
+    ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).  The
+    generator and critic run on ``device`` (:attr:`~ootrain.engine.EngineConfig.device`).
+    Bad input raises :class:`InputError` first.
     """
     check_population(batch, micro_batch)
+    check_device(device)
     with input_errors(names={"batch": "--population/-b",
                              "critic_freeze_after": "--freeze-critic-after"}):
         cfg = OTGANConfig(eps=eps, n_gen=n_gen, sinkhorn_tol=sinkhorn_tol,
                           sinkhorn_max_iter=sinkhorn_max_iter, backend=backend,
                           warm_start=warm_start, warm_start_method=warm_start_method,
                           critic_freeze_after=freeze_critic_after)
-        ecfg = otgan_engine_config(batch, latent_dim, seed, micro_batch, verify)
+        ecfg = otgan_engine_config(batch, latent_dim, seed, micro_batch, verify,
+                                   device=device)
         if not is_int(steps) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if n_samples < 1:

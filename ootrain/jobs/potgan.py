@@ -13,7 +13,8 @@ import numpy as np
 from ootrain.eval.parzen import parzen_reverse_kl, scott_bandwidth
 from ootrain.eval.plots import plot_potgan_losses, plot_samples
 from ootrain.eval.ring import ring8_modes, ring_metrics
-from ootrain.jobs.common import InputError, check_population, connect, input_errors
+from ootrain.jobs.common import (InputError, check_device, check_population, connect,
+                                 input_errors)
 from ootrain.engine import Compute, EngineConfig, rank_world
 from ootrain.data import data_identity, data_sampler
 from ootrain.methods.potgan import GAN_METHODS, POTConfig, build_potgan
@@ -78,13 +79,16 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
               forest_depth: int = 3, micro_batch: Optional[int] = None,
               ema: Optional[float] = None, seed: int = 0, real_spec: str = "custom",
               store: Optional[str] = None, overwrite: bool = False,
-              progress: Any = None, compute: Optional[Compute] = None) -> GANRun:
+              progress: Any = None, compute: Optional[Compute] = None,
+              device: str = "auto") -> GANRun:
     """Build POT-GAN or WGAN-GP (:func:`ootrain.methods.potgan.build_potgan`, Adam ``lr``,
     betas (0.5, 0.9)) and train ``steps`` generator updates (``steps * (n_critic + 1)``
     engine steps, population ``batch``, micro-batch ``micro_batch`` or the whole batch) by
     :func:`ootrain.methods.training.train`.  ``progress``: a ``rich.progress.Progress``, or a
     bool / None for bars of its own (:func:`ootrain.progress.make_progress`).  ``compute``:
-    where the Solves' Dask tasks run (default: local threads)."""
+    where the Solves' Dask tasks run (default: local threads).  The models (the forest too)
+    run on ``device`` (:attr:`~ootrain.engine.EngineConfig.device`; the VAE trains on the
+    CPU before)."""
     if progress is None or isinstance(progress, bool):
         with make_progress(bool(progress)) as bars:
             return train_gan(sampler, dim, method=method, steps=steps, batch=batch, wgan=wgan,
@@ -92,13 +96,14 @@ def train_gan(sampler: Any, dim: int, *, method: str, steps: int, batch: int,
                              vae_latent=vae_latent, forest_trees=forest_trees,
                              forest_depth=forest_depth, micro_batch=micro_batch, ema=ema,
                              seed=seed, real_spec=real_spec, store=store,
-                             overwrite=overwrite, progress=bars, compute=compute)
+                             overwrite=overwrite, progress=bars, compute=compute,
+                             device=device)
     m = build_potgan(sampler, dim, method=method, wgan=wgan, pot=pot, vae=vae,
                      latent_dim=latent_dim, lr=lr, betas=(0.5, 0.9), vae_latent=vae_latent,
                      forest_trees=forest_trees, forest_depth=forest_depth,
                      ema=ema or None, seed=seed, real_spec=real_spec, progress=progress)
     cfg = EngineConfig(population=batch, micro_batch=micro_batch or batch,
-                       latent_dim=latent_dim, seed=seed)
+                       latent_dim=latent_dim, seed=seed, device=device)
     run = train(m, steps * (wgan.n_critic + 1), cfg, store=store, overwrite=overwrite,
                 progress=progress, compute=compute)
     hist = run.history
@@ -127,7 +132,7 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                  store: Optional[str] = None, overwrite: bool = False,
                  progress: bool = True,
                  log: Optional[Callable[[str], Any]] = None,
-                 dask_address: Optional[str] = None) -> POTGANJob:
+                 dask_address: Optional[str] = None, device: str = "auto") -> POTGANJob:
     """Train WGAN-GP with (``potgan``) or without (``wgan-gp``) the latent OT regulariser.
 
     On the engine (:func:`train_gan`: ``steps`` generator updates, each after ``n_critic``
@@ -141,7 +146,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
     generator update, :func:`generator_rows`), ``metrics.json``.
     ``log`` receives a line describing the run before training.  The critic updates' Solves
     run on the ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).
-    Bad input raises :class:`InputError` first.
+    The models run on ``device`` (:attr:`~ootrain.engine.EngineConfig.device`).  Bad input
+    raises :class:`InputError` first.
     """
     if method not in GAN_METHODS:
         raise InputError(f"--method must be one of {', '.join(GAN_METHODS)}, got {method!r}")
@@ -152,6 +158,7 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
     check_population(batch, micro_batch)
+    check_device(device)
     if not (np.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be > 0, got {lr}")
     with input_errors(names={"weight": "--pot-weight"}):
@@ -176,7 +183,8 @@ def potgan_train(out: Path, *, data: str = "ring8", method: str = "potgan", step
                         vae_latent=vae_latent, forest_trees=forest_trees,
                         forest_depth=forest_depth, micro_batch=mb, ema=ema, seed=seed,
                         real_spec=data_identity(data, sampler), store=store,
-                        overwrite=overwrite, progress=progress, compute=compute)
+                        overwrite=overwrite, progress=progress, compute=compute,
+                        device=device)
     out, writer = Path(out), rank_world()[0] == 0   # one writer of the outputs: rank 0
     x = generate(run.generator_ema, n_samples, latent_dim, seed=seed + 12345)
     x_last = generate(run.generator, n_samples, latent_dim, seed=seed + 12345)

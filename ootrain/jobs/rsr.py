@@ -13,8 +13,8 @@ import torch
 from ootrain.data import load_targets
 from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_rsr_losses
-from ootrain.jobs.common import (check_finite_data, connect, check_population, check_steps, default_rows,
-                                 input_errors, model_errors)
+from ootrain.jobs.common import (check_device, check_finite_data, connect, check_population,
+                                 check_steps, default_rows, input_errors, model_errors)
 from ootrain.methods.rsr import RSR, SlicedSolver
 from ootrain.methods.training import TrainResult, make_optimizer, train
 from ootrain.models.zoo import build_model, generate
@@ -42,7 +42,7 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
               optimizer: str = "adam", memory_budget: int = 2**30, seed: int = 0,
               verify: bool = False, store_latents: bool = False, overwrite: bool = False,
               out: Optional[Path] = None, progress: bool = True,
-              dask_address: Optional[str] = None) -> RSRJob:
+              dask_address: Optional[str] = None, device: str = "auto") -> RSRJob:
     """Train a generator with Run-Sort-ReRun; resumes automatically from an existing store.
 
     ``data`` is a built-in (sampled: ``n_real`` rows, default 4096; ``digits``: all rows) or
@@ -51,9 +51,11 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
     seeded with ``seed``; the embedding ``build_model(embedding, **embedding_args)``.  Each
     step is logged on the progress console.  With ``out``, writes ``samples.npy`` (as many
     samples as data rows, at most 100000) and ``loss.png`` (when steps ran).  Solve runs on
-    the ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).
+    the ``dask.distributed`` scheduler at ``dask_address`` (default: local threads).  The
+    models run on ``device`` (:attr:`~ootrain.engine.EngineConfig.device`).
     """
     check_steps("--steps", steps)
+    check_device(device)
     check_population(population, micro_batch)
     builtin_n = default_rows(data, n_real)
     with input_errors(f"--data {data!r}: "):
@@ -69,7 +71,7 @@ def rsr_train(store: str, *, data: str = "mog1d", n_real: Optional[int] = None,
     with input_errors(names={}):
         cfg = EngineConfig(population=population, micro_batch=micro_batch,
                            latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
-                           verify=verify, store_latents=store_latents)
+                           verify=verify, store_latents=store_latents, device=device)
     with input_errors("--optimizer: "):
         make_optimizer([torch.zeros(1, requires_grad=True)], optimizer, lr)
     with input_errors(names={"n_directions": "--directions/-p", "directions": "--direction-mode",

@@ -17,8 +17,8 @@ from ootrain.data import DATASETS, load_targets, data_sampler
 from ootrain.engine.core import EngineConfig, rank_world
 from ootrain.eval.plots import plot_samples
 from ootrain.eval.semidiscrete import evaluate_semidiscrete
-from ootrain.jobs.common import (InputError, check_finite_data, check_population, check_steps,
-                                 connect, default_rows, input_errors, model_errors)
+from ootrain.jobs.common import (InputError, check_device, check_finite_data, check_population,
+                                 check_steps, connect, default_rows, input_errors, model_errors)
 from ootrain.methods.gradual import OTSFIT, GradualConfig
 from ootrain.methods.training import make_optimizer, train
 from ootrain.store import Store
@@ -144,8 +144,8 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
                        optimizer: str = "adam", memory_budget: int = 2**30, seed: int = 0,
                        verify: bool = False, overwrite: bool = False,
                        out: Optional[Path] = None, n_samples: Optional[int] = None,
-                       progress: bool = True,
-                       dask_address: Optional[str] = None) -> GradualJob:
+                       progress: bool = True, dask_address: Optional[str] = None,
+                       device: str = "auto") -> GradualJob:
     """Train a generator by OTS + FIT (Chen et al. 2019); resumes automatically from the store.
 
     Each round fits the semi-discrete potentials between the current generator and the data
@@ -155,12 +155,14 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     none otherwise).  With ``out``, writes ``samples.npy`` (``n_samples``, default as many as
     data rows, at most 100000), ``rounds.json`` and, for a picturable width, ``samples.png``.
     Each round's Solve (an argmin task per stored chunk) runs on the ``dask.distributed``
-    scheduler at ``dask_address`` (default: local threads).  Bad input raises
-    :class:`InputError` before training.
+    scheduler at ``dask_address`` (default: local threads).  The models run on ``device``
+    (:attr:`~ootrain.engine.EngineConfig.device`; OTS's argmin and Solve on the CPU).  Bad
+    input raises :class:`InputError` before training.
     """
     if squash not in SQUASHES:
         raise InputError(f"--squash must be auto, none, sigmoid or tanh, got {squash!r}")
     check_steps("--rounds", rounds)
+    check_device(device)
     check_population(population, micro_batch)
     with input_errors(f"--data {data!r}: "):
         real = load_targets(data, n=default_rows(data, n_real), seed=seed + 1,
@@ -181,7 +183,7 @@ def train_semidiscrete(store: str, *, data: str = "digits", n_real: Optional[int
     with input_errors(names={}):
         cfg = EngineConfig(population=population, micro_batch=micro_batch,
                            latent_dim=latent_dim, seed=seed, memory_budget=memory_budget,
-                           verify=verify)
+                           verify=verify, device=device)
         gcfg = GradualConfig(alternate=alternate, fit_epochs=fit_epochs,
                              alpha_fit=alpha_fit, alpha_stop=alpha_stop, ots=ots, ots_seed=seed)
     with input_errors("--optimizer: "):

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ootrain.engine.compute import StoreArray
 from ootrain.engine.core import (Engine, GeneratorMethod, Plan, Sampler, SolveContext,
-                                 StepResult)
+                                 StepResult, module_device)
 from ootrain.ot.costs import Cost
 from ootrain.ot.semidiscrete import SemiDiscreteOT
 from ootrain.ot.sharded import SHARD_SHARE, argmin_tasks, plan_shards
@@ -285,11 +285,15 @@ class OTSFIT(GeneratorMethod):
 
     def _ots(self, engine: Engine, step: int) -> None:
         """OTS: fresh generated samples of the current generator, no autograd; its checks go
-        into the step's attributes (a round resumed after its Solve still reports them)."""
+        into the step's attributes (a round resumed after its Solve still reports them).  The
+        latents are drawn on the CPU and embedded on the generator's device; ``ot`` moves the
+        samples to its own."""
         gen = np.random.default_rng([self.gcfg.ots_seed, step, 0x075])
+        device = module_device(self.G)
 
         def draw(k: int, rng: np.random.Generator) -> Tensor:
-            z = torch.as_tensor(np.asarray(self.latent_sampler(k, rng)), dtype=self._dtype)
+            z = torch.as_tensor(np.asarray(self.latent_sampler(k, rng)), dtype=self._dtype,
+                                device=device)
             with torch.no_grad():
                 return self.embed(z)
 

@@ -449,7 +449,8 @@ class OTGAN:
         self.latent = standard_normal(config.latent_dim, np.dtype(config.dtype))
         p = next(self.G.parameters())
         with torch.no_grad():
-            self._width = int(self.G(torch.zeros(1, config.latent_dim, dtype=p.dtype)).shape[1])
+            self._width = int(self.G(torch.zeros(1, config.latent_dim, dtype=p.dtype,
+                                                 device=p.device)).shape[1])
         return self
 
     def _real(self, x: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from ootrain.ot.backends import BACKENDS
 from ootrain.ot.ctransform import c_transform
 from ootrain.models.forest import LatentTransformForest
-from ootrain.engine.core import frozen_parameters
+from ootrain.engine.core import frozen_parameters, module_device, to_cpu
 from ootrain.validation import check_int, check_num
 
 __all__ = ["MATCHINGS", "GAN_METHODS", "POTConfig", "POTRegulariser", "match", "build_potgan"]
@@ -172,20 +172,29 @@ class POTRegulariser:
         self._initialised = bool(state["initialised"])
 
     def save_state(self) -> bytes:
+        """``F``, its optimiser and :meth:`state_dict` as bytes of CPU tensors (a store
+        written on a GPU resumes anywhere; :meth:`load_state` puts them back on ``F``'s
+        device)."""
         buf = io.BytesIO()
-        torch.save({"forest": self.forest.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    **self.state_dict()}, buf)
+        state = {"forest": self.forest.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 **self.state_dict()}
+        torch.save(to_cpu(state), buf)
         return buf.getvalue()
 
     def load_state(self, raw: bytes) -> None:
-        state = torch.load(io.BytesIO(raw), weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         self.forest.load_state_dict(state["forest"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_state_dict(state)
 
+    def _forest(self, z: Tensor) -> Tensor:
+        """``F(z)`` computed on ``F``'s device (the engine's) and returned on ``z``'s (Solve's,
+        the CPU); differentiable in ``z`` and in ``F``'s parameters."""
+        return self.forest(z.to(module_device(self.forest))).to(z.device)
+
     def _pair_losses(self, real: Tensor, fake: Tensor) -> Tensor:
         """``|real_i - F(fake)_rho_i|^2`` ``[n_r]``, ``rho`` matched on ``F(fake)``."""
-        moved = self.forest(fake)
+        moved = self._forest(fake)
         rho = match(real, moved, self.pot.matching, self.pot.backend)
         return (real - moved[rho]).pow(2).sum(1)
 
@@ -205,7 +214,7 @@ class POTRegulariser:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            rho = match(real_e, self.forest(fake_e), self.pot.matching, self.pot.backend)
+            rho = match(real_e, self._forest(fake_e), self.pot.matching, self.pot.backend)
         return {"forest_loss": float(loss.detach()),
                 "matched": float(torch.unique(rho).numel() / fake_e.shape[0])}
 
@@ -249,7 +258,7 @@ class POTRegulariser:
             with torch.no_grad():
                 for lo in range(0, b, block):
                     write_moved(lo, min(b, lo + block),
-                                self.forest(rows_of(fake, lo, min(b, lo + block))).numpy())
+                                self._forest(rows_of(fake, lo, min(b, lo + block))).numpy())
 
         def matches() -> Any:   # (real block, its rho) against moved as it stands
             rho = nearest(dtype, self.pot.backend)
@@ -265,7 +274,7 @@ class POTRegulariser:
             self.optimizer.zero_grad(set_to_none=True)
             loss = 0.0
             for zr, rho in matches():
-                part = (zr - self.forest(take(fake, rho))).pow(2).sum() / n
+                part = (zr - self._forest(take(fake, rho))).pow(2).sum() / n
                 part.backward()
                 loss += float(part.detach())
             self.optimizer.step()
@@ -283,7 +292,7 @@ class POTRegulariser:
         def cotangent(lo: int, hi: int) -> Tensor:
             z = rows_of(fake, lo, hi).requires_grad_(True)
             with frozen_parameters(self.forest):
-                fz = self.forest(z)
+                fz = self._forest(z)
                 (g,) = torch.autograd.grad(fz, z, 2 * (counts[lo:hi, None] * fz.detach()
                                                         - sums[lo:hi]))
             return g

@@ -255,6 +255,8 @@ class SlicedReRunLoss:
 
     def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
         if self.mode == "target":
+            if self.omega.device != e.device:   # once: the directions follow the model
+                self.omega = self.omega.to(e.device)
             k = self.omega.shape[1]
             return ((e @ self.omega - batch["t"]) ** 2).sum() / (self.b * k)
         return (e * batch["g"]).sum()

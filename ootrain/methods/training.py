@@ -18,7 +18,8 @@ import torch
 
 from ootrain.distributed import barrier
 from ootrain.engine.compute import Compute
-from ootrain.engine.core import Engine, EngineConfig, Method, StepResult, rank_world
+from ootrain.engine.core import (Engine, EngineConfig, Method, StepResult, place, rank_world,
+                                 resolve_device)
 from ootrain.store import Store
 from ootrain.threads import threads as thread_pools
 
@@ -70,16 +71,19 @@ def open_shared_store(path: str | None, config: dict[str, Any], overwrite: bool 
 def estimate_step_bytes(method: Method, config: EngineConfig) -> int:
     """Bytes one step keeps in its store: each population's embeddings, and as much again for
     what the solver writes per sample, plus the static real embeddings (one forward pass of a
-    micro-batch per population measures the widths); the largest over the first 8 steps."""
+    micro-batch per population measures the widths, on ``config.device``, where the method's
+    modules must be); the largest over the first 8 steps."""
     itemsize = np.dtype(config.dtype).itemsize
     plans = {}
     for k in range(8):   # adversarial methods alternate plans; one of each kind
         plan = method.plan(k)
         plans.setdefault(tuple((p.name, p.size) for p in plan.populations), plan)
-    return max(_plan_bytes(method, plan, config, itemsize) for plan in plans.values())
+    device = resolve_device(config.device)
+    return max(_plan_bytes(method, plan, config, itemsize, device) for plan in plans.values())
 
 
-def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int) -> int:
+def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int,
+                device: torch.device) -> int:
     """:func:`estimate_step_bytes` of one step's plan (adversarial methods alternate plans:
     the estimate is the largest of the first steps')."""
     total = 0
@@ -89,14 +93,14 @@ def _plan_bytes(method: Method, plan: Any, config: EngineConfig, itemsize: int) 
         u = torch.as_tensor(np.asarray(pop.draw(m, np.random.default_rng(0))))
         u = u.to(getattr(torch, config.dtype)) if u.is_floating_point() else u
         with torch.no_grad():
-            d = int(pop.forward(u).shape[1])
+            d = int(pop.forward(u.to(device)).shape[1])
         total += 2 * b * d * itemsize
     real = getattr(method, "real", None)
     if real is not None:
         with torch.no_grad():
             d = int(method.real_embedding(torch.as_tensor(np.asarray(real[:1]),
-                                                          dtype=getattr(torch, config.dtype))
-                                          ).shape[1])
+                                                          dtype=getattr(torch, config.dtype)
+                                                          ).to(device)).shape[1])
         total += int(real.shape[0]) * d * itemsize
     return total
 
@@ -127,7 +131,7 @@ def train(method: Method, steps: int, config: EngineConfig, *,
             local threaded scheduler.  The results do not depend on it.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`; the method's modules stay on ``config.device``.
 
     Example
     -------
@@ -142,6 +146,7 @@ def train(method: Method, steps: int, config: EngineConfig, *,
     >>> len(run.history)
     2
     """
+    place(method, resolve_device(config.device))   # before bind and the size estimate run them
     bind = getattr(method, "bind", None)
     if bind is not None:
         bind(config)

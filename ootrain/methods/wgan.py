@@ -162,7 +162,7 @@ class _Linear:
         return {}
 
     def __call__(self, e: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return (e * self.w.to(e.dtype)).sum() / self.n
+        return (e * self.w.to(e.device, e.dtype)).sum() / self.n
 
 
 class CriticSolver:

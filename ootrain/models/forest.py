@@ -204,5 +204,5 @@ class LatentTransformForest(nn.Module):
             raise ValueError("z must have at least one row")
         generator = torch.Generator().manual_seed(self.seed)
         rows = torch.randint(n, self.threshold.shape, generator=generator)
-        picked = take(rows).to(self.threshold.dtype)            # [*threshold.shape, dim]
+        picked = take(rows).to(self.threshold)   # [*threshold.shape, dim], F's device/dtype
         self.threshold.copy_(picked.gather(-1, self.feature.unsqueeze(-1)).squeeze(-1))

@@ -267,14 +267,16 @@ def load_checkpoint(
 
 def generate(generator: nn.Module, n: int, latent_dim: int, seed: int = 12345,
              batch: int = 65536) -> np.ndarray:
-    """``n`` samples ``G(z)``, ``z ~ N(0, I)``, in batches, without grad: [n, out_dim]."""
+    """``n`` samples ``G(z)``, ``z ~ N(0, I)``, in batches, without grad: [n, out_dim] (on the
+    CPU; ``z`` drawn there and moved to the generator's device)."""
     rng = np.random.default_rng(seed)
-    dtype = next(generator.parameters()).dtype
+    p = next(generator.parameters())
     out = []
     with torch.no_grad():
         for i in range(0, n, batch):
-            z = torch.as_tensor(rng.standard_normal((min(batch, n - i), latent_dim)), dtype=dtype)
-            out.append(generator(z).numpy())
+            z = torch.as_tensor(rng.standard_normal((min(batch, n - i), latent_dim)),
+                                dtype=p.dtype, device=p.device)
+            out.append(generator(z).cpu().numpy())
     return np.concatenate(out)
 
 

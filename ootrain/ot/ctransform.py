@@ -18,7 +18,11 @@ Backends of :func:`c_transform` (the vocabulary of :mod:`ootrain.ot.backends`):
 
 - ``torch``: the reference.  Dense cost blocks of at most ``TORCH_BLOCK`` entries
   (``torch.cdist`` without the GEMM expansion, so costs are evaluated directly), reduced
-  with a running (min, argmin); memory ``O((B + N) d + TORCH_BLOCK)``.
+  with a running (min, argmin); memory ``O((B + N) d + TORCH_BLOCK)``.  For sqeuclidean the
+  search runs at GEMM speed: blocks of ``1024`` queries x ``TORCH_BLOCK / 1024`` targets of
+  ``||y||^2 - 2 x.y - psi`` (``torch.addmm``) keep a few candidates per query, re-evaluated
+  directly, and a rounding bound certifies that the result is the direct argmin's (rows it
+  cannot certify are searched directly), so the result is the same.
 - ``keops``: ``pykeops`` LazyTensor ``.argmin`` for any cost, ``O((B + N) d)`` memory.
   KeOps carries the argmin index in the accumulator of the data dtype (``keopscore``
   ``Min_ArgMin_Reduction_Base``), so float32 indices are exact only below 2^24, and
@@ -109,6 +113,8 @@ __all__ = [
 KEOPS_MAX_TARGETS: dict[torch.dtype, int] = {torch.float32: 2**23, torch.float64: 2**52}
 AUTO_TORCH_ENTRIES = 2**17    # "auto" picks torch up to this many query x target pairs
 _FAISS_CANDIDATES = 8         # candidates per query and target block, re-ranked exactly
+_GEMM_CANDIDATES = 8          # torch sqeuclidean: scores kept per query, re-ranked exactly
+_GEMM_QUERIES = 1024          # torch sqeuclidean: queries per GEMM block
 
 
 # ----------------------------------------------------------------------------------
@@ -160,8 +166,9 @@ def _query_rows(n_targets: int, n_queries: int) -> int:
     return max(1, min(n_queries, TORCH_BLOCK // max(1, min(n_targets, TORCH_BLOCK))))
 
 
-def _candidates_torch(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> Tensor:
-    """Exact argmin over the block by dense sub-blocks (first index among equal minima)."""
+def _argmin_direct(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> Tensor:
+    """Exact argmin ``[B]`` over the block by dense sub-blocks of directly evaluated costs
+    (:meth:`Cost.matrix`; first index among equal minima)."""
     B, N = x.shape[0], y.shape[0]
     bq = _query_rows(N, B)
     bt = max(1, TORCH_BLOCK // bq)
@@ -177,7 +184,77 @@ def _candidates_torch(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> Tensor:
                 best_v = torch.where(better, v, best_v)
                 best_i = torch.where(better, i + t0, best_i)
         out[q0:q1] = best_i
-    return out[:, None]
+    return out
+
+
+def _matmul_roundoff(x: Tensor) -> float:
+    """Unit roundoff of ``x``'s matrix products: its dtype's, or TF32's (2^-11) / bf16's
+    (2^-8) when float32 products may use them (``torch.get_float32_matmul_precision``)."""
+    if x.dtype == torch.float32:
+        precision = torch.get_float32_matmul_precision()
+        if precision != "highest":
+            return 2.0**-8 if precision == "medium" else 2.0**-11
+    return torch.finfo(x.dtype).eps / 2
+
+
+def _candidates_gemm(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> Tensor:
+    """Exact sqeuclidean argmin ``[B]`` over the block through GEMMs, certified.
+
+    With ``c`` the targets' mean, ``x' = x - c``, ``y' = y - c`` (the cost is translation
+    invariant; centring shrinks the norms and so the rounding), the scores
+
+        s_ij = ||y'_j||^2 - 2 x'_i . y'_j - psi_j = c(x_i, y_j) - psi_j - ||x'_i||^2
+
+    have the c-transform's argmin in ``j``.  They are computed by ``torch.addmm`` in blocks of
+    ``bq`` queries x ``bt`` targets (``bq bt <= TORCH_BLOCK`` entries), keeping each query's
+    ``_GEMM_CANDIDATES`` smallest (``topk``); the candidates' exact values ``v_i`` (direct
+    evaluation, :func:`_best_exact`) pick the best.  Every target left out scored at least
+    the ``k``-th kept score ``t_i``; with ``E_i = 2 (d + 4) u ((||x'_i|| + max_j ||y'_j||)^2
+    + max |psi|)`` bounding the rounding of a score and of a direct evaluation (``u`` the
+    product's unit roundoff), ``v_i - ||x'_i||^2 < t_i - 2 E_i`` proves that no left-out
+    target is as good, so the result is the direct argmin's (ties included).  The rows it
+    does not prove (near-ties among more than ``k`` targets, duplicates) are searched again
+    by :func:`_argmin_direct`.  Memory ``O((B + bt) d + TORCH_BLOCK)`` beyond ``x``.
+    """
+    B, N = x.shape[0], y.shape[0]
+    k = min(_GEMM_CANDIDATES, N)
+    center = y.mean(0)
+    xc = x - center
+    xx = (xc * xc).sum(1)
+    bq = min(B, _GEMM_QUERIES, TORCH_BLOCK)
+    bt = max(1, TORCH_BLOCK // bq)
+    best_s = torch.full((B, k), math.inf, dtype=x.dtype, device=x.device)
+    best_j = torch.zeros((B, k), dtype=torch.long, device=x.device)
+    ymax = torch.zeros((), dtype=x.dtype, device=x.device)   # max ||y'_j||^2
+    for t0, t1 in _chunks(N, bt):
+        yc = y[t0:t1] - center
+        yy = (yc * yc).sum(1)
+        ymax = torch.maximum(ymax, yy.max())
+        bias = yy - psi[t0:t1]
+        kb = min(k, t1 - t0)
+        for q0, q1 in _chunks(B, bq):
+            s = torch.addmm(bias, xc[q0:q1], yc.T, alpha=-2)          # [bq, bt]
+            v, j = s.topk(kb, dim=1, largest=False, sorted=False)
+            v = torch.cat([best_s[q0:q1], v], 1)
+            j = torch.cat([best_j[q0:q1], j + t0], 1)
+            best_s[q0:q1], pos = v.topk(k, dim=1, largest=False)
+            best_j[q0:q1] = j.gather(1, pos)
+    value, idx = _best_exact(x, y, psi, best_j, cost)
+    if k < N:
+        u = _matmul_roundoff(x)
+        err = 2 * (x.shape[1] + 4) * u * ((xx.sqrt() + ymax.sqrt()) ** 2 + psi.abs().max())
+        bad = ~(value - xx < best_s[:, -1] - 2 * err)
+        if bool(bad.any()):
+            idx[bad] = _argmin_direct(x[bad], y, psi, cost)
+    return idx
+
+
+def _candidates_torch(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> Tensor:
+    """Exact argmin over the block ``[B, 1]`` (first index among equal minima): certified
+    GEMMs for sqeuclidean (:func:`_candidates_gemm`), direct dense sub-blocks otherwise."""
+    if cost.name == "sqeuclidean" and y.shape[0] > 0 and x.shape[0] > 0:
+        return _candidates_gemm(x, y, psi, cost)[:, None]
+    return _argmin_direct(x, y, psi, cost)[:, None]
 
 
 def _lazy(x: Tensor, y: Tensor, psi: Tensor, cost: Cost) -> tuple[Any, Any, Any]:

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from typer.testing import CliRunner
 
@@ -258,3 +259,16 @@ def test_gan_solves_check_space_before_writing(cmd, monkeypatch):
     assert res.exit_code == 0, res.output
     solves = [n for what, n in asked if "Solve (cotangents)" in what]
     assert solves and all(n > 0 for n in solves), asked
+
+
+DEVICES = [("tpu", "--device must be one of auto, cpu, cuda or cuda:N, got 'tpu'")]
+if not torch.cuda.is_available():
+    DEVICES.append(("cuda", "--device must be a GPU torch can use, got 'cuda' but torch sees "
+                            "no CUDA device"))
+
+
+@pytest.mark.parametrize("cmd", ["rsr", "semidiscrete", "otgan", "potgan"])
+@pytest.mark.parametrize("device,text", DEVICES, ids=[d for d, _ in DEVICES])
+def test_bad_device_is_one_line_usage_error(cmd, device, text):
+    base = RSR if cmd == "rsr" else BASE[cmd]
+    _check(runner.invoke(app, [*base, "--device", device]), 2, text)

@@ -361,3 +361,27 @@ def test_bad_input_errors(tmp_path):
     arr[:] = nan_y.numpy()
     with pytest.raises(ValueError, match=r"non-finite values \(NaN or Inf\) in rows \[0, 4\)"):
         c_transform(x, TargetSource(arr, block_rows=4), psi, "sqeuclidean", "torch")
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("kind", ["gaussian", "grid"])
+def test_torch_sqeuclidean_gemm_equals_direct_argmin(dtype, kind):
+    """The GEMM candidate search of the torch backend returns the argmin of the directly
+    evaluated costs, first index among ties: Gaussian points (d = 64, several target
+    blocks) and an integer grid with duplicated targets, where exact ties abound and the
+    rows its rounding bound cannot certify are searched directly."""
+    g = torch.Generator().manual_seed(3)
+    if kind == "gaussian":
+        x, y = torch.randn(300, 64, generator=g), torch.randn(20000, 64, generator=g)
+        psi = 0.1 * torch.randn(20000, generator=g)
+    else:
+        x = torch.randint(0, 3, (300, 3), generator=g).float()
+        y = torch.randint(0, 3, (2000, 3), generator=g).float()
+        y[100:200] = y[0]
+        psi = torch.zeros(2000)
+    x, y, psi = x.to(dtype), y.to(dtype), psi.to(dtype)
+    cost = parse_cost("sqeuclidean")
+    ref = np.argmin((cost.matrix(x, y) - psi).numpy(), axis=1)   # first index among ties
+    idx, val = c_transform(x, y, psi, cost, "torch")
+    assert np.array_equal(idx.numpy(), ref)
+    assert torch.equal(val, cost.pairwise(x, y[idx]) - psi[idx])
