@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="skip the (slow) torch.sort accumulation baseline")
     ap.add_argument("--profile", default=None,
                     help="write a cProfile of one extra RSR step to this path")
+    ap.add_argument("--compare-overlap", action="store_true",
+                    help="also time RSR with Solve after Run (no overlap), interleaved")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch, BLAS/OpenMP and numba threads of both sides (ootrain.threads."
                          "apply_threads; 0: the libraries' defaults)")
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 
     real = make_real(n, args.d, seed=1)
     G0 = make_generator(args.latent, args.hidden, args.d, seed=0)
-    G_rsr, G_acc, G_ts = copy.deepcopy(G0), copy.deepcopy(G0), copy.deepcopy(G0)
+    G_rsr, G_acc, G_ts, G_plain = (copy.deepcopy(G0) for _ in range(4))
     E = nn.Identity()
     tmp = tempfile.mkdtemp(prefix="bench-rsr-", dir=args.tmpdir)
     try:
@@ -156,6 +158,16 @@ def main(argv: list[str] | None = None) -> None:
                      generator_spec="bench-mlp", embedding_spec="identity")
         store = Store(os.path.join(tmp, "store"), Engine.store_config(cfg, method))
         eng = Engine(method, store, cfg)  # keep_steps=2: older steps' arrays are dropped
+        plain = None   # the same RSR with Solve entirely after Run
+        if args.compare_overlap:
+            solver_p = SlicedSolver(n_directions=k, mode=args.mode)
+            solver_p.observe = lambda ctx: None
+            method_p = RSR(G_plain, real, torch.optim.Adam(G_plain.parameters(), lr=1e-4),
+                           embedding=E, solver=solver_p, generator_spec="bench-mlp",
+                           embedding_spec="identity")
+            plain = Engine(method_p, Store(os.path.join(tmp, "store-plain"),
+                                           Engine.store_config(cfg, method_p)), cfg)
+            plain.embed_real()
         t = time.perf_counter()
         eng.embed_real()
         t_real = time.perf_counter() - t
@@ -195,10 +207,17 @@ def main(argv: list[str] | None = None) -> None:
             r = accumulation_step(G, opt, real_t, b, m, k, gen, args.latent, variant)
             return {**r, "cpu": time.process_time() - c}
 
-        rsr, acc, ts, loads = [], [], [], []
+        rsr, acc, ts, loads, plains = [], [], [], [], []
         step_bytes = 0
         for rep in range(args.repeats):
             loads.append(loadavg().split(",")[0])
+            if plain is not None:
+                t = time.perf_counter()
+                res_p = plain.step(rep)
+                plains.append({**res_p.timings, "wall": time.perf_counter() - t})
+                print(f"  rep {rep}: RSR without overlap: run {plains[-1]['run']:.2f} s, solve "
+                      f"{plains[-1]['solve']:.2f} s, rerun {plains[-1]['rerun']:.2f} s",
+                      flush=True)
             t = time.perf_counter()
             c = time.process_time()
             res = eng.step(rep)
@@ -214,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
                 ts.append(acc_run(G_ts, opt_ts, "torchsort"))
             r = rsr[-1]
             print(f"  rep {rep}: RSR run {r['run']:.2f} s (cpu {r['cpu_run']:.2f}), solve "
-                  f"{r['solve']:.2f} s (cpu {r['cpu_solve']:.2f}), rerun {r['rerun']:.2f} s "
+                  f"{r['solve']:.2f} s (cpu {r['cpu_solve']:.2f}; the overlap's background "
+                  f"work {r.get('observer', 0.0):.2f} s), rerun {r['rerun']:.2f} s "
                   f"(cpu {r['cpu_rerun']:.2f}), step wall {wall:.2f} s | accumulation "
                   f"(argsort) {acc[-1]['total']:.2f} s (cpu {acc[-1]['cpu']:.2f})"
                   + (f", (torch.sort) {ts[-1]['total']:.2f} s (cpu {ts[-1]['cpu']:.2f})"
@@ -243,6 +263,11 @@ def main(argv: list[str] | None = None) -> None:
                 return [a["total"] for a in acc], [a["cpu"] for a in acc]
             if key == "ts":
                 return [a["total"] for a in ts], [a["cpu"] for a in ts]
+            if key.startswith("plain_"):
+                part = key[len("plain_"):]
+                w = [p["run"] + p["solve"] + p["rerun"] if part == "total" else p[part]
+                     for p in plains]
+                return w, w   # (wall only)
             return [r[key] for r in rsr], [r[f"cpu_{key}"] for r in rsr]
 
         labels = [
@@ -252,7 +277,11 @@ def main(argv: list[str] | None = None) -> None:
             ("rsr_total", "RSR: total (run + solve + rerun)"),
             ("step", "RSR: Engine.step (incl. checkpoint saves)"),
             ("acc", "accumulation, argsort targets (b fwd+bwd, per-micro-batch SW2, step)"),
-        ] + ([("ts", "accumulation, autograd through torch.sort (same)")] if ts else [])
+        ] + ([("ts", "accumulation, autograd through torch.sort (same)")] if ts else []) + (
+            [("plain_run", "RSR without overlap: Run"),
+             ("plain_solve", "RSR without overlap: Solve (all of it after Run)"),
+             ("plain_rerun", "RSR without overlap: ReRun + step"),
+             ("plain_total", "RSR without overlap: total")] if plains else [])
         vals = {}
         rows = []
         for key, label in labels:
@@ -279,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
             ("run", "acc", "Run / accumulation (≈ 1/3 expected)"),
             ("rerun", "acc", "ReRun / accumulation (≈ 1 expected)"),
             ("solve", "acc", "Solve / accumulation"),
-        ] + ([("rsr_total", "ts", "RSR total / torch.sort accumulation")] if ts else []):
+        ] + ([("rsr_total", "ts", "RSR total / torch.sort accumulation")] if ts else []) + (
+            [("plain_total", "acc", "RSR without overlap / accumulation"),
+             ("plain_solve", "acc", "Solve without overlap / accumulation")] if plains else []):
             if num == "rsr_nosolve" and num not in vals:
                 w, c = series(num)
                 vals[num] = {"wall_med": median(w), "wall_min": min(w), "cpu_med": median(c),

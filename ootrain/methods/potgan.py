@@ -204,7 +204,7 @@ class POTRegulariser:
         generated latents matched by some real latent, after the steps)."""
         real_e, fake_e = real_e.detach(), fake_e.detach()
         if not self._initialised:
-            self.forest.init_from_data(real_e)
+            self.forest.init_from_data(real_e.to(module_device(self.forest)))
             self._initialised = True
         loss = torch.zeros(())
         for _ in range(self.pot.forest_steps):
