@@ -105,6 +105,13 @@ def accumulation_step(G: nn.Module, opt: torch.optim.Optimizer, real: torch.Tens
     return {"total": time.perf_counter() - t0, "loss": total}
 
 
+class _SolveAfterRun(SlicedSolver):
+    """RSR's sliced solver without the overlap: all of Solve after Run."""
+
+    def observe(self, ctx):
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--b", type=int, default=1_000_000, help="population per step")
@@ -160,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         eng = Engine(method, store, cfg)  # keep_steps=2: older steps' arrays are dropped
         plain = None   # the same RSR with Solve entirely after Run
         if args.compare_overlap:
-            solver_p = SlicedSolver(n_directions=k, mode=args.mode)
-            solver_p.observe = lambda ctx: None
+            solver_p = _SolveAfterRun(n_directions=k, mode=args.mode)
             method_p = RSR(G_plain, real, torch.optim.Adam(G_plain.parameters(), lr=1e-4),
                            embedding=E, solver=solver_p, generator_spec="bench-mlp",
                            embedding_spec="identity")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from ootrain.data import describe_array
 from ootrain.engine.compute import Compute, StoreArray
 from ootrain.distributed import all_reduce, barrier, rank_world, resolve_device
 from ootrain.store import Store, StoreCorruptError
+from ootrain.threads import available_cpus
 from ootrain.validation import DIVERGED, NonFiniteError
 
 __all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "SolveContext",
@@ -62,7 +64,7 @@ __all__ = ["Engine", "EngineConfig", "Method", "Plan", "Population", "Solver", "
            "ReRunLoss", "CotangentLoss", "StepResult", "GeneratorMethod",
            "NondeterministicModelError", "NonFiniteError", "Sampler", "standard_normal",
            "latent_key", "rank_world", "frozen_parameters", "describe_array",
-           "resolve_device", "module_device", "place", "to_cpu"]
+           "resolve_device", "module_device", "place", "to_cpu", "run_leaves_cores"]
 
 #: The one sampler convention: ``draw(n, rng) -> [n, ...]`` (numpy array or tensor) given a
 #: seeded ``numpy.random.Generator``.
@@ -254,6 +256,10 @@ class EngineConfig:
     (:func:`~ootrain.distributed.resolve_device`).  Inputs are drawn and Solve runs on the
     CPU whatever it is; it is not part of the fingerprint: a store trained on one device
     resumes on another.
+    overlap: let the solver work while Run streams (its :class:`RunObserver`); ``None``: when
+    Run leaves a CPU core free (:func:`run_leaves_cores`: the models on a GPU, or more usable
+    cores than the node's ranks' torch threads), since on saturated cores the extra thread
+    slows Run by more than it saves.  It does not change what is stored.
     """
 
     population: int
@@ -269,6 +275,7 @@ class EngineConfig:
     dtype: str = "float32"
     keep_steps: int | None = 2
     device: str = "auto"
+    overlap: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("population", "micro_batch", "latent_dim", "memory_budget"):
@@ -291,7 +298,8 @@ class EngineConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine stored data (the part of the store's fingerprint)."""
         return {k: v for k, v in self.__dict__.items()
-                if k not in ("verify", "verify_rtol", "memory_budget", "keep_steps", "device")}
+                if k not in ("verify", "verify_rtol", "memory_budget", "keep_steps", "device",
+                             "overlap")}
 
 
 def standard_normal(dim: int, dtype: np.dtype = np.float32) -> Sampler:
@@ -328,6 +336,15 @@ def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
     finally:
         for p, f in flags:
             p.requires_grad_(f)
+
+
+def run_leaves_cores(device: torch.device) -> bool:
+    """Whether Run, on ``device``, leaves a CPU core of this node free for other work: the
+    node's ranks (``LOCAL_WORLD_SIZE``) each keep one core busy feeding a GPU, or
+    ``torch.get_num_threads()`` cores computing on the CPU."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    busy = ranks * (1 if device.type != "cpu" else torch.get_num_threads())
+    return available_cpus() > busy
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -867,7 +884,9 @@ class Engine:
             barrier(f"step {step}'s preparation (rank 0)", alone=True)
             timings["prepare"] = time.perf_counter() - t
             t = time.perf_counter()
-        observer = self.run(step, plan, observe=not group.attrs.get("solved"))
+        overlap = self.cfg.overlap if self.cfg.overlap is not None \
+            else run_leaves_cores(self.device)
+        observer = self.run(step, plan, observe=overlap and not group.attrs.get("solved"))
         timings["run"] = time.perf_counter() - t
         t = time.perf_counter()
         metrics = self.solve(step, plan, observer)   # includes waiting for the observer

@@ -506,8 +506,7 @@ def _train_targets(tmp_path, name, *, overlap, steps=2, **kw):
     """Train RSR ``steps`` steps; the stored targets and distances of each step, the final
     parameters, and the observer timings (None where Solve had no observer)."""
     eng, _ = _engine(tmp_path / name, keep_steps=None, **kw)
-    if not overlap:
-        eng.method.solver.observe = lambda ctx: None
+    eng.cfg.overlap = overlap
     res = eng.train(steps)
     out = [(eng.store.array(f"steps/{k}/targets")[:], eng.store.array(f"steps/{k}/distances")[:])
            for k in range(steps)]
@@ -546,6 +545,7 @@ def test_overlap_projects_every_generated_chunk_while_run_streams(tmp_path, monk
                         lambda out, src, lo, hi, om: (projected.append(lo),
                                                       original(out, src, lo, hi, om))[1])
     eng, _ = _engine(tmp_path, 256, 16, 300, chunk_rows=64)
+    eng.cfg.overlap = True
     eng.train(1)
     assert projected == []
     # step 1's Run already stored two chunks: those are not seen, so Solve projects them
@@ -566,6 +566,7 @@ def test_a_failed_run_stops_the_observer_before_the_error(tmp_path, monkeypatch)
     import threading
 
     eng, _ = _engine(tmp_path, 256, 16, 300, chunk_rows=64)
+    eng.cfg.overlap = True
     calls = []
     embed = eng.method.embed
 
@@ -618,3 +619,23 @@ def test_out_of_core_solve_killed_while_deleting_its_sorts_keeps_its_distances(
                                       ref.store.array(f"steps/0/{name}")[:])
     for side in ("real", "generated"):
         assert list(eng.store.group[f"steps/0/sort/{side}"].array_keys()) == []
+
+
+def test_overlap_by_default_only_where_run_leaves_a_core_free(tmp_path, monkeypatch):
+    """``overlap=None``: the observer runs when Run leaves a CPU core free — models on a GPU
+    (a core per rank feeds it), or more usable cores than the node's ranks' torch threads."""
+    from ootrain.engine import core
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(core, "available_cpus", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert not core.run_leaves_cores(cpu) and core.run_leaves_cores(gpu)   # 2 x 4 = 8 busy
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert core.run_leaves_cores(cpu)
+    monkeypatch.setattr(core, "available_cpus", lambda: 4)
+    assert not core.run_leaves_cores(cpu) and core.run_leaves_cores(gpu)
+    # the engine asks it when overlap is None: no observer on saturated cores
+    eng, _ = _engine(tmp_path, 256, 16, 300, chunk_rows=64)
+    assert eng.cfg.overlap is None
+    assert eng.train(1)[0].timings.get("observer") is None
