@@ -83,6 +83,10 @@ def _collective(what: str, fn, *args) -> None:
         fn(*args)
     except RuntimeError as e:   # gloo / nccl: a timeout or a closed connection
         rank, world = rank_world()
+        with contextlib.suppress(ValueError):   # (not the main thread)
+            # this rank reports the loss itself: torchrun's SIGTERM, which the lost rank's
+            # death also brings, must not print a second error line over it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # gloo's message starts with its source location: "[.../unbound_buffer.cc:78] Timed out"
         first = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().split("\n")[0])[:200] or \
             type(e).__name__
@@ -96,9 +100,11 @@ def _collective(what: str, fn, *args) -> None:
 def barrier(what: str = "a barrier", alone: bool = False) -> None:
     """Wait for every rank (no-op in one process); :class:`RankLostError` when one is lost.
 
-    ``alone``: the barrier that ends work rank 0 does alone (the others wait up to
+    ``alone``: the barrier that ends work rank 0 does alone: the others wait up to
     :data:`ALONE_TIMEOUT_S` instead of :data:`TIMEOUT_S`, on a gloo group of its own, made
-    by all ranks at their first such barrier)."""
+    by all ranks at their first such barrier; rank 0 itself, arriving when its work is done,
+    waits :data:`TIMEOUT_S` for them (gloo's timeout is each process's own), so a rank
+    lost while it worked alone is noticed in :data:`TIMEOUT_S`, not hours."""
     global _alone_group
     if rank_world()[1] == 1:
         return
@@ -106,8 +112,8 @@ def barrier(what: str = "a barrier", alone: bool = False) -> None:
         _collective(what, dist.barrier)
         return
     if _alone_group is None:
-        _alone_group = dist.new_group(backend="gloo",
-                                      timeout=timedelta(seconds=ALONE_TIMEOUT_S))
+        wait = TIMEOUT_S if rank_world()[0] == 0 else ALONE_TIMEOUT_S
+        _alone_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait))
     _collective(what, functools.partial(dist.barrier, group=_alone_group))
 
 
