@@ -46,7 +46,16 @@ step cannot suit cells whose widths differ by orders of magnitude (1-D, N = 50, 
 with Adam).
 
 Stopping: at iterations growing by 1.25 (or every ``check_every``), ``psi_bar`` is assigned on
-fresh samples until its imbalance ``||nu - P_hat||_1`` is certified below ``tol`` (``m``
+fresh samples.  Two measures are taken on the same samples: the marginal chi^2 error
+``chi2 = sum_j (p_j - nu_j)^2 / nu_j`` (the SD-FM paper's and OTT-JAX's measure; ``p`` the
+mass each target receives, for the soft map the target marginal of the soft plan), by the
+unbiased estimator of :func:`chi2_estimate` with its standard error, and the L1 imbalance
+``||nu - P_hat||_1``.  The default stop (``chi2_tol = DEFAULT_CHI2_TOL = 1e-3``) certifies
+``chi2 + 2 s.e. <= chi2_tol`` on ``m`` samples with a balanced map's standard error
+``sqrt(2 (N - 1)) / m = 0.25 chi2_tol`` (``m ~ 5.7 sqrt(N) / chi2_tol``, far fewer than an
+L1 certificate's ``~N / tol^2``: chi^2 <= 1e-3 implies ``||nu - p||_1 <= sqrt(chi2) = 0.032``
+by Cauchy-Schwarz), and abandons a check once the estimate exceeds ``chi2_tol`` by 2
+standard errors.  With ``tol``, the imbalance is certified below ``tol`` (``m``
 samples with noise floor ``sum_j sqrt(2 nu_j (1 - nu_j) / (pi m)) = 0.7 tol``, about
 ``4 N / (pi tol^2)`` for uniform weights: certification needs ``~N / tol^2`` samples
 whatever the optimiser) or is clearly above it (measured at ``B, 2B, 4B, …`` samples and
@@ -57,7 +66,10 @@ so checking never costs more than fitting.  Every check is recorded in :attr:`hi
 Accuracy notes.  The transport cost is first-order sensitive to the imbalance: in 1-D
 the cell boundaries are cumulative sums of the cell masses, so low-frequency errors of
 ``psi`` (the slow modes of this ill-conditioned problem, condition number ``~N^2`` in
-1-D) shift many boundaries at once; use ``tol <= 0.02`` when the map itself matters.
+1-D) shift many boundaries at once.  Measured (uniform [0, 1] to N = 50 points
+``(j + 1/2) / N``): ``chi2_tol = 1e-3`` gives a cost 4-7 % off and 94-95 % of points mapped
+as the exact quantile map, ``3e-4`` 1 % and 97.5 %, ``1e-4`` 0.1 % and 99.1-99.2 % (15-30 s);
+a 2-D Gaussian to 200 points is within 0.35 % of the exact cost at ``1e-3`` (15-25 s).
 The soft dual ``h_eps`` is that of the entropic problem and may exceed ``W_c`` by up to
 ``eps log N``.
 
@@ -234,10 +246,12 @@ class SemiDiscreteOT:
     Attributes:
         potentials: ``psi`` ``[N]`` (gauge: ``sum_j nu_j psi_j = 0`` after :meth:`fit`).
         history: one dict per check of :meth:`fit`: ``iteration``, ``n_targets`` (the
-            growth stage), ``imbalance`` and ``dual`` of the averaged potential measured on
-            ``samples`` fresh samples, ``noise`` (the imbalance a perfectly balanced map
-            would show on as many), ``early`` (the check stopped as soon as the imbalance
-            was clearly above ``tol``), ``lr`` (the absolute step ``gamma_t``),
+            growth stage), ``imbalance``, ``chi2`` (:func:`chi2_estimate`, unbiased),
+            ``chi2_noise`` (its standard error) and ``dual`` of the averaged potential,
+            all measured on the same ``samples`` fresh samples, ``noise`` (the imbalance a
+            perfectly balanced map would show on as many), ``early`` (the check stopped as
+            soon as the imbalance or chi^2 was clearly above its tolerance), ``certified``
+            (the check met the stop), ``lr`` (the absolute step ``gamma_t``),
             ``averaged`` (always true).
     """
 
