@@ -44,8 +44,15 @@ def sd_solve(
     batch: Optional[int] = typer.Option(None, help="Source samples per ascent iteration "
                                         "(default: N/4 as a power of two in [256, 4096])."),
     max_iter: int = typer.Option(20000, help="Iteration budget (per stage with --grow)."),
-    tol: float = typer.Option(0.05, help="Stop when the mass imbalance ||ν - P̂||₁ of the "
-                              "averaged potential, measured on fresh samples, is at most it."),
+    tol: Optional[float] = typer.Option(None, help="Stop when the mass imbalance ||ν - P̂||₁ "
+                                        "of the averaged potential, measured on fresh "
+                                        "samples, is at most it (with --chi2-tol: both)."),
+    chi2_tol: Optional[float] = typer.Option(None, help="Stop when the marginal χ² error "
+                                             "Σ_j (p_j - ν_j)²/ν_j of the averaged potential "
+                                             "is certified at most it (unbiased estimate on "
+                                             "fresh samples + 2 standard errors).  Default, "
+                                             "when neither this nor --tol is given: the "
+                                             "solver's (SemiDiscreteOT.fit)."),
     lr: Optional[float] = typer.Option(None, help="First step in cell widths (default: the "
                                        "solver's, 3)."),
     check_every: Optional[int] = typer.Option(None, help="Check every this many iterations "
@@ -70,15 +77,17 @@ def sd_solve(
     """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
 
     Stochastic ascent of the (entropic, for l1) semi-discrete dual; writes the potentials ψ with
-    SemiDiscreteOT.save and prints the transport cost of the map T(x) = y_σ(x), the dual
-    estimate (≤ the OT cost, equal at the optimum) and the final mass imbalance, all on
-    --n-eval fresh source samples.
+    SemiDiscreteOT.save and prints the transport cost of the map T(x) = y_σ(x) with its
+    standard error, the dual estimate (≤ the OT cost, equal at the optimum), the marginal χ²
+    error (unbiased estimate, with its standard error and the noise floor of a balanced map)
+    and the mass imbalance, all on --n-eval fresh source samples.
     """
     set_threads(threads)
     from ootrain.jobs.semidiscrete import solve_semidiscrete
 
     res = solve_semidiscrete(source, target, store, name=name, cost=cost, backend=backend,
-                             eps=eps, batch=batch, max_iter=max_iter, tol=tol, lr=lr,
+                             eps=eps, batch=batch, max_iter=max_iter, tol=tol,
+                             chi2_tol=chi2_tol, lr=lr,
                              check_every=check_every, grow=grow, n0=n0, n_target=n_target,
                              target_array=target_array, source_array=source_array,
                              n_eval=n_eval, dtype=dtype, seed=seed, progress=progress)
@@ -90,16 +99,24 @@ def sd_solve(
     table.add_row("cost", f"{ot.ground_cost}{kind}")
     table.add_row("iterations", f"{summary['iterations']} × {res.batch} samples, "
                   f"{summary['fit_s']:.2f}s")
-    table.add_row("transport cost", f"{summary['transport_cost']:.6g}")
+    table.add_row("transport cost", f"{summary['transport_cost']:.6g} ± "
+                  f"{summary['transport_cost_noise']:.2g} (standard error)")
     table.add_row("dual", f"{summary['dual']:.6g}")
+    table.add_row("marginal χ²", f"{summary['chi2']:.3g} ± {summary['chi2_noise']:.2g} "
+                  f"(noise floor {summary['chi2_floor']:.2g} at {n_eval} samples)")
     table.add_row("imbalance", f"{summary['imbalance']:.4f} (noise floor "
                   f"{summary['imbalance_noise']:.4f} at {n_eval} samples)")
     if summary["imbalance_fit"] is not None:
-        table.add_row("imbalance (last fit check)", f"{summary['imbalance_fit']:.4f}")
+        table.add_row("last fit check", f"χ² {summary['chi2_fit']:.3g} ± "
+                      f"{summary['chi2_noise_fit']:.2g}, imbalance "
+                      f"{summary['imbalance_fit']:.4f}"
+                      + ("" if summary["certified"] else " (not certified: max-iter reached)"))
     table.add_row("potentials", f"{store} / {name}")
     console.print(table)
-    console.print(f"transport cost {summary['transport_cost']:.6g}  dual "
-                  f"{summary['dual']:.6g}  imbalance {summary['imbalance']:.4f}",
+    console.print(f"transport cost {summary['transport_cost']:.6g} ± "
+                  f"{summary['transport_cost_noise']:.2g}  dual {summary['dual']:.6g}  chi2 "
+                  f"{summary['chi2']:.4g} ± {summary['chi2_noise']:.2g} (floor "
+                  f"{summary['chi2_floor']:.2g})  imbalance {summary['imbalance']:.4f}",
                   soft_wrap=True)
     console.print(f"wrote the potentials to the array {name!r} of the store {store}",
                   soft_wrap=True)

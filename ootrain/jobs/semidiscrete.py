@@ -57,7 +57,8 @@ class SolveJob:
 def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "potentials",
                        cost: str = "sqeuclidean", backend: str = "auto",
                        eps: Optional[float] = None, batch: Optional[int] = None,
-                       max_iter: int = 20000, tol: float = 0.05, lr: Optional[float] = None,
+                       max_iter: int = 20000, tol: Optional[float] = None,
+                       chi2_tol: Optional[float] = None, lr: Optional[float] = None,
                        check_every: Optional[int] = None, grow: bool = False, n0: int = 1024,
                        n_target: Optional[int] = None, target_array: Optional[str] = None,
                        source_array: Optional[str] = None, n_eval: int = 65536,
@@ -67,7 +68,8 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
     ``source`` is a spec of :func:`ootrain.data.data_sampler`; ``target`` a built-in
     (``digits[:split]``, or a sampled one with ``n_target`` rows, drawn with seed
     ``seed + 1``) or a user's array (zarr stays on disk and is streamed in blocks).  Runs
-    :meth:`SemiDiscreteOT.fit` (``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
+    :meth:`SemiDiscreteOT.fit` (stopping on ``tol`` and/or ``chi2_tol``, with neither on
+    the fit's default χ² stop; ``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
     of the target count), writes the potentials ψ with ``SemiDiscreteOT.save`` to the zarr
     group ``out`` as ``name``, and stores the summary (:func:`evaluate_semidiscrete` on
     ``n_eval`` fresh source samples, the fit's iterations and time, ...) in that array's
@@ -94,7 +96,8 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         calls[0] += 1
         return sampler(k, rng)
 
-    fit_kw: dict[str, Any] = {"batch": batch, "max_iter": max_iter, "tol": tol, "grow": grow,
+    fit_kw: dict[str, Any] = {"batch": batch, "max_iter": max_iter, "tol": tol,
+                              "chi2_tol": chi2_tol, "grow": grow,
                               "n0": n0, "check_every": check_every, "rng": seed,
                               "generator": torch.Generator().manual_seed(seed)}
     if lr is not None:
@@ -112,6 +115,9 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         "iterations": calls[0], "fit_s": round(fit_s, 3),
         **est,
         "imbalance_fit": ot.history[-1]["imbalance"] if ot.history else None,
+        "chi2_fit": ot.history[-1]["chi2"] if ot.history else None,
+        "chi2_noise_fit": ot.history[-1]["chi2_noise"] if ot.history else None,
+        "certified": bool(ot.history[-1]["certified"]) if ot.history else False,
         "n_eval": n_eval, "eval_s": round(time.perf_counter() - t, 3),
     }
     ot.save(out, name)

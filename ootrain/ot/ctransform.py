@@ -106,6 +106,7 @@ __all__ = [
     "soft_cost",
     "soft_assign",
     "soft_transform",
+    "soft_stats",
 ]
 
 
@@ -446,8 +447,10 @@ def _soft_setup(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost, eps: fl
 
 
 def _soft_torch(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: float,
-                want_mass: bool, want_cost: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(value [B], mass [N] or None, expected cost [B] or None) by dense blocks.
+                want_mass: bool, want_cost: bool, want_mass2: bool = False
+                ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """(value [B], mass [N] or None, expected cost [B] or None, sum_i P_ij^2 [N] or None)
+    by dense blocks.
 
     One pass when all targets are one in-memory block (rows of ``a`` are complete);
     otherwise a first pass for the log-normaliser and a second for the plan.
@@ -456,6 +459,8 @@ def _soft_torch(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: floa
     lse = torch.full((B,), -math.inf, dtype=x.dtype, device=x.device)
     mass = torch.zeros(N, dtype=x.dtype, device=x.device) if want_mass else None
     ecost = torch.zeros(B, dtype=x.dtype, device=x.device) if want_cost else None
+    mass2 = torch.zeros(N, dtype=x.dtype, device=x.device) if want_mass2 else None
+    want_mass = want_mass or want_mass2
     one_pass = src.in_memory and (src.block_rows is None or src.block_rows >= N) \
         and N <= TORCH_BLOCK
     bq = _query_rows(N, B)
@@ -472,6 +477,8 @@ def _soft_torch(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: floa
         p = torch.exp(a - lse[q0:q1, None])
         if mass is not None:
             mass[j0:j0 + a.shape[1]] += p.sum(0)
+        if mass2 is not None:
+            mass2[j0:j0 + a.shape[1]] += (p * p).sum(0)
         if ecost is not None:
             ecost[q0:q1] += (p * c).sum(1)
 
@@ -482,11 +489,12 @@ def _soft_torch(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: floa
     if not one_pass and (want_mass or want_cost):
         for piece in pieces():
             accumulate(*piece)
-    return -eps * lse, mass, ecost
+    return -eps * lse, mass, ecost, mass2
 
 
 def _soft_keops(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: float,
-                want_mass: bool, want_cost: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                want_mass: bool, want_cost: bool, want_mass2: bool = False
+                ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """KeOps version of :func:`_soft_torch` (two passes over the blocks)."""
     from pykeops.torch import LazyTensor
     blocks = list(src.blocks(dtype=x.dtype, device=x.device)) if src.in_memory else None
@@ -501,7 +509,8 @@ def _soft_keops(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: floa
         lse = torch.logaddexp(lse, a.logsumexp(dim=1).reshape(-1))
     mass = torch.zeros(src.n, dtype=x.dtype, device=x.device) if want_mass else None
     ecost = torch.zeros_like(lse) if want_cost else None
-    if want_mass or want_cost:
+    mass2 = torch.zeros(src.n, dtype=x.dtype, device=x.device) if want_mass2 else None
+    if want_mass or want_cost or want_mass2:
         L = LazyTensor(lse.contiguous()[:, None, None])
         for off, yb in it():
             X, Y, P = _lazy(x, yb, phi[off:off + yb.shape[0]], cost)
@@ -509,9 +518,11 @@ def _soft_keops(x: Tensor, src: TargetSource, phi: Tensor, cost: Cost, eps: floa
             p = ((P - c) / eps - L).exp()
             if mass is not None:
                 mass[off:off + yb.shape[0]] = p.sum(dim=0).reshape(-1)
+            if mass2 is not None:
+                mass2[off:off + yb.shape[0]] = (p * p).sum(dim=0).reshape(-1)
             if ecost is not None:
                 ecost += (p * c).sum(dim=1).reshape(-1)
-    return -eps * lse, mass, ecost
+    return -eps * lse, mass, ecost, mass2
 
 
 def soft_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "l1",
@@ -525,7 +536,7 @@ def soft_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "l1
     ``value`` is :func:`soft_c_transform`, ``mass`` :func:`soft_mass` (when
     ``want_mass``), the expected cost :func:`soft_cost` (when ``want_cost``); one pass over
     the targets when they are one in-memory block, else two.  Backends ``torch`` (=
-    ``auto``) and ``keops``.
+    ``auto``) and ``keops``.  :func:`soft_stats` adds the per-target second moments.
 
     Example::
 
@@ -535,10 +546,26 @@ def soft_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "l1
         >>> round(float(mass.sum()), 6), c is None
         (5.0, True)
     """
+    return soft_stats(x, y, psi, cost, eps, weights=weights, backend=backend,
+                      block_rows=block_rows, want_mass=want_mass, want_cost=want_cost)[:3]
+
+
+def soft_stats(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "l1",
+               eps: float = 1e-2, *, weights: Tensor | None = None,
+               backend: str = "auto", block_rows: int | None = None,
+               want_mass: bool = False, want_cost: bool = False, want_mass2: bool = False
+               ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`soft_transform` plus ``mass2 [N] = sum_i P_ij^2`` (when ``want_mass2``):
+    ``(value, mass, expected cost, mass2)``.
+
+    With ``mass`` it gives the sample variance of ``P_ij`` over the queries,
+    ``s_j^2 = (mass2_j - mass_j^2 / B) / (B - 1)``, the noise of the soft plan's marginal
+    estimate ``mass_j / B`` (:func:`ootrain.ot.semidiscrete.chi2_estimate`).
+    """
     name = _resolve_soft_backend(backend)
     cost, src, phi, eps = _soft_setup(x, y, psi, cost, eps, weights, block_rows)
     run = _soft_keops if name == "keops" else _soft_torch
-    return run(x, src, phi, cost, eps, want_mass, want_cost)
+    return run(x, src, phi, cost, eps, want_mass, want_cost, want_mass2)
 
 
 def soft_c_transform(x: Tensor, y: TargetLike, psi: Tensor, cost: str | Cost = "l1",

@@ -45,18 +45,27 @@ def test_solve_uniform_to_20_points_matches_closed_form(tmp_path, cost, p):
                  "--tol", "0.02", "--max-iter", "2000", "--batch", "4096", "--n-eval", "262144")
     assert res.exit_code == 0, res.output
     exact = _closed_form_1d(y[:, 0], p)
-    printed = re.search(r"transport cost ([-0-9.e+]+)\s+dual ([-0-9.e+]+)\s+imbalance "
+    printed = re.search(r"transport cost ([-0-9.e+]+) ± ([0-9.e+-]+)\s+dual ([-0-9.e+]+)\s+"
+                        r"chi2 ([-0-9.e+]+) ± ([0-9.e+-]+) \(floor ([0-9.e+-]+)\)\s+imbalance "
                         r"([0-9.]+)", res.output)
     assert printed, res.output
-    cost_est, dual_est, imbalance = (float(v) for v in printed.groups())
+    cost_est, cost_se, dual_est, chi2, chi2_se, chi2_floor, imbalance = \
+        (float(v) for v in printed.groups())
     assert cost_est == pytest.approx(exact, rel=0.05)
     # the dual estimate's noise is ~1 % here (c-transform values spread over the potentials')
     assert dual_est == pytest.approx(exact, rel=0.05)
     assert imbalance < 0.05
+    # the cost's standard error is that of a mean of 262144 per-sample costs; the chi^2's
+    # noise floor is ~ sqrt(2 (N - 1)) / n_eval, and its standard error at least that
+    assert 0 < cost_se < 0.01 * cost_est
+    assert chi2_floor == pytest.approx((2 * 19) ** 0.5 / 262144, rel=0.05)
+    assert chi2_se >= 0.9 * chi2_floor and chi2 < 0.02
     # the potentials load back, with the summary, and give the same map
     arr = zarr.open_group(str(out), mode="r")["potentials"]
     summary = dict(arr.attrs)["solve"]
     assert summary["transport_cost"] == pytest.approx(cost_est, rel=1e-5)
+    assert summary["chi2"] == pytest.approx(chi2, rel=1e-3, abs=1e-9)
+    assert summary["transport_cost_noise"] == pytest.approx(cost_se, rel=1e-1)
     assert summary["n_targets"] == 20 and summary["iterations"] > 0
     ot = SemiDiscreteOT(torch.from_numpy(y), cost=cost).load(str(out))  # float64 as saved
     np.testing.assert_array_equal(ot.potentials.numpy(), np.asarray(arr[:]))
@@ -71,6 +80,24 @@ def test_solve_uniform_to_20_points_matches_closed_form(tmp_path, cost, p):
     noise = float(per.std()) * (1 / 262144 + 1 / 65536) ** 0.5
     assert abs(float(per.mean()) - summary["transport_cost"]) < 5 * noise, \
         (float(per.mean()), summary["transport_cost"], noise)
+
+
+def test_solve_default_stop_is_certified_chi2(tmp_path):
+    """Without --tol / --chi2-tol the solver's default chi^2 stop applies; --chi2-tol sets it;
+    the table shows the chi^2 and the cost with their noise floors."""
+    from ootrain.ot.semidiscrete import DEFAULT_CHI2_TOL
+    y = np.random.default_rng(2).uniform(0, 1, (16, 1))
+    np.save(tmp_path / "y.npy", y)
+    for extra, want in (((), DEFAULT_CHI2_TOL), (("--chi2-tol", "0.004"), 0.004)):
+        out = tmp_path / f"pot{len(extra)}.zarr"
+        res = _solve("uniform:1", str(tmp_path / "y.npy"), "--store", str(out),
+                     "--n-eval", "8192", *extra)
+        assert res.exit_code == 0, res.output
+        assert "marginal χ²" in res.output and "noise floor" in res.output
+        assert "(standard error)" in res.output
+        summary = dict(zarr.open_group(str(out), mode="r")["potentials"].attrs)["solve"]
+        assert summary["certified"]
+        assert summary["chi2_fit"] + 2 * summary["chi2_noise_fit"] <= want
 
 
 def test_solve_empirical_source_zarr_target_and_named_array(tmp_path):
