@@ -380,7 +380,6 @@ def _reference(x: Any, y: Any, psi: Any, cost: str) -> dict[str, Any]:
 
 
 def _agreement(idx: Any, ref: dict[str, Any], cost: str) -> dict[str, Any]:
-    import torch
     r = ref["idx"].shape[0]
     got = idx[:r].cpu()
     bad = (got != ref["idx"]).nonzero()[:, 0]

@@ -148,9 +148,8 @@ class SlicedSolver:
 
     def solve(self, ctx: SolveContext) -> dict[str, float]:
         """Project, sort, align quantiles and write targets (and cotangents); see module doc."""
-        store, emb, real = ctx.store, ctx.embeddings, ctx.real
+        store, emb = ctx.store, ctx.embeddings
         b, d = emb.shape
-        n = real.shape[0]
         _check_widths(ctx)
         k, dtype = self.n_directions, emb.dtype
         observed = ctx.observed if isinstance(ctx.observed, _RunOverlap) and \
@@ -182,7 +181,7 @@ class SlicedSolver:
             ctx.progress.advance(task, int(done.sum()))
         compute = ctx.compute
         compute.check_store(store)
-        emb_ref, real_ref = ctx.ref(emb), ctx.ref(real)
+        emb_ref, real_ref = ctx.ref(emb), ctx.ref(ctx.real)
         if group and observed is not None and observed.in_memory:   # real rows sorted already
             dist = _align_observed(compute, observed, emb_ref, ctx.ref(tpath),
                                    ctx.memory_budget)
@@ -507,12 +506,12 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
     b, n = ctx.embeddings.shape[0], ctx.real.shape[0]
     om = omega.astype(ctx.embeddings.dtype)
     real, gen = _sample_sorts(ctx, k, budget)
-    advance = None
     if task is not None:   # ``task``: a progress bar's task, counting finished Dask tasks
         ctx.progress.update(task, total=real.n_chunks + real.n_buckets
                             + 2 * gen.n_chunks + gen.n_buckets)
 
-        def advance(_: int) -> None:
+    def advance(_: int) -> None:
+        if task is not None:
             ctx.progress.advance(task, 1)
     _sort_rows(ctx, real, ctx.real, om, 0x7EA1, compute, advance)
     _sort_rows(ctx, gen, ctx.embeddings, om, 0x6E4, compute, advance, sort=False)
