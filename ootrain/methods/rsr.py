@@ -167,7 +167,7 @@ class SlicedSolver:
             outs = store.array_bytes((k, b), (max(group, 1), rows), isz) + (
                 store.array_bytes((b, d), (rows, d), isz) if self.mode == "cotangent" else 0) + (
                 0 if group else sum(s.bytes_needed(mapped) for s, mapped in
-                                    zip(_sample_sorts(ctx, k, _task_budget(ctx)),
+                                    zip(_sample_sorts(ctx, k, ctx.compute.task_budget(ctx.memory_budget)),
                                         (False, True))))
             store.check_space(outs, f"step {ctx.step}: Solve")
         elif observed is not None and observed.in_memory:
@@ -202,7 +202,7 @@ class SlicedSolver:
             if task is not None:   # out of core the bar counts the sample sorts' tasks
                 ctx.progress.remove_task(task)
                 task = ctx.progress.add_task(f"step {ctx.step}: Sort (tasks)", total=None)
-            dist = _align_sample_sort(ctx, omega, tpath, _task_budget(ctx), task)
+            dist = _align_sample_sort(ctx, omega, tpath, ctx.compute.task_budget(ctx.memory_budget), task)
             store.write_region(dpath, (slice(0, k),), dist)
         # the sample sorts' buckets go once targets and distances are stored (not before: a
         # Solve resumed after the generated sort's ``mapped_stats`` was deleted would take its
@@ -272,8 +272,13 @@ def _sample_rows(arr: Any, s: int, rng: np.random.Generator, rows: int | None = 
 
 def _project_block(src: StoreArray, lo: int, hi: int, om: np.ndarray) -> np.ndarray:
     """``(src[lo:hi] @ om)ᵀ`` [g, hi − lo] in the array's dtype (a contiguous product)."""
-    arr = src.array()
-    return om.astype(arr.dtype).T @ arr[lo:hi].T
+    return _project(src.array()[lo:hi], om)
+
+
+def _project(rows: np.ndarray, om: np.ndarray) -> np.ndarray:
+    """``(rows @ om)ᵀ`` [g, len(rows)] in the rows' dtype: the one product of Solve's
+    projection tasks and of the overlap's Run hook (so both give the same bits)."""
+    return om.astype(rows.dtype).T @ rows.T
 
 
 # Bytes per target of the exact quantile-target computation (sliced._merged_pieces: three int64
@@ -300,13 +305,6 @@ def _plan(ctx: SolveContext, k: int) -> int:
     b, d = emb.shape
     return plan_pass(b, ctx.real.shape[0], k, emb.dtype.itemsize,
                      emb.chunks[0] * d * emb.dtype.itemsize, ctx.memory_budget)
-
-
-def _task_budget(ctx: SolveContext) -> int:
-    """Bytes one out-of-core Solve task may hold: local tasks run concurrently and share
-    the budget; a cluster's worker has it whole."""
-    return ctx.memory_budget if ctx.compute.distributed else \
-        max(1, ctx.memory_budget // ctx.compute.workers)
 
 
 def plan_pass(b: int, n: int, k: int, itemsize: int, chunk_bytes: int, budget: int) -> int:
@@ -513,8 +511,8 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
     def advance(_: int) -> None:
         if task is not None:
             ctx.progress.advance(task, 1)
-    _sort_rows(ctx, real, ctx.real, om, 0x7EA1, compute, advance)
-    _sort_rows(ctx, gen, ctx.embeddings, om, 0x6E4, compute, advance, sort=False)
+    _sort_rows(ctx, real, ctx.real, om, _REAL_TAG, compute, advance)
+    _sort_rows(ctx, gen, ctx.embeddings, om, _GENERATED_TAG, compute, advance, sort=False)
     y_sq = real.stats() / n
     gathered = store.done(tpath).reshape(k, -1).all(axis=0)
     gen.map_ranks(compute, _QuantileTargets(real.sorted_rows(), n, b, _rank_block(b, n, budget)),
@@ -522,6 +520,11 @@ def _align_sample_sort(ctx: SolveContext, omega: np.ndarray, tpath: str, budget:
                   gathered=gathered)
     st = gen.mapped_stats(2)
     return np.array([_w2(st[j, 0] / b, y_sq[j], st[j, 1] / b) for j in range(k)])
+
+
+# Seed tags of the sample sorts' splitter draws: the real sort started during Run and the one
+# Solve resumes must draw the same splitters.
+_REAL_TAG, _GENERATED_TAG = 0x7EA1, 0x6E4
 
 
 def _sort_rows(ctx: SolveContext, ss: SampleSort, arr: Any, om: np.ndarray, tag: int,
@@ -571,8 +574,8 @@ class _RunOverlap:
             self.generated = np.empty((om.shape[1], self.b), om.dtype)
             work = functools.partial(_real_rows, compute, ctx.ref(ctx.real), om)
         else:
-            real, _ = _sample_sorts(ctx, om.shape[1], _task_budget(ctx))
-            work = functools.partial(_sort_rows, ctx, real, ctx.real, om, 0x7EA1, compute)
+            real, _ = _sample_sorts(ctx, om.shape[1], ctx.compute.task_budget(ctx.memory_budget))
+            work = functools.partial(_sort_rows, ctx, real, ctx.real, om, _REAL_TAG, compute)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ootrain-rsr-overlap")
         self._future = self._pool.submit(_timed, work)
 
@@ -584,8 +587,7 @@ class _RunOverlap:
                 return
             self._start()
         if self.generated is not None:
-            om = self.omega.astype(rows.dtype)
-            self.generated[:, lo:lo + rows.shape[0]] = om.T @ rows.T
+            self.generated[:, lo:lo + rows.shape[0]] = _project(rows, self.omega)
             self.seen.add(lo)
 
     def join(self) -> None:
