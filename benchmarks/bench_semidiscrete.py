@@ -926,8 +926,8 @@ def write_outputs(args, header: dict, results: list[dict]) -> None:
                         "early", "l1", "iterations", "samples", "argmin", "peak"])
             for r in results:
                 for e in r.get("trace", []):
-                    w.writerow(["external", r["name"], r["n"], r["d"], "", e["t"], e["chi2"], e["se"],
-                                e["m"], int(e["early"]), e["l1"], e["iterations"],
+                    w.writerow(["external", r["name"], r["n"], r["d"], "", e["t"], e["chi2"],
+                                e["se"], e["m"], int(e["early"]), e["l1"], e["iterations"],
                                 e["samples"], e["argmin"], e["peak"]])
                 for h in r.get("own_history", []):   # ootrain's own checks (its estimates)
                     w.writerow(["own", r["name"], r["n"], r["d"], r.get("own_target"), h.get("t"),
