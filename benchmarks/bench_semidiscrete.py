@@ -51,8 +51,8 @@ OTT).  Grid ``--n`` × ``--d`` (default N = 10^3, 10^4, 10^5, d = 2, 16, 64), ta
   non-finite loss) ends the run, with one last external check there.  Its jitted loop cannot
   be interrupted, so ``run_ott`` rebuilds ``__call__``'s loop from the public
   ``SemidiscreteSolver.step`` (same keys, same error schedule and stop rule; bit-identical
-  to ``__call__`` on N = 50, 2500 iterations, ott-jax 0.6.0) as a ``while_loop`` run in segments up to each check, the state
-  carried over: no restart.  JAX compilation (one executable, ahead of time) is a one-time
+  to ``__call__`` on N = 50, 2500 iterations, ott-jax 0.6.0) as a ``while_loop`` run in
+  segments up to each check, the state carried over: no restart.  JAX compilation (one executable, ahead of time) is a one-time
   start-up cost, reported as ``compile_s`` and not charged.  With ``--threads 1`` XLA gets
   ``--xla_cpu_multi_thread_eigen=false`` (one thread).
 
@@ -60,24 +60,26 @@ External check (the same for every method): the marginal χ² error ``sum_j (p_j
 nu_j`` of the hard map ``argmin_j c(x, y_j) - psi_j`` (``ootrain.ot.ctransform.c_transform``,
 backend auto; OTT's ``g`` and POT's potential are ``psi``), estimated without bias by
 ``ootrain.ot.semidiscrete.chi2_estimate(counts, counts, m, nu)`` (for the hard map the sums of
-squares are the counts) on a fixed, seeded evaluation sample of ``m`` source points (the same
-points for every method and check: common random numbers).  ``m`` is the smallest size whose
-standard error for a perfectly balanced map, ``chi2_floor(nu, m) ≈ sqrt(2 N) / m``, is at most
-``f × min(targets)`` (``f`` = ``--floor-frac``, 1/4; capped at ``--eval-max``): m ≈ 1.8e4
-at N = 10^3 and 1.8e5 at N = 10^5 for the 0.01 target.  A target counts as **reached at the
-first check whose estimate is ≤ the target** (the estimate, not estimate + 2 s.e.: an oracle
-stop; its standard error, printed, is ≤ f × target near the target; picking the first check
-below the target favours a lucky draw by at most about one s.e.).  To keep checks cheap, a
-check measures prefixes of 4096, 8192, … points and gives up as soon as ``chi2 − 2 s.e. >``
-the loosest target not yet reached (then the target is clearly not met; such a check is
-recorded with its prefix size and flagged ``early``).  The L1 imbalance ``||nu − P_hat||_1``
-of the same counts is recorded too (biased up by its noise floor ``sqrt(2 (N − 1) / (π m))``,
-printed: at these sample sizes that floor is ~0.3-0.6, so the L1 is only a coarse extra).
-Each run also ends with one full check of its final potential, with the transport cost and the
-dual value.
+squares are the counts) on prefixes of one fixed, seeded evaluation sample (the same points
+for every method and check: common random numbers).  Target ``t`` is decided on the prefix of
+``m_t`` points, the smallest whose standard error for a perfectly balanced map,
+``chi2_floor(nu, m_t) ≈ sqrt(2 N) / m_t``, is at most ``f × t`` (``f`` = ``--floor-frac``, 1/4;
+capped at ``--eval-max``): m ≈ 3.8e3 / 1.8e4 at N = 10^3 and 3.6e4 / 1.8e5 at N = 10^5 for
+the 0.05 / 0.01 targets.  A target counts as **reached at the first check whose estimate on
+its prefix is ≤ the target** (the estimate, not estimate + 2 s.e.: an oracle stop; the s.e.
+is printed, ≤ f × target near the target; taking the first check below the target favours a
+lucky draw by about one s.e. at most).  A check pursues the loosest target not reached yet,
+then, once that one is reached, the next on its longer prefix; on the way, at 4096, 8192, …
+points, it gives up as soon as ``chi2 − 2 s.e. >`` the target pursued (then it is clearly not
+met; the check is recorded with its prefix size and flagged ``early``), so checks far from
+the targets cost a few thousand points.  The L1 imbalance ``||nu − P_hat||_1`` of the same
+counts is recorded too (biased up by its noise floor ``sqrt(2 (N − 1) / (π m))``, printed:
+0.19 at N = 10^3 and 0.59 at N = 10^5 on the 0.01 prefixes, so only a coarse extra).  Each run
+ends with one check of its final potential on the longest prefix (own-stop runs: their own
+target's), with the transport cost and the dual value.
 
-What is charged: solver time only, with the source sampling (the callbacks draw from torch's
-or numpy's Gaussian in float32), excluding the external checks (the clock is paused and the
+What is charged: solver time only, with the source sampling (float32 Gaussians: torch's in
+ootrain's callback, numpy's in POT's, ``jax.random.normal`` inside OTT's loop), excluding the external checks (the clock is paused and the
 RSS sampler ignores them), the process start, imports and JAX compilation.  Samples = source
 points the solver drew (its own checks included); argmin evaluations = source points whose
 c-transform (argmin over the N targets, or POT's soft weights) the solver computed, its own
@@ -90,7 +92,8 @@ and peak minus the RSS before the solver started: imports, targets, the evaluato
 
 Runs: each (method, N, d) — and each target for ``ootrain`` — is a fresh subprocess under a
 watchdog (``--mem-limit`` RSS, ``--wall-limit`` wall seconds incl. evaluation, default
-4 × ``--max-seconds`` + 300).  Oracle-stopped methods run until the tightest target is reached
+6 × ``--max-seconds`` + 600; an oracle-stopped run killed by it keeps the trace of its checks
+so far, printed by the child after each one).  Oracle-stopped methods run until the tightest target is reached
 or ``--max-seconds`` (default 300) of charged time (tested at each sampler call, so one
 iteration may overshoot); ootrain's own-stop runs until their certificate or that cap.
 ``--skip-after-fail`` skips a method at larger N (same d) once it reached no target.  Solver
@@ -100,9 +103,11 @@ per target (with the time ratio to the better anchor, POT or OTT: issue 13's aim
 faster than it at N ≥ 10^4, never slower), a table of runs; ``--json PATH`` (settings, machine,
 every run with its full trace: each check's charged time, χ², s.e., sample size, samples,
 argmin evaluations, peak RSS; rewritten after each run), ``--csv PATH`` (the traces, one row
-per check) and ``--plot PATH.png`` (one panel per (N, d): χ² against charged seconds, both
-log, per oracle-stopped method, lines at the targets, ootrain's own-stop runs as markers at
-(its time, external χ²)).
+per check, ``kind`` = external, and ootrain's own checks, ``kind`` = own) and ``--plot
+PATH.png`` (one panel per (N, d): χ² against charged seconds, both log, per oracle-stopped
+method, lines at the targets, ootrain's own-stop runs as markers at (its time, external χ²),
+hollow where the run did not reach its target).  ``--from-json PATH`` re-makes the tables
+(and ``--plot``) of a saved run without running anything.
 
     python benchmarks/bench_semidiscrete.py --json sd.json --csv sd.csv --plot sd.png  # full grid
     python benchmarks/bench_semidiscrete.py --n 1000 --d 2 16 --max-seconds 60 \\
@@ -224,13 +229,14 @@ class Meter:
 
 class Evaluator:
     """The external check: unbiased marginal χ² (and L1 imbalance) of a potential's hard map
-    on a fixed evaluation sample, regenerated chunk by chunk from a seed (no memory held
-    between checks)."""
+    on prefixes of one fixed evaluation sample, regenerated chunk by chunk from a seed (no
+    memory held between checks).  ``sizes[t]``: the prefix that decides target ``t``."""
 
     CHUNK = 4096        # rows per seeded chunk = the first prefix tested
     CALL = 1 << 16      # rows per c_transform call
 
-    def __init__(self, y, cost: str, m: int, seed: int, threads: tuple[int, int]):
+    def __init__(self, y, cost: str, sizes: dict[float, int], seed: int,
+                 threads: tuple[int, int]):
         import torch
         from ootrain.ot.costs import parse_cost
         from ootrain.ot.ctransform import c_transform
@@ -239,7 +245,7 @@ class Evaluator:
         self.chi2_estimate, self.chi2_floor = chi2_estimate, chi2_floor
         self.y, self.n, self.d = y, y.shape[0], y.shape[1]
         self.nu = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
-        self.m, self.seed = m, seed
+        self.sizes, self.m, self.seed = sizes, max(sizes.values()), seed
         self.eval_threads, self.solver_threads = threads
         self.pairs = 0.0   # c-transform pairs evaluated (reported)
 
@@ -265,21 +271,30 @@ class Evaluator:
         self.c_transform(self._chunk(0)[:1024], self.y, self.torch.zeros(self.n), self.cost,
                          "auto")
 
-    def check(self, psi, *, give_up_above: float | None = None, want_cost: bool = False) -> dict:
+    def check(self, psi, pending=(), *, m_full: int | None = None,
+              want_cost: bool = False) -> dict:
+        """Decide the ``pending`` targets (loosest first) on prefixes of the sample.
+
+        Target ``t`` is decided on the prefix ``sizes[t]``: reached when the estimate there is
+        ``<= t`` (then the next, tighter one is pursued on a longer prefix), else the check
+        ends.  On the way, at 4096, 8192, … points, the check gives up (``early``) as soon as
+        ``chi2 - 2 s.e. >`` the target pursued.  Without ``pending``, ``m_full`` points
+        (default: the largest size) are measured.  Returns the estimate on the last prefix
+        measured and ``decided`` = {target: (chi2, s.e., m)} for the targets reached."""
         torch = self.torch
         psi = torch.as_tensor(np.asarray(psi, dtype=np.float32)) if not isinstance(
             psi, torch.Tensor) else psi.detach().to(torch.float32).cpu()
-        m_all = self.m
-        tests, t = [], self.CHUNK
+        pend = sorted(pending, reverse=True)
+        m_all = max(self.sizes[t] for t in pend) if pend else (m_full or self.m)
+        stops, t = set(self.sizes[t] for t in pend) | {m_all}, self.CHUNK
         while t < m_all:
-            tests.append(t)
+            stops.add(t)
             t *= 2
-        tests.append(m_all)
         counts = torch.zeros(self.n, dtype=torch.float64)
-        m, cost_sum, value_sum, early = 0, 0.0, 0.0, False
+        m, cost_sum, value_sum, early, decided = 0, 0.0, 0.0, False, {}
         set_threads(self.eval_threads)
         try:
-            for stop in tests:
+            for stop in sorted(stops):
                 while m < stop:
                     b = min(stop, m + self.CALL)
                     x = self._rows(m, b)
@@ -290,16 +305,24 @@ class Evaluator:
                         value_sum += float(value.double().sum())
                     self.pairs += x.shape[0] * float(self.n)
                     m = b
-                if give_up_above is not None and m < m_all:
-                    c2, se = self.chi2_estimate(counts, counts, m, self.nu)
-                    if c2 - 2 * se > give_up_above:
-                        early = True
-                        break
+                if not pend:
+                    continue
+                c2, se = self.chi2_estimate(counts, counts, m, self.nu)
+                while pend and m >= self.sizes[pend[0]] and c2 <= pend[0]:
+                    decided[pend.pop(0)] = (c2, se, m)
+                if not pend:
+                    break
+                if m >= self.sizes[pend[0]]:          # decided: not reached
+                    break
+                if c2 - 2 * se > pend[0]:
+                    early = True
+                    break
         finally:
             set_threads(self.solver_threads)
         chi2, se = self.chi2_estimate(counts, counts, m, self.nu)
         out = {"chi2": chi2, "se": se, "m": m, "early": early, "floor": self.floor(m),
-               "l1": float((counts / m - self.nu).abs().sum()), "l1_floor": self.l1_floor(m)}
+               "l1": float((counts / m - self.nu).abs().sum()), "l1_floor": self.l1_floor(m),
+               "decided": decided}
         if want_cost:
             out["cost"] = cost_sum / m
             out["dual"] = value_sum / m + float(psi.double().mean())   # uniform nu
@@ -308,7 +331,8 @@ class Evaluator:
 
 class Recorder:
     """The external checks of one oracle-stopped run: its trace (every check) and, per
-    target, the first check whose estimate is at most the target."""
+    target, the first check that reached it.  After each check a partial result line is
+    printed, so that a run killed by the watchdog keeps its trace."""
 
     def __init__(self, args, ev: Evaluator, meter: Meter):
         self.targets = sorted(set(args.targets), reverse=True)
@@ -317,26 +341,25 @@ class Recorder:
         self.hit: dict[float, dict] = {}
         self.psi = None
 
-    def active(self) -> float | None:
-        """The loosest target not reached yet (None: all reached)."""
-        return next((t for t in self.targets if t not in self.hit), None)
+    def pending(self) -> list[float]:
+        return [t for t in self.targets if t not in self.hit]
 
     def done(self) -> bool:
-        return self.active() is None
+        return not self.pending()
 
     def check(self, psi, *, iterations: int, samples: int, argmin: int) -> None:
         t, peak = self.meter.charged(), self.meter.peak
         with self.meter.pause():
-            r = self.ev.check(psi, give_up_above=self.active())
-        e = {"t": t, "chi2": r["chi2"], "se": r["se"], "m": r["m"], "early": r["early"],
-             "l1": r["l1"], "iterations": iterations, "samples": samples, "argmin": argmin,
-             "peak": peak}
-        self.trace.append(e)
-        self.psi = psi
-        if not r["early"]:
-            for tg in self.targets:
-                if tg not in self.hit and r["chi2"] <= tg:
-                    self.hit[tg] = e
+            r = self.ev.check(psi, self.pending())
+            e = {"t": t, "chi2": r["chi2"], "se": r["se"], "m": r["m"], "early": r["early"],
+                 "l1": r["l1"], "iterations": iterations, "samples": samples,
+                 "argmin": argmin, "peak": peak}
+            self.trace.append(e)
+            self.psi = psi
+            for tg, (c2, se, m) in r["decided"].items():
+                self.hit[tg] = {**e, "chi2": c2, "se": se, "m": m}
+            print(json.dumps({"partial": True, "charged": t, "trace": self.trace,
+                              "hit": {f"{k:g}": v for k, v in self.hit.items()}}), flush=True)
 
 
 class ArgminCounter:
@@ -635,8 +658,9 @@ def child(args: argparse.Namespace) -> None:
     import ootrain.ot.semidiscrete  # noqa: F401  (the evaluator's estimator)
     n, d = args.child_n, args.child_d
     y = make_targets(n, d, args.seed)
-    m = eval_size(n, min(args.targets), args.floor_frac, args.eval_max)
-    ev = Evaluator(torch.from_numpy(y), args.cost, m, args.seed + 12345,
+    sizes = {t: eval_size(n, t, args.floor_frac, args.eval_max) for t in args.targets}
+    m = max(sizes.values())
+    ev = Evaluator(torch.from_numpy(y), args.cost, sizes, args.seed + 12345,
                    (args.eval_threads, args.threads))
     ev.warm_up()
     counter = ArgminCounter()
@@ -661,7 +685,7 @@ def child(args: argparse.Namespace) -> None:
     charged = meter.stop()
     res = {"charged": charged, "iterations": st["iterations"], "samples": st["samples"],
            "argmin": st["argmin"], "peak": meter.peak, "base": meter.base, "eval_m": m,
-           "eval_floor": ev.floor(m), "threads": args.threads, "eval_threads": args.eval_threads,
+           "eval_sizes": {f"{t:g}": v for t, v in sizes.items()}, "eval_floor": ev.floor(m), "threads": args.threads, "eval_threads": args.eval_threads,
            "trace": rec.trace, "checks": len(rec.trace),
            "hit": {f"{t:g}": e for t, e in rec.hit.items()}}
     if args.method.startswith("ootrain"):
@@ -669,7 +693,8 @@ def child(args: argparse.Namespace) -> None:
         res["argmin_counted"] = counter.rows >= st["samples"] > 0
     psi = st["psi"] if st["psi"] is not None else rec.psi
     if psi is not None:
-        r = ev.check(psi, want_cost=True)
+        # the final potential on the prefix of the run's own target (own stop), else on all
+        r = ev.check(psi, m_full=sizes.get(args.own_target, m), want_cost=True)
         res["final"] = {k: r[k] for k in ("chi2", "se", "m", "floor", "l1", "l1_floor", "cost",
                                           "dual")}
     if args.own_target is not None:                # ootrain's own stop
@@ -731,18 +756,28 @@ def run_one(args, method: str, n: int, d: int, ootrain_method: str | None,
         env.setdefault("POT_BACKEND_DISABLE_JAX", "1")
     w = run_watched(cmd, env, args.mem_limit, args.wall_limit)
     peak, wall = w["peak"], w["wall"]
+    last = None
+    for line in reversed(w["lines"]):
+        with contextlib.suppress(ValueError):
+            last = json.loads(line)
+            break
+    status = None
     if w["killed"] == "memory":
-        return {"status": f"memory limit (RSS {human_bytes(w['rss'])} > "
-                          f"{human_bytes(args.mem_limit)})", "peak": peak, "wall": wall}
-    if w["killed"] == "wall":
-        return {"status": f"wall limit ({args.wall_limit:g} s incl. evaluation)", "peak": peak,
-                "wall": wall}
-    if w["returncode"] != 0 or not w["lines"]:
-        return {"status": f"crashed (rc {w['returncode']}): {w['err_tail'][:120]}",
-                "peak": peak, "wall": wall}
-    res = json.loads(w["lines"][-1])
+        status = (f"memory limit (RSS {human_bytes(w['rss'])} > "
+                  f"{human_bytes(args.mem_limit)})")
+    elif w["killed"] == "wall":
+        status = f"wall limit ({args.wall_limit:g} s incl. evaluation)"
+    elif w["returncode"] != 0 or last is None or last.get("partial"):
+        status = f"crashed (rc {w['returncode']}): {w['err_tail'][:120]}"
+    if status is not None:       # keep the trace of the checks done before the end
+        res = {"status": status, "peak": peak}
+        if last is not None and last.get("partial"):
+            res.update(trace=last["trace"], hit=last["hit"], charged=last["charged"],
+                       checks=len(last["trace"]))
+    else:
+        res = last
+        res["watch_peak"] = peak     # the watchdog's peak (evaluation included)
     res["wall"] = wall
-    res["watch_peak"] = peak         # the watchdog's peak (evaluation included)
     return res
 
 
@@ -1001,7 +1036,7 @@ def main() -> None:
                     default=300.0, help="charged solver seconds per run")
     ap.add_argument("--mem-limit", type=float, default=8 * 2**30, help="bytes of RSS")
     ap.add_argument("--wall-limit", type=float, default=None,
-                    help="wall seconds per run incl. evaluation (default 4 × max-seconds + 300)")
+                    help="wall seconds per run incl. evaluation (default 6 × max-seconds + 600)")
     ap.add_argument("--floor-frac", type=float, default=1 / 4,
                     help="standard error of a balanced map's χ² estimate on the evaluation\n"
                          "sample, as a fraction of the smallest target")
@@ -1034,7 +1069,7 @@ def main() -> None:
         report_saved(args)
         return
     if args.wall_limit is None:
-        args.wall_limit = 4 * args.max_seconds + 300
+        args.wall_limit = 6 * args.max_seconds + 600
     header_md = machine_header("semi-discrete OT: ootrain vs POT vs OTT-JAX (marginal χ²)",
                                sys.argv)
     print(header_md)
@@ -1059,18 +1094,21 @@ def main() -> None:
     targets = sorted(set(args.targets), reverse=True)
     args.targets = targets
     ns, ds = sorted(set(args.n)), list(dict.fromkeys(args.d))
-    m_eval = {n: eval_size(n, min(targets), args.floor_frac, args.eval_max) for n in ns}
+    m_eval = {n: {t: eval_size(n, t, args.floor_frac, args.eval_max) for t in targets}
+              for n in ns}
     print(f"- POT {pot_v}; OTT: {ott_v}, optax.{args.ott_optimizer}({args.ott_lr:g}), batch "
           f"{args.ott_batch or 'default_batch(N)'}, epsilon 0, g_ema checked")
     print(f"- ootrain fit method values: {', '.join(om) if om != [None] else '(no method)'}")
     print(f"- cost {args.cost}; targets χ² ≤ {', '.join(f'{t:g}' for t in targets)}; "
-          f"evaluation sample m = " + ", ".join(f"{m_eval[n]} (N={n})" for n in ns) +
-          f" (s.e. of a balanced map ≤ {args.floor_frac:g} × {min(targets):g}); limits: "
+          "evaluation prefixes m deciding each target: " + "; ".join(
+              f"N={n}: " + ", ".join(f"{m_eval[n][t]} ({t:g})" for t in targets) for n in ns)
+          + f" (s.e. of a balanced map ≤ {args.floor_frac:g} × the target); limits: "
           f"{args.max_seconds:g} s charged solver time, {human_bytes(args.mem_limit)} RSS, "
           f"{args.wall_limit:g} s wall; solver threads {args.threads}, evaluation threads "
           f"{args.eval_threads} (not charged)\n")
     header = {"markdown": header_md, "argv": sys.argv, "pot": pot_v, "ott": ott_v,
-              "ootrain_methods": om, "eval_m": {str(n): m_eval[n] for n in ns},
+              "ootrain_methods": om, "eval_m": {str(n): {f"{t:g}": v for t, v in m_eval[n].items()}
+                                                     for n in ns},
               "settings": {k: v for k, v in vars(args).items()
                            if k not in ("child", "method", "ootrain_method", "own_target",
                                         "child_n", "child_d")},
@@ -1109,7 +1147,7 @@ def main() -> None:
                 if not hits and (t is None or t == targets[0]):
                     failed.setdefault(name, n)
                 extra = ""
-                if "charged" in r:
+                if "startup_s" in r:
                     extra = (f"charged {r['charged']:.3g} s + start-up {r['startup_s']:.2g} s"
                              + (f" (JAX compilation {r['compile_s']:.2g} s)"
                                 if "compile_s" in r else "")
