@@ -39,21 +39,21 @@ OTT).  Grid ``--n`` × ``--d`` (default N = 10^3, 10^4, 10^5, d = 2, 16, 64), ta
 - ``ott``: OTT-JAX's ``ott.solvers.linear.semidiscrete.SemidiscreteSolver`` (``pip install
   ott-jax``, the ``bench`` extra; "not installed" otherwise) on
   ``SemidiscretePointCloud(jax.random.normal, Y, epsilon=0)`` with uniform weights: cost
-  ``SqEuclidean`` (its default, ``||x - y||^2``, as ours), epsilon 0 = the unregularised
-  problem (its default ``epsilon=None`` is entropic, a different problem).  OTT has no default
-  optimizer / batch / iteration count: its semidiscrete tutorial's ``optax.sgd(0.1)`` and
-  ``batch_size=128`` are used (``--ott-optimizer``, ``--ott-lr``, ``--ott-batch``; 0 =
-  ootrain's ``default_batch(N)``); ``num_iterations`` = 10^6, a cap that does not bind; every
-  other argument at its default (``potential_ema=0.99``, its own χ² check every 1000
-  iterations on 16 × batch samples, ``threshold=1e-3``, constant epsilon schedule).  Its
-  solution ``g_ema`` (what ``SemidiscreteOutput.g`` returns) is checked on the same grid as
-  POT's, and at most ~2 s of solver time apart; its own stop (its χ² ≤ threshold, or a
-  non-finite loss) ends the run, with one last external check there.  Its jitted loop cannot
-  be interrupted, so ``run_ott`` rebuilds ``__call__``'s loop from the public
-  ``SemidiscreteSolver.step`` (same keys, same error schedule and stop rule; bit-identical
-  to ``__call__`` on N = 50, 2500 iterations, ott-jax 0.6.0) as a ``while_loop`` run in
-  segments up to each check, the state carried over: no restart.  JAX compilation (one executable, ahead of time) is a one-time
-  start-up cost, reported as ``compile_s`` and not charged.  With ``--threads 1`` XLA gets
+  ``SqEuclidean`` (its default, ``||x - y||^2``, as ours), epsilon 0 = the unregularised problem
+  (its default ``epsilon=None`` is entropic, a different problem).  OTT has no default optimizer
+  / batch / iteration count: its semidiscrete tutorial's ``optax.sgd(0.1)`` and
+  ``batch_size=128`` are used (``--ott-optimizer``, ``--ott-lr``, ``--ott-batch``; 0 = ootrain's
+  ``default_batch(N)``); ``num_iterations`` = 10^6, a cap that does not bind; every other
+  argument at its default (``potential_ema=0.99``, its own χ² check every 1000 iterations on 16
+  × batch samples, ``threshold=1e-3``, constant epsilon schedule).  Its solution ``g_ema`` (what
+  ``SemidiscreteOutput.g`` returns) is checked on the same grid as POT's, and at most ~2 s of
+  solver time apart; its own stop (its χ² ≤ threshold, or a non-finite loss) ends the run, with
+  one last external check there.  Its jitted loop cannot be interrupted, so ``run_ott`` rebuilds
+  ``__call__``'s loop from the public ``SemidiscreteSolver.step`` (same keys, same error
+  schedule and stop rule; bit-identical to ``__call__`` on N = 50, 2500 iterations, ott-jax
+  0.6.0) as a ``while_loop`` run in segments up to each check, the state carried over: no
+  restart.  JAX compilation (one executable, ahead of time) is a one-time start-up cost,
+  reported as ``compile_s`` and not charged.  With ``--threads 1`` XLA gets
   ``--xla_cpu_multi_thread_eigen=false`` (one thread).
 
 External check (the same for every method): the marginal χ² error ``sum_j (p_j - nu_j)^2 /
@@ -79,39 +79,40 @@ ends with one check of its final potential on the longest prefix (own-stop runs:
 target's), with the transport cost and the dual value.
 
 What is charged: solver time only, with the source sampling (float32 Gaussians: torch's in
-ootrain's callback, numpy's in POT's, ``jax.random.normal`` inside OTT's loop), excluding the external checks (the clock is paused and the
-RSS sampler ignores them), the process start, imports and JAX compilation.  Samples = source
-points the solver drew (its own checks included); argmin evaluations = source points whose
-c-transform (argmin over the N targets, or POT's soft weights) the solver computed, its own
-checks included: counted for ootrain by wrapping the ``ootrain.ot.ctransform`` /
-``ootrain.ot.sharded`` functions the ``ootrain`` modules call (so repeated assignments of the
-same sample count each time), ``iterations × batch`` for POT, ``iterations × batch + (its
-checks) × 16 × batch`` for OTT (its checks assign each sample twice; counted once); cost
-evaluations = argmin evaluations × N.  Peak RSS is sampled every 5 ms during solver time (peak
-and peak minus the RSS before the solver started: imports, targets, the evaluator's warm-up).
+ootrain's callback, numpy's in POT's, ``jax.random.normal`` inside OTT's loop), excluding the
+external checks (the clock is paused and the RSS sampler ignores them), the process start,
+imports and JAX compilation.  Samples = source points the solver drew (its own checks included);
+argmin evaluations = source points whose c-transform (argmin over the N targets, or POT's soft
+weights) the solver computed, its own checks included: counted for ootrain by wrapping the
+``ootrain.ot.ctransform`` / ``ootrain.ot.sharded`` functions the ``ootrain`` modules call (so
+repeated assignments of the same sample count each time), ``iterations × batch`` for POT,
+``iterations × batch + (its checks) × 16 × batch`` for OTT (its checks assign each sample twice;
+counted once); cost evaluations = argmin evaluations × N.  Peak RSS is sampled every 5 ms during
+solver time (peak and peak minus the RSS before the solver started: imports, targets, the
+evaluator's warm-up).
 
 Runs: each (method, N, d) — and each target for ``ootrain`` — is a fresh subprocess under a
-watchdog (``--mem-limit`` RSS, ``--wall-limit`` wall seconds incl. evaluation, default
-6 × ``--max-seconds`` + 600; an oracle-stopped run killed by it keeps the trace of its checks
-so far, printed by the child after each one).  Oracle-stopped methods run until the tightest target is reached
-or ``--max-seconds`` (default 300) of charged time (tested at each sampler call, so one
-iteration may overshoot); ootrain's own-stop runs until their certificate or that cap.
+watchdog (``--mem-limit`` RSS, ``--wall-limit`` wall seconds incl. evaluation, default 6 ×
+``--max-seconds`` + 600; an oracle-stopped run killed by it keeps the trace of its checks so
+far, printed by the child after each one).  Oracle-stopped methods run until the tightest target
+is reached or ``--max-seconds`` (default 300) of charged time (tested at each sampler call, so
+one iteration may overshoot); ootrain's own-stop runs until their certificate or that cap.
 ``--skip-after-fail`` skips a method at larger N (same d) once it reached no target.  Solver
 threads ``--threads`` (torch, faiss, BLAS, XLA; default 1), evaluation threads
-``--eval-threads``; both recorded in the output.  Output: per-run lines, one markdown table
-per target (with the time ratio to the better anchor, POT or OTT: issue 13's aim is ≥ 10×
-faster than it at N ≥ 10^4, never slower), a table of runs; ``--json PATH`` (settings, machine,
-every run with its full trace: each check's charged time, χ², s.e., sample size, samples,
-argmin evaluations, peak RSS; rewritten after each run), ``--csv PATH`` (the traces, one row
-per check, ``kind`` = external, and ootrain's own checks, ``kind`` = own) and ``--plot
-PATH.png`` (one panel per (N, d): χ² against charged seconds, both log, per oracle-stopped
-method, lines at the targets, ootrain's own-stop runs as markers at (its time, external χ²),
-hollow where the run did not reach its target).  ``--from-json PATH`` re-makes the tables
-(and ``--plot``) of a saved run without running anything.
+``--eval-threads``; both recorded in the output.  Output: per-run lines, one markdown table per
+target (with the time ratio to the better anchor, POT or OTT: issue 13's aim is ≥ 10× faster
+than it at N ≥ 10^4, never slower), a table of runs; ``--json PATH`` (settings, machine, every
+run with its full trace: each check's charged time, χ², s.e., sample size, samples, argmin
+evaluations, peak RSS; rewritten after each run), ``--csv PATH`` (the traces, one row per check,
+``kind`` = external, and ootrain's own checks, ``kind`` = own) and ``--plot PATH.png`` (one
+panel per (N, d): χ² against charged seconds, both log, per oracle-stopped method, lines at the
+targets, ootrain's own-stop runs as markers at (its time, external χ²), hollow where the run did
+not reach its target).  ``--from-json PATH`` re-makes the tables (and ``--plot``) of a saved run
+without running anything.
 
     python benchmarks/bench_semidiscrete.py --json sd.json --csv sd.csv --plot sd.png  # full grid
     python benchmarks/bench_semidiscrete.py --n 1000 --d 2 16 --max-seconds 60 \\
-        --json sd.json --plot sd.png                                           # smoke (~15 min)
+        --json sd.json --plot sd.png                                            # smoke (~5 min)
 """
 
 from __future__ import annotations
@@ -437,7 +438,8 @@ def run_pot(args, y: np.ndarray, rec: Recorder, meter: Meter, st: dict) -> None:
 
 
 def ott_batch(args, n: int) -> int:
-    """OTT's batch: ``--ott-batch`` (its tutorial's 128), or 0 for ootrain's ``default_batch(N)``."""
+    """OTT's batch: ``--ott-batch`` (its tutorial's 128), or 0 for ootrain's
+    ``default_batch(N)``."""
     if args.ott_batch:
         return args.ott_batch
     from ootrain.ot.semidiscrete import default_batch
@@ -685,7 +687,8 @@ def child(args: argparse.Namespace) -> None:
     charged = meter.stop()
     res = {"charged": charged, "iterations": st["iterations"], "samples": st["samples"],
            "argmin": st["argmin"], "peak": meter.peak, "base": meter.base, "eval_m": m,
-           "eval_sizes": {f"{t:g}": v for t, v in sizes.items()}, "eval_floor": ev.floor(m), "threads": args.threads, "eval_threads": args.eval_threads,
+           "eval_sizes": {f"{t:g}": v for t, v in sizes.items()}, "eval_floor": ev.floor(m),
+           "threads": args.threads, "eval_threads": args.eval_threads,
            "trace": rec.trace, "checks": len(rec.trace),
            "hit": {f"{t:g}": e for t, e in rec.hit.items()}}
     if args.method.startswith("ootrain"):
