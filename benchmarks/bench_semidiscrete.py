@@ -15,12 +15,8 @@ OTT).  Grid ``--n`` × ``--d`` (default N = 10^3, 10^4, 10^5, d = 2, 16, 64), ta
   errors ≤ ``chi2_tol``), so it runs once per target, and its time, samples and argmin
   evaluations include what its own checks cost.  Its final potential is then measured by the
   external check below (reported; a run "reaches" the target when it stopped certified and that
-  external estimate is ≤ the target).  When ``fit`` takes a ``method`` argument (detected with
-  ``inspect.signature``), each value of ``--ootrain-methods`` (default: the values named in its
-  ``Literal`` annotation, else ``newton sgd``) is its own row ``ootrain-<method>``; without it,
-  the one default runs as ``ootrain``.
-- ``ootrain-oracle``: the averaged stochastic ascent (``method="sgd"`` where ``fit`` has
-  ``method``) with its own checks off (``check_every`` = 10^12, ``chi2_tol`` = 1e-12), its
+  external estimate is ≤ the target).
+- ``ootrain-oracle``: the same averaged stochastic ascent with its own checks off (``check_every`` = 10^12, ``chi2_tol`` = 1e-12), its
   average ``psi_bar`` (read from the solver's frame inside the sampler callback: no restart)
   stopped by the external check at iterations 1, 2, 3, … growing by ``--check-ratio`` (1.25).
   It needs the solver's ``check_every`` and a local ``psi_bar``; where the solver no longer has
@@ -125,7 +121,6 @@ import inspect
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -140,22 +135,6 @@ from _common import (human_bytes, loadavg, machine_header, run_watched,  # noqa:
 METHODS = ("ootrain", "ootrain-oracle", "pot", "ott")
 ANCHORS = ("pot", "ott")
 POT_METRIC = {"sqeuclidean": "sqeuclidean", "l1": "cityblock"}
-#: ``fit(method=...)`` values when its annotation does not list them.
-DEFAULT_OOTRAIN_METHODS = ("newton", "sgd")
-
-
-def ootrain_methods() -> tuple[str, ...] | None:
-    """The values of ``SemiDiscreteOT.fit``'s ``method`` argument (from its ``Literal``
-    annotation, else :data:`DEFAULT_OOTRAIN_METHODS`), or None when ``fit`` has none."""
-    from ootrain.ot.semidiscrete import SemiDiscreteOT
-
-    p = inspect.signature(SemiDiscreteOT.fit).parameters.get("method")
-    if p is None:
-        return None
-    ann = p.annotation if isinstance(p.annotation, str) else repr(p.annotation)
-    found = re.findall(r"['\"]([A-Za-z0-9_-]+)['\"]", ann) if "Literal" in ann else []
-    return tuple(dict.fromkeys(found)) or DEFAULT_OOTRAIN_METHODS
-
 
 # ==================================================================== child: one run
 class _Stop(Exception):
@@ -548,8 +527,6 @@ def run_ootrain_oracle(args, y: np.ndarray, rec: Recorder, meter: Meter, st: dic
     # its own checks never happen (check_every beyond any run); its tolerance never binds
     kw = {"check_every": 10**12, "max_iter": 10**12, "rng": args.seed,
           ("chi2_tol" if "chi2_tol" in params else "tol"): 1e-12}
-    if "method" in params:
-        kw["method"] = "sgd"
     if "progress" in params:
         kw["progress"] = False
     if args.batch:
@@ -614,8 +591,6 @@ def run_ootrain(args, y: np.ndarray, ev: Evaluator, meter: Meter, st: dict,
         return torch.randn(k, d, generator=g)
 
     kw = {"chi2_tol": args.own_target, "max_iter": 10**12, "rng": args.seed}
-    if args.ootrain_method:
-        kw["method"] = args.ootrain_method
     if "progress" in params:
         kw["progress"] = False
     if args.batch:
@@ -734,13 +709,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 # ==================================================================== parent
-def run_one(args, method: str, n: int, d: int, ootrain_method: str | None,
-            own_target: float | None) -> dict:
+def run_one(args, method: str, n: int, d: int, own_target: float | None) -> dict:
     """Run one child under the memory / wall watchdog; return its JSON (or the kill reason)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--method", method,
            "--child-n", str(n), "--child-d", str(d)]
-    if ootrain_method:
-        cmd += ["--ootrain-method", ootrain_method]
     if own_target is not None:
         cmd += ["--own-target", repr(own_target)]
     cmd += ["--targets"] + [repr(t) for t in args.targets]
@@ -982,7 +954,7 @@ def report(results: list[dict], ns, ds, targets, check_ratio: float) -> None:
     print("\nRuns:\n")
     print(runs_table(results))
     print(f"\n- time: charged solver time (sampling included, external checks excluded); '> t' = "
-          "not reached within the run. ootrain-<method> stops on its own certificate (one run "
+          "not reached within the run. ootrain stops on its own certificate (one run "
           "per target; its checks' samples are charged and counted) and is then measured by the "
           "external check; ootrain-oracle, pot and ott are stopped by the external check (first "
           f"check with estimate ≤ target, on a ×{check_ratio:g} iteration grid; ott also "
@@ -1017,9 +989,6 @@ def main() -> None:
                     help="target counts")
     ap.add_argument("--d", type=int, nargs="+", default=[2, 16, 64])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--ootrain-methods", nargs="+", default=None,
-                    help="values of fit(method=...) run as ootrain-<method> rows (default: those\n"
-                         "fit accepts; ignored when fit has no method argument)")
     ap.add_argument("--cost", default="sqeuclidean", choices=sorted(POT_METRIC))
     ap.add_argument("--targets", "--target", type=float, nargs="+", default=[0.05, 0.01],
                     help="marginal χ² levels to reach")
@@ -1060,7 +1029,6 @@ def main() -> None:
                     help="run nothing: print the tables of (and --plot) a JSON written by --json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--method", default="ootrain", help=argparse.SUPPRESS)
-    ap.add_argument("--ootrain-method", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--own-target", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--child-d", type=int, help=argparse.SUPPRESS)
@@ -1086,14 +1054,6 @@ def main() -> None:
         ott_v, ott_missing = f"ott-jax {version('ott-jax')} (jax {version('jax')})", None
     except PackageNotFoundError:
         ott_v = ott_missing = "not installed (ott-jax missing: pip install ott-jax)"
-    accepted = ootrain_methods()
-    if accepted is None:
-        om = [None]
-        if args.ootrain_methods:
-            print(f"- note: fit has no method argument; --ootrain-methods "
-                  f"{' '.join(args.ootrain_methods)} ignored, its one default runs")
-    else:
-        om = list(args.ootrain_methods or accepted)
     targets = sorted(set(args.targets), reverse=True)
     args.targets = targets
     ns, ds = sorted(set(args.n)), list(dict.fromkeys(args.d))
@@ -1101,7 +1061,6 @@ def main() -> None:
               for n in ns}
     print(f"- POT {pot_v}; OTT: {ott_v}, optax.{args.ott_optimizer}({args.ott_lr:g}), batch "
           f"{args.ott_batch or 'default_batch(N)'}, epsilon 0, g_ema checked")
-    print(f"- ootrain fit method values: {', '.join(om) if om != [None] else '(no method)'}")
     print(f"- cost {args.cost}; targets χ² ≤ {', '.join(f'{t:g}' for t in targets)}; "
           "evaluation prefixes m deciding each target: " + "; ".join(
               f"N={n}: " + ", ".join(f"{m_eval[n][t]} ({t:g})" for t in targets) for n in ns)
@@ -1110,10 +1069,10 @@ def main() -> None:
           f"{args.wall_limit:g} s wall; solver threads {args.threads}, evaluation threads "
           f"{args.eval_threads} (not charged)\n")
     header = {"markdown": header_md, "argv": sys.argv, "pot": pot_v, "ott": ott_v,
-              "ootrain_methods": om, "eval_m": {str(n): {f"{t:g}": v for t, v in m_eval[n].items()}
+              "eval_m": {str(n): {f"{t:g}": v for t, v in m_eval[n].items()}
                                                      for n in ns},
               "settings": {k: v for k, v in vars(args).items()
-                           if k not in ("child", "method", "ootrain_method", "own_target",
+                           if k not in ("child", "method", "own_target",
                                         "child_n", "child_d")},
               "blas_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
                                                           "OPENBLAS_NUM_THREADS",
@@ -1121,20 +1080,15 @@ def main() -> None:
               "child_blas_threads": max(args.threads, args.eval_threads),
               "load_start": loadavg()}
     results: list[dict] = []
-    jobs: list[tuple[str, str, str | None, float | None]] = []   # name, method, om, target
+    jobs: list[tuple[str, float | None]] = []   # method, own target
     for m in args.methods:
-        if m == "ootrain":
-            for o in om:
-                for t in targets:
-                    jobs.append((f"ootrain-{o}" if o else "ootrain", m, o, t))
-        else:
-            jobs.append((m, m, None, None))
+        jobs += [(m, t) for t in targets] if m == "ootrain" else [(m, None)]
     for d in ds:
         failed: dict[str, int] = {}
         for n in ns:
-            for name, m, o, t in jobs:
-                base = {"name": name, "method": m, "n": n, "d": d, "ootrain_method": o,
-                        "own_target": t}
+            for m, t in jobs:
+                name = m
+                base = {"name": name, "method": m, "n": n, "d": d, "own_target": t}
                 if m == "ott" and ott_missing is not None:
                     results.append({**base, "status": ott_missing})
                     continue
@@ -1142,7 +1096,7 @@ def main() -> None:
                     results.append({**base, "status": f"skipped (no target reached at "
                                                       f"N={failed[name]})"})
                     continue
-                r = {**base, **run_one(args, m, n, d, o, t)}
+                r = {**base, **run_one(args, m, n, d, t)}
                 results.append(r)
                 hits = [f"{tt:g}" for tt in targets if at_target(r, tt) is not None]
                 if t is not None:
