@@ -53,6 +53,15 @@ def sd_solve(
                                              "fresh samples + 2 standard errors).  Default, "
                                              "when neither this nor --tol is given: the "
                                              "solver's (SemiDiscreteOT.fit)."),
+    method: str = typer.Option("auto", help="auto, quantile (1-D targets, sqeuclidean or "
+                               "lp with p > 1: the monotone map from streamed source "
+                               "quantiles) or ascent (stochastic dual ascent); auto: quantile "
+                               "where it applies."),
+    mismatch_tol: Optional[float] = typer.Option(None, help="Quantile method: draw enough "
+                                                 "samples that at most this fraction of the "
+                                                 "source mass goes elsewhere than under the "
+                                                 "exact map, with 99 % probability (default "
+                                                 "with no other stop: 0.01)."),
     lr: Optional[float] = typer.Option(None, help="First step in cell widths (default: the "
                                        "solver's, 3)."),
     check_every: Optional[int] = typer.Option(None, help="Check every this many iterations "
@@ -76,7 +85,9 @@ def sd_solve(
 ) -> None:
     """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
 
-    Stochastic ascent of the (entropic, for l1) semi-discrete dual; writes the potentials ψ with
+    Stochastic ascent of the (entropic, for l1) semi-discrete dual, or for 1-D targets and
+    sqeuclidean / lp (p > 1) the monotone map from streamed source quantiles; writes the
+    potentials ψ with
     SemiDiscreteOT.save and prints the transport cost of the map T(x) = y_σ(x) with its
     standard error, the dual estimate (≤ the OT cost, equal at the optimum), the marginal χ²
     error (unbiased estimate, with its standard error and the noise floor of a balanced map)
@@ -90,15 +101,21 @@ def sd_solve(
                              chi2_tol=chi2_tol, lr=lr,
                              check_every=check_every, grow=grow, n0=n0, n_target=n_target,
                              target_array=target_array, source_array=source_array,
-                             n_eval=n_eval, dtype=dtype, seed=seed, progress=progress)
+                             n_eval=n_eval, dtype=dtype, seed=seed, progress=progress,
+                             method=method, mismatch_tol=mismatch_tol)
     ot, summary = res.ot, res.summary
     table = Table("", "value", title="semi-discrete OT", title_justify="left")
     table.add_row("source", summary["source"])
     table.add_row("targets", f"{target}: N={ot.n_targets}, d={summary['d']}")
     kind = f" (soft, eps={ot.eps:.4g})" if ot.soft else " (hard argmin)"
     table.add_row("cost", f"{ot.ground_cost}{kind}")
-    table.add_row("iterations", f"{summary['iterations']} × {res.batch} samples, "
-                  f"{summary['fit_s']:.2f}s")
+    quantile = summary["method"] == "quantile"
+    if quantile:
+        table.add_row("fit", f"1-D quantiles of {summary['quantile_samples']:,} draws, "
+                      f"{summary['fit_s']:.2f}s")
+    else:
+        table.add_row("iterations", f"{summary['iterations']} × {res.batch} samples, "
+                      f"{summary['fit_s']:.2f}s")
     table.add_row("transport cost", f"{summary['transport_cost']:.6g} ± "
                   f"{summary['transport_cost_noise']:.2g} (standard error)")
     table.add_row("dual", f"{summary['dual']:.6g}")
@@ -110,7 +127,10 @@ def sd_solve(
         table.add_row("last fit check", f"χ² {summary['chi2_fit']:.3g} ± "
                       f"{summary['chi2_noise_fit']:.2g}, imbalance "
                       f"{summary['imbalance_fit']:.4f}"
-                      + ("" if summary["certified"] else " (not certified: max-iter reached)"))
+                      + (f", mismatch ≤ {summary['mismatch_fit']:.2g} (99 %)" if quantile
+                         else "")
+                      + ("" if summary["certified"] else " (not certified: "
+                         + ("max-samples" if quantile else "max-iter") + " reached)"))
     table.add_row("potentials", f"{store} / {name}")
     console.print(table)
     console.print(f"transport cost {summary['transport_cost']:.6g} ± "

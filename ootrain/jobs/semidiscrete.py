@@ -62,14 +62,15 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
                        check_every: Optional[int] = None, grow: bool = False, n0: int = 1024,
                        n_target: Optional[int] = None, target_array: Optional[str] = None,
                        source_array: Optional[str] = None, n_eval: int = 65536,
-                       dtype: str = "auto", seed: int = 0, progress: bool = True) -> SolveJob:
+                       dtype: str = "auto", seed: int = 0, progress: bool = True,
+                       method: str = "auto", mismatch_tol: Optional[float] = None) -> SolveJob:
     """Fit the semi-discrete OT potentials from a sampled source to target points (no model).
 
     ``source`` is a spec of :func:`ootrain.data.data_sampler`; ``target`` a built-in
     (``digits[:split]``, or a sampled one with ``n_target`` rows, drawn with seed
     ``seed + 1``) or a user's array (zarr stays on disk and is streamed in blocks).  Runs
-    :meth:`SemiDiscreteOT.fit` (stopping on ``tol`` and/or ``chi2_tol``, with neither on
-    the fit's default χ² stop; ``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
+    :meth:`SemiDiscreteOT.fit` (``method``; stopping on ``tol``, ``chi2_tol`` and/or
+    ``mismatch_tol``, with none on the fit's defaults; ``batch`` default: :func:`ootrain.ot.semidiscrete.default_batch`
     of the target count), writes the potentials ψ with ``SemiDiscreteOT.save`` to the zarr
     group ``out`` as ``name``, and stores the summary (:func:`evaluate_semidiscrete` on
     ``n_eval`` fresh source samples, the fit's iterations and time, ...) in that array's
@@ -97,7 +98,8 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         return sampler(k, rng)
 
     fit_kw: dict[str, Any] = {"batch": batch, "max_iter": max_iter, "tol": tol,
-                              "chi2_tol": chi2_tol, "grow": grow,
+                              "chi2_tol": chi2_tol, "grow": grow, "method": method,
+                              "mismatch_tol": mismatch_tol,
                               "n0": n0, "check_every": check_every, "rng": seed,
                               "generator": torch.Generator().manual_seed(seed)}
     if lr is not None:
@@ -118,6 +120,10 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
         "chi2_fit": ot.history[-1]["chi2"] if ot.history else None,
         "chi2_noise_fit": ot.history[-1]["chi2_noise"] if ot.history else None,
         "certified": bool(ot.history[-1]["certified"]) if ot.history else False,
+        "method": "quantile" if ot.history and "quantile_samples" in ot.history[-1]
+        else "ascent",
+        "quantile_samples": ot.history[-1].get("quantile_samples") if ot.history else None,
+        "mismatch_fit": ot.history[-1].get("mismatch") if ot.history else None,
         "n_eval": n_eval, "eval_s": round(time.perf_counter() - t, 3),
     }
     ot.save(out, name)

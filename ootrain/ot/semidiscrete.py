@@ -66,12 +66,13 @@ so checking never costs more than fitting.  Every check is recorded in :attr:`hi
 Accuracy notes.  The transport cost is first-order sensitive to the imbalance: in 1-D
 the cell boundaries are cumulative sums of the cell masses, so low-frequency errors of
 ``psi`` (the slow modes of this ill-conditioned problem, condition number ``~N^2`` in
-1-D) shift many boundaries at once.  Measured (uniform [0, 1] to N = 50 points
-``(j + 1/2) / N``): ``chi2_tol = 1e-3`` gives a cost 4-7 % off and 94-95 % of points mapped
-as the exact quantile map, ``3e-4`` 1 % and 97.5 %, ``1e-4`` 0.1 % and 99.1-99.2 % (15-30 s);
-a 2-D Gaussian to 200 points is within 0.35 % of the exact cost at ``1e-3`` (15-25 s).
-The soft dual ``h_eps`` is that of the entropic problem and may exceed ``W_c`` by up to
-``eps log N``.
+1-D) shift many boundaries at once, and a chi^2 certificate does not bound how many
+points are mapped elsewhere than by the exact map.  In 1-D with a strictly convex cost
+``fit`` therefore uses the closed form instead (``method="quantile"``,
+:mod:`ootrain.ot.monotone`): cell boundaries at the source's empirical quantiles, with a
+default stop on that mismatch (``DEFAULT_MISMATCH_TOL``, 99 % agreement with 99 %
+probability).  The soft dual ``h_eps`` is that of the entropic problem and may exceed
+``W_c`` by up to ``eps log N``.
 
 ``grow=True`` is the paper's schedule: fit on a random subset of ``n0`` targets, double
 it until all ``N``; each new target starts with the potential of the current cell that
@@ -82,6 +83,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, Union
 
@@ -93,6 +95,8 @@ from ootrain.ot.backends import BACKENDS, TORCH_BLOCK
 from ootrain.ot.checks import HALF, check_query
 from ootrain.ot.costs import Cost, parse_cost
 from ootrain.ot.ctransform import c_transform, soft_assign, soft_stats
+from ootrain.ot.monotone import (MISMATCH_Q99, expected_mismatch, is_monotone_cost,
+                                 mismatch_samples, monotone_potentials, streamed_quantiles)
 from ootrain.ot.sharded import sharded_c_transform
 from ootrain.ot.targets import TargetLike, TargetSource, as_source
 from ootrain.progress import make_progress
@@ -117,6 +121,13 @@ CHECK_NOISE = 0.7
 REJECT_FLOORS = 2.0
 #: Default stop of :meth:`SemiDiscreteOT.fit`: the marginal chi^2 error certified below this.
 DEFAULT_CHI2_TOL = 1e-3
+#: Default stop of the 1-D quantile method: at most this fraction of the source mass is sent
+#: to another target than by the exact map, with 99 % probability.
+DEFAULT_MISMATCH_TOL = 0.01
+#: Default sample budget of the 1-D quantile method.
+DEFAULT_MAX_SAMPLES = 2**34
+#: Fit methods: ``quantile`` (1-D, :mod:`ootrain.ot.monotone`), ``ascent`` (any dimension).
+METHODS = ("auto", "quantile", "ascent")
 #: Default checks happen at iterations growing by this factor.
 CHECK_GROWTH = 1.25
 #: A certifying chi^2 check measures on enough samples that a balanced map's estimate has a
@@ -427,9 +438,12 @@ class SemiDiscreteOT:
             decay: float = 2 / 3,
             check_every: int | None = None, grow: bool = False, n0: int = 1024,
             rng: RngLike = None, generator: torch.Generator | None = None,
-            progress: bool | None = None) -> "SemiDiscreteOT":
-        """Averaged stochastic ascent of the (entropic) semi-discrete dual; see the module
-        docstring.
+            progress: bool | None = None, method: str = "auto",
+            mismatch_tol: float | None = None,
+            max_samples: int = DEFAULT_MAX_SAMPLES) -> "SemiDiscreteOT":
+        """Fit the potentials: averaged stochastic ascent of the (entropic) semi-discrete
+        dual (module docstring), or in 1-D the monotone map from streamed source quantiles
+        (:mod:`ootrain.ot.monotone`).
 
         Args:
             sampler: ``sampler(n, rng) -> [n, d]`` (numpy array or tensor, converted to the
@@ -445,7 +459,9 @@ class SemiDiscreteOT:
                 of the averaged potential is certified at most ``chi2_tol``: its unbiased
                 estimate (:func:`chi2_estimate`) on fresh samples plus ``CHI2_Z`` (2) of its
                 standard errors.  With both ``tol`` and ``chi2_tol``, both must hold; with
-                neither, ``chi2_tol = DEFAULT_CHI2_TOL``.
+                none of ``tol``, ``chi2_tol`` and ``mismatch_tol``, ``chi2_tol =
+                DEFAULT_CHI2_TOL`` (and for the quantile method also ``mismatch_tol =
+                DEFAULT_MISMATCH_TOL``).
             lr: ``kappa``, the first step in cell widths (module docstring); lower it
                 (e.g. 0.3) to refine potentials that are already close (warm starts).
             decay: the step decays as ``t^-decay``, ``0.5 <= decay <= 1``.
@@ -462,13 +478,53 @@ class SemiDiscreteOT:
                 ``rng``'s stream untouched.  The fit is deterministic for a given ``rng``
                 (and ``generator``) on a deterministic backend.
             progress: show a progress bar (default: when stderr is a terminal).
+            method: ``"quantile"``: 1-D targets with a hard, strictly convex cost
+                (``sqeuclidean``, ``lp`` with ``p > 1``): boundaries at the empirical source
+                quantiles of enough draws to meet every stop, potentials in closed form
+                (:mod:`ootrain.ot.monotone`; ``max_iter``, ``lr``, ``decay``, ``check_every``
+                and ``grow`` do not apply; a fixed sample tensor is used whole, its own
+                quantiles).  ``"ascent"``: the stochastic ascent.  ``"auto"``: ``quantile``
+                where it applies.
+            mismatch_tol: quantile method: draw enough samples that the mass sent to another
+                target than by the exact map is ``<= mismatch_tol`` with 99 % probability
+                (:func:`ootrain.ot.monotone.mismatch_samples`; ``~ (0.78 N / mismatch_tol)^2``
+                draws for uniform weights).
+            max_samples: the quantile method's budget of draws; a stop that needs more is
+                not certified (a warning says what was reached).
 
         Returns:
-            ``self``, with :attr:`potentials` and :attr:`history` filled.
+            ``self``, with :attr:`potentials` and :attr:`history` filled (the quantile
+            method: one check, ``iteration = 0``, with ``quantile_samples`` and
+            ``mismatch``, the bound on the mismatch that holds with 99 % probability).
+
+        Example::
+
+            >>> import numpy as np, torch
+            >>> y = (torch.arange(4, dtype=torch.float64)[:, None] + 0.5) / 4
+            >>> ot = SemiDiscreteOT(y).fit(lambda n, rng: rng.random((n, 1)), rng=0)
+            >>> ot.history[-1]["certified"], ot.history[-1]["mismatch"] <= 0.01
+            (True, True)
+            >>> ot.assign(torch.tensor([[0.1], [0.3], [0.6], [0.9]], dtype=torch.float64)).tolist()
+            [0, 1, 2, 3]
         """
         max_iter = _check_int("max_iter", max_iter, 1)
-        if tol is None and chi2_tol is None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        if method == "auto":
+            method = "quantile" if self.monotone else "ascent"
+        if method == "quantile" and not self.monotone:
+            raise ValueError("method 'quantile' needs 1-D targets and a hard (eps=0), strictly "
+                             f"convex cost (sqeuclidean, lp with p > 1); this solver has d = "
+                             f"{self.source.d}, cost {self.ground_cost}, eps {self.eps_rel:g}")
+        if mismatch_tol is not None and method != "quantile":
+            raise ValueError("mismatch_tol is the stop of the 1-D quantile method; use tol or "
+                             "chi2_tol with the ascent")
+        if tol is None and chi2_tol is None and mismatch_tol is None:
             chi2_tol = DEFAULT_CHI2_TOL
+            if method == "quantile":
+                mismatch_tol = DEFAULT_MISMATCH_TOL
+        mismatch_tol = None if mismatch_tol is None else _check_pos("mismatch_tol", mismatch_tol)
+        max_samples = _check_int("max_samples", max_samples, 1)
         tol = None if tol is None else _check_pos("tol", tol)
         chi2_tol = None if chi2_tol is None else _check_pos("chi2_tol", chi2_tol)
         lr = _check_pos("lr", lr)
@@ -488,6 +544,15 @@ class SemiDiscreteOT:
                 n0 *= 2
             sizes.append(n)
         rng = _as_rng(rng)
+        if method == "quantile":
+            if generator is None and isinstance(sampler, Tensor):
+                generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+            draw = self._as_sampler(sampler, rng, generator)
+            with make_progress(progress) as bar:
+                psi = self._fit_quantile(sampler, draw, batch, tol, chi2_tol, mismatch_tol,
+                                         max_samples, bar)
+            self.potentials = psi - (self.nu @ psi)
+            return self
         if generator is None and (isinstance(sampler, Tensor) or len(sizes) > 1):
             generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         draw = self._as_sampler(sampler, rng, generator)
@@ -514,6 +579,83 @@ class SemiDiscreteOT:
                 prev_rows = rows if rows is not None else np.arange(n)
         self.potentials = psi - (self.nu @ psi)
         return self
+
+    @property
+    def monotone(self) -> bool:
+        """Whether the 1-D quantile method applies: ``d = 1``, hard argmin, a strictly
+        convex cost (:func:`ootrain.ot.monotone.is_monotone_cost`)."""
+        return self.source.d == 1 and not self.soft and is_monotone_cost(self.ground_cost)
+
+    def _fit_quantile(self, sampler: Sampler, draw: Callable[[int], Tensor], batch: int,
+                      tol: float | None, chi2_tol: float | None, mismatch_tol: float | None,
+                      max_samples: int, bar: Any) -> Tensor:
+        """The monotone map's potentials from the empirical source quantiles of enough
+        draws for every stop (a fixed sample: all of its rows); one check on fresh draws."""
+        n = self.n_targets
+        y = torch.cat([b[:, 0] for _, b in self.source.blocks(dtype=torch.float64)])
+        order = torch.argsort(y, stable=True)
+        ys = y[order]
+        first = torch.ones(n, dtype=torch.bool)
+        first[1:] = ys[1:] != ys[:-1]               # equal targets: one group, first index
+        group = torch.cumsum(first.long(), 0) - 1
+        heads = order[first]                          # the argmin's tie rule: smallest j
+        w = torch.zeros(int(first.sum()), dtype=torch.float64)
+        w.index_add_(0, group, self.nu.cpu().double()[order])
+        cum = torch.cumsum(w, 0)[:-1].clamp(0, 1).numpy()
+        m_cert, floor_sum = self._cert_samples(self.nu, batch, tol, chi2_tol)
+        m_cert *= 4      # the one check of a cheap map: half the noise, no unlucky rejection
+        need = {"the mismatch": mismatch_samples(cum, mismatch_tol) if mismatch_tol else 0,
+                "χ²": math.ceil(4 * max(cum.size, 1) / chi2_tol) if chi2_tol else 0,
+                "the imbalance": math.ceil((2 * floor_sum / tol) ** 2) if tol else 0}
+        if isinstance(sampler, Tensor):
+            data = self._x(sampler)
+            samples = data.shape[0]
+            b = streamed_quantiles(lambda k: data, cum, samples, batch=samples, bins=samples)
+        else:
+            samples = min(max(max(need.values()), 2**20), max_samples)
+            task = bar.add_task(f"semi-discrete OT N={n} (1-D quantiles)", total=samples)
+            b = streamed_quantiles(draw, cum, samples,
+                                   advance=lambda k: bar.update(task, advance=k))
+        short = [f"{what} needs {k:,} draws" for what, k in need.items() if k > samples]
+        if short:
+            warnings.warn("semi-discrete OT, quantile method: " + "; ".join(short)
+                          + f", {samples:,} were used (max_samples or the fixed sample); "
+                          "the fit is not certified", stacklevel=3)
+        psi_g = monotone_potentials(ys[first], torch.from_numpy(b), self.ground_cost)
+        psi = torch.empty(n, dtype=torch.float64)
+        psi[order] = psi_g[group]
+        psi = psi.to(self.device, self.dtype)
+        bounds = torch.from_numpy(b).to(self.device, self.dtype)
+        heads, ys_dev = heads.to(self.device), ys.to(self.device, self.dtype)[first.to(self.device)]
+
+        def evaluate(x: Tensor, src: TargetSource, psi: Tensor, nu: Tensor, **_: Any
+                     ) -> tuple[Tensor, Tensor, None, Tensor]:
+            g = torch.searchsorted(bounds, x[:, 0].contiguous())
+            idx = heads[g]
+            value = self.ground_cost.pairwise(x, ys_dev[g][:, None]) - psi[idx]
+            mass = torch.bincount(idx, minlength=n).to(x.dtype)
+            return value, mass, None, mass
+
+        rec = self._check(draw, self.source, self.nu, psi, batch, tol, chi2_tol, m_cert,
+                          floor_sum, evaluate)
+        mismatch = MISMATCH_Q99 * expected_mismatch(cum, samples)
+        rec.update({"iteration": 0, "n_targets": n, "lr": 0.0, "averaged": False,
+                    "quantile_samples": samples, "mismatch": mismatch})
+        rec["certified"] = rec["certified"] and not short
+        self.history.append(rec)
+        return psi
+
+    def _cert_samples(self, nu: Tensor, batch: int, tol: float | None,
+                      chi2_tol: float | None) -> tuple[int, float]:
+        """``(m_cert, floor_sum)``: the samples of a certifying check (:meth:`_check`) and
+        the imbalance noise floor times ``sqrt(m)``."""
+        floor_sum = float(torch.sqrt(2 * nu * (1 - nu) / math.pi).sum())
+        m_cert = batch
+        if tol is not None:
+            m_cert = max(m_cert, math.ceil((floor_sum / (CHECK_NOISE * tol)) ** 2))
+        if chi2_tol is not None:
+            m_cert = max(m_cert, _chi2_samples(nu, CHI2_NOISE * chi2_tol))
+        return m_cert, floor_sum
 
     def _as_sampler(self, sampler: Sampler, rng: np.random.Generator,
                     generator: torch.Generator | None) -> Callable[[int], Tensor]:
@@ -577,12 +719,7 @@ class SemiDiscreteOT:
         polynomial-decay average of the iterates."""
         step0 = None
         psi, psi_bar = psi.clone(), psi.clone()
-        floor_sum = float(torch.sqrt(2 * nu * (1 - nu) / math.pi).sum())  # noise = it / sqrt(m)
-        m_cert = batch
-        if tol is not None:
-            m_cert = max(m_cert, math.ceil((floor_sum / (CHECK_NOISE * tol)) ** 2))
-        if chi2_tol is not None:
-            m_cert = max(m_cert, _chi2_samples(nu, CHI2_NOISE * chi2_tol))
+        m_cert, floor_sum = self._cert_samples(nu, batch, tol, chi2_tol)
         want = " ".join(([f"imbalance ≤ {tol:g}"] if tol is not None else [])
                         + ([f"χ² ≤ {chi2_tol:g}"] if chi2_tol is not None else []))
         next_check = check_every or 1
@@ -618,9 +755,10 @@ class SemiDiscreteOT:
 
     def _check(self, draw: Callable[[int], Tensor], src: TargetSource, nu: Tensor,
                psi: Tensor, batch: int, tol: float | None, chi2_tol: float | None,
-               m_cert: int, floor_sum: float) -> dict[str, Any]:
+               m_cert: int, floor_sum: float, evaluate: Callable[..., Any] | None = None
+               ) -> dict[str, Any]:
         """Imbalance ``||nu - P_hat||_1``, chi^2 (:func:`chi2_estimate`) and dual value of
-        ``psi`` on the same fresh samples.
+        ``psi`` on the same fresh samples (``evaluate``: as :meth:`_evaluate`, the default).
 
         Draws up to ``m_cert`` samples (noise floor ``CHECK_NOISE * tol`` for the imbalance,
         standard error ``CHI2_NOISE * chi2_tol`` for a balanced map's chi^2), testing at
@@ -636,9 +774,10 @@ class SemiDiscreteOT:
         counts2 = torch.zeros_like(nu)
         value_sum, m, test_at = 0.0, 0, batch
         early = False
+        evaluate = evaluate or self._evaluate
         while m < m_cert:
             x = draw(min(batch, m_cert - m))
-            value, mass, _, mass2 = self._evaluate(x, src, psi, nu, want_mass2=True)
+            value, mass, _, mass2 = evaluate(x, src, psi, nu, want_mass2=True)
             counts += mass
             counts2 += mass2
             value_sum += float(value.sum())
