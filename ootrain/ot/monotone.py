@@ -114,7 +114,7 @@ def streamed_quantiles(draw: Callable[[int], Tensor], probs: np.ndarray, samples
         if edges is None:
             step = max(1, k // bins)
             edges = np.unique(np.sort(x)[step - 1::step])
-            grid = np.linspace(edges[0], edges[-1], 4 * edges.size + 1)
+            grid = np.linspace(edges[0], edges[-1], min(4 * edges.size, 1 << 20) + 1)
             table = np.searchsorted(edges, grid, side="left").astype(np.int64)
             counts = np.zeros(edges.size + 1, dtype=np.int64)
         inv_h = (table.size - 1) / (edges[-1] - edges[0]) if edges[-1] > edges[0] else 0.0
