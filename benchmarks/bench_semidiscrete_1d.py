@@ -37,6 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_header, set_threads, table  # noqa: E402
 
 
+HEADERS = ["N", "method", "s", "draws", "M draws/s", "agree %", "cost err %", "χ² (check)",
+           "mismatch ≤ (99 %)", "fit ΔRSS / peak MiB"]
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -131,11 +135,9 @@ def main() -> None:
                          f"{100 * r['cost_error']:+.3f}", f"{r['chi2']:.2g}",
                          "-" if r["mismatch_bound"] is None else f"{r['mismatch_bound']:.3f}",
                          f"{r['rss_growth_mib']:.0f} / {r['peak_rss_mib']:.0f}"])
-            print(table(["N", "method", "s", "draws", "M draws/s", "agree %", "cost err %",
-                         "χ² (check)", "mismatch ≤ (99 %)", "fit ΔRSS / peak MiB"], rows[-1:]), flush=True)
+            print(table(HEADERS, rows[-1:]), flush=True)
     lim = out["limits"] = limits()
-    print(table(["N", "method", "s", "draws", "M draws/s", "agree %", "cost err %",
-                 "χ² (check)", "mismatch ≤ (99 %)", "fit ΔRSS / peak MiB"], rows))
+    print(table(HEADERS, rows))
     q = [r for r in out["runs"] if r["method"].startswith("quantile")]
     both = 1 / (1 / lim["sampler_draws_s"] + 1 / lim["kernel_draws_s"])
     print(f"\nlimits (one thread): sampler alone {lim['sampler_draws_s'] / 1e6:.0f} M draws/s, "
