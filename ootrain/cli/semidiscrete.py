@@ -87,11 +87,10 @@ def sd_solve(
 
     Stochastic ascent of the (entropic, for l1) semi-discrete dual, or for 1-D targets and
     sqeuclidean / lp (p > 1) the monotone map from streamed source quantiles; writes the
-    potentials ψ with
-    SemiDiscreteOT.save and prints the transport cost of the map T(x) = y_σ(x) with its
-    standard error, the dual estimate (≤ the OT cost, equal at the optimum), the marginal χ²
-    error (unbiased estimate, with its standard error and the noise floor of a balanced map)
-    and the mass imbalance, all on --n-eval fresh source samples.
+    potentials ψ with SemiDiscreteOT.save and prints the transport cost of the map
+    T(x) = y_σ(x) with its standard error, the dual estimate (≤ the OT cost, equal at the
+    optimum), the marginal χ² error (unbiased estimate, with its standard error and the noise
+    floor of a balanced map) and the mass imbalance, all on --n-eval fresh source samples.
     """
     set_threads(threads)
     from ootrain.jobs.semidiscrete import solve_semidiscrete
