@@ -71,10 +71,11 @@ def solve_semidiscrete(source: str, target: str, out: str, *, name: str = "poten
     ``seed + 1``) or a user's array (zarr stays on disk and is streamed in blocks).  Runs
     :meth:`SemiDiscreteOT.fit` (``method``; stopping on ``tol``, ``chi2_tol`` and/or
     ``mismatch_tol``, with none on the fit's defaults; ``batch`` default:
-    :func:`ootrain.ot.semidiscrete.default_batch` of the target count), writes the potentials ψ with ``SemiDiscreteOT.save`` to the zarr
-    group ``out`` as ``name``, and stores the summary (:func:`evaluate_semidiscrete` on
-    ``n_eval`` fresh source samples, the fit's iterations and time, ...) in that array's
-    ``solve`` attribute.  Bad input raises :class:`InputError` before the fit.
+    :func:`ootrain.ot.semidiscrete.default_batch` of the target count), writes the
+    potentials ψ with ``SemiDiscreteOT.save`` to the zarr group ``out`` as ``name``, and
+    stores the summary (:func:`evaluate_semidiscrete` on ``n_eval`` fresh source samples,
+    the fit's iterations and time, ...) in that array's ``solve`` attribute.  Bad input
+    raises :class:`InputError` before the fit.
     """
     if n_eval < 1:
         raise InputError(f"--n-eval must be >= 1, got {n_eval}")

@@ -22,9 +22,10 @@ monotone map; they are left to the stochastic ascent.
 
 Quantiles from samples.  The source is known only through samples, so ``b_g`` is the
 empirical quantile of ``T`` draws, streamed in memory ``O(batch + bins)``: a pilot batch
-fixes ``bins`` edges at its own quantiles, every batch is sorted and counted against them,
-and the quantiles are read off the counts by linear interpolation within a bin (its
-probability width ``1 / bins`` is far below the sampling error at the ``T`` used).
+fixes ``bins`` edges at its own quantiles, the draws of every batch are counted per bin (a
+numba kernel: a lookup grid over the edges, then a short binary search), and the quantiles
+are read off the counts by linear interpolation within a bin (its probability width
+``1 / bins`` is far below the sampling error at the ``T`` used).
 
 Mismatch.  The mass the estimated map sends to another target than the exact one is
 ``sum_g |F(b_hat_g) - W_g|``.  For the empirical quantile ``sqrt(T) (F(b_hat_g) - W_g)`` is
@@ -58,7 +59,7 @@ __all__ = ["MISMATCH_Q99", "QUANTILE_BATCH", "QUANTILE_BINS", "is_monotone_cost"
 
 #: The mismatch's 99 % quantile in units of its mean (module docstring).
 MISMATCH_Q99 = 2.5
-#: Samples drawn, sorted and counted at a time.
+#: Samples drawn and counted at a time.
 QUANTILE_BATCH = 2**22
 #: Histogram bins (edges at a pilot batch's quantiles).
 QUANTILE_BINS = 2**16
@@ -117,7 +118,7 @@ def streamed_quantiles(draw: Callable[[int], Tensor], probs: np.ndarray, samples
             grid = np.linspace(edges[0], edges[-1], min(4 * edges.size, 1 << 20) + 1)
             table = np.searchsorted(edges, grid, side="left").astype(np.int64)
             counts = np.zeros(edges.size + 1, dtype=np.int64)
-        inv_h = (table.size - 1) / (edges[-1] - edges[0]) if edges[-1] > edges[0] else 0.0
+            inv_h = (table.size - 1) / (edges[-1] - edges[0]) if edges[-1] > edges[0] else 0.0
         mn, mx, bad = _count_bins(x, edges, table, inv_h, counts)
         if bad:
             raise ValueError(f"the sampler returned {bad} NaN value(s)")

@@ -544,18 +544,16 @@ class SemiDiscreteOT:
                 n0 *= 2
             sizes.append(n)
         rng = _as_rng(rng)
+        grows = method == "ascent" and len(sizes) > 1
+        if generator is None and (isinstance(sampler, Tensor) or grows):
+            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        draw = self._as_sampler(sampler, rng, generator)
         if method == "quantile":
-            if generator is None and isinstance(sampler, Tensor):
-                generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-            draw = self._as_sampler(sampler, rng, generator)
             with make_progress(progress) as bar:
                 psi = self._fit_quantile(sampler, draw, batch, tol, chi2_tol, mismatch_tol,
                                          max_samples, bar)
             self.potentials = psi - (self.nu @ psi)
             return self
-        if generator is None and (isinstance(sampler, Tensor) or len(sizes) > 1):
-            generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        draw = self._as_sampler(sampler, rng, generator)
         perm = None if len(sizes) == 1 else \
             torch.randperm(n, generator=generator).numpy()
         prev_rows: np.ndarray | None = None
